@@ -1,0 +1,49 @@
+SHELL = /usr/bin/env bash -o pipefail
+.SHELLFLAGS = -ec
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared
+# The embedded default input: `make data` puts the public dataset in data/fruits-360; where it is
+# missing (CI, a fresh clone) the sample that ships beside the project is used.
+INPUT ?= $(firstword $(wildcard data/fruits-360) $(SHARED)/data/fruits-360-sample)
+OUTPUT ?= out/fruits-360
+ARGS ?=
+
+##@ Local
+
+.PHONY: help
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*##"} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z_-]+:.*?##/ {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: setup
+setup: ## install Java, the pinned Python deps (.venv) and the weights
+	bash scripts/setup.sh
+
+.PHONY: run-local
+run-local: setup ## run the whole job on INPUT (default: the embedded sample) into OUTPUT
+	$(VENV)/bin/fruitlens run "$(INPUT)" "$(OUTPUT)" --overwrite $(ARGS)
+
+.PHONY: test
+test: setup ## run every test (unit, end to end, slow ones included)
+	$(VENV)/bin/pytest -q tests $(ARGS)
+
+.PHONY: test-fast
+test-fast: setup ## unit tests only
+	$(VENV)/bin/pytest -q -m "not slow and not docker" tests $(ARGS)
+
+.PHONY: bench
+bench: setup ## measure the model ceiling vs the whole pipeline (N images, default 2170)
+	$(VENV)/bin/fruitlens bench "$(or $(BENCH_INPUT),$(SHARED)/data/fruits-360-sample)" $(ARGS)
+
+.PHONY: data
+data: ## download the public Fruits-360 dataset into data/fruits-360 (needs internet)
+	bash scripts/fetch-data.sh data/fruits-360
+
+.PHONY: lock
+lock: ## re-pin requirements.lock from the current venv
+	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^fruitlens' | sed '1i # Pinned runtime + test dependencies (Python 3.11, linux x86_64). Regenerate: make lock' > requirements.lock
+
+# Deployment targets (docker, k8s, emr) live beside this file, one fragment per concern.
+include $(sort $(wildcard mk/*.mk))

@@ -1,0 +1,3 @@
+from fruitlens.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""The ``fruitlens`` command: parses, builds the one config object, calls one function per subcommand.
+
+Deployment commands (``emr``, ``k8s``, ``data``) live in their own modules and register themselves
+through :data:`COMMAND_MODULES`; each exposes ``register(subparsers)``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from fruitlens import __version__
+from fruitlens.config import DEFAULT_INPUT, load_config
+from fruitlens.errors import FruitlensError
+
+#: Modules adding subcommands; a module that is not there yet is skipped.
+COMMAND_MODULES = ("fruitlens.bench", "fruitlens.emr_cli", "fruitlens.k8s_cli", "fruitlens.data_cli")
+
+
+def _conf_pair(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser, *, pca: bool = True) -> None:
+    """Options of the job itself; also used by `emr submit` / `k8s submit` to forward them."""
+    g = parser.add_argument_group("pipeline")
+    if pca:
+        k = g.add_mutually_exclusive_group()
+        k.add_argument("--pca-k", type=int, help="keep exactly K principal components")
+        k.add_argument("--pca-variance", type=float, help="keep the fewest components reaching this "
+                       "fraction of the variance (default 0.95)")
+        g.add_argument("--pca-standardize", action="store_true", default=None,
+                       help="scale features to unit variance before PCA (they are always centred)")
+    g.add_argument("--batch-size", type=int, help="images per inference call (default 32)")
+    g.add_argument("--arrow-batch-size", type=int, help="images per Arrow batch sent to a Python worker (default 256)")
+    g.add_argument("--partitions", type=int, help="repartition the images into N tasks (default: Spark's split)")
+    g.add_argument("--limit", type=int, help="process only the first N images (sorted by path)")
+    g.add_argument("--engine", choices=("auto", "onnx", "keras"), help="inference engine (default auto = onnx)")
+    g.add_argument("--weights", help="'imagenet' (Keras cache) or a .h5 file path/URI")
+    g.add_argument("--master", help="Spark master (default local[*], or what spark-submit set)")
+    g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing OUTPUT")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no live progress bar")
+    g.add_argument("--conf", dest="spark_conf", action="append", type=_conf_pair, metavar="KEY=VALUE",
+                   help="extra Spark setting (repeatable)")
+    g.add_argument("--config", dest="config_file", help="YAML file of settings (lowest precedence)")
+
+
+PIPELINE_FLAGS = {
+    "pca_k": "--pca-k", "pca_variance": "--pca-variance", "pca_standardize": "--pca-standardize",
+    "batch_size": "--batch-size", "arrow_batch_size": "--arrow-batch-size", "partitions": "--partitions",
+    "limit": "--limit", "engine": "--engine", "weights": "--weights", "overwrite": "--overwrite",
+}
+
+
+def pipeline_args(ns: argparse.Namespace) -> list[str]:
+    """The pipeline options given on this command line, as arguments for a remote `fruitlens run`."""
+    args: list[str] = []
+    for key, flag in PIPELINE_FLAGS.items():
+        value = getattr(ns, key, None)
+        if value is None or value is False:
+            continue
+        args += [flag] if value is True else [flag, str(value)]
+    for key, value in getattr(ns, "spark_conf", None) or []:
+        args += ["--conf", f"{key}={value}"]
+    return args
+
+
+def config_from_args(ns: argparse.Namespace):
+    cli = {k: v for k, v in vars(ns).items() if k not in ("func", "command", "config_file")}
+    if cli.get("spark_conf") is not None:
+        cli["spark_conf"] = dict(cli["spark_conf"])
+    return load_config(cli, config_file=ns.config_file)
+
+
+def _run(ns: argparse.Namespace) -> int:
+    from fruitlens.pipeline import run
+
+    manifest = run(config_from_args(ns), with_pca=ns.command == "run")
+    print(json.dumps({"output": manifest["output"], "counts": manifest["counts"],
+                      "images_per_second": manifest["images_per_second"],
+                      "pca_k": (manifest.get("pca") or {}).get("k")}))
+    return 0
+
+
+def _pca(ns: argparse.Namespace) -> int:
+    from fruitlens.pipeline import refit_pca
+
+    manifest = refit_pca(config_from_args(ns))
+    print(json.dumps({"output": manifest["output"], "pca": {k: manifest["pca"].get(k) for k in ("k", "variance_kept")}}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fruitlens", description="Fruit photos → Spark → MobileNetV2 features → Parquet → PCA.")
+    parser.add_argument("--version", action="version", version=f"fruitlens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, help_text in (("run", "images → features → PCA (the whole job)"),
+                            ("extract", "images → features only")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("input", nargs="?", default=None, metavar="INPUT",
+                       help=f"folder or URI of images (default $FRUITLENS_INPUT or {DEFAULT_INPUT})")
+        p.add_argument("output", nargs="?", default=None, metavar="OUTPUT", help="output folder or URI")
+        add_pipeline_options(p, pca=name == "run")
+        p.set_defaults(func=_run)
+
+    p = sub.add_parser("pca", help="(re)fit PCA on OUTPUT/features")
+    p.add_argument("output", metavar="OUTPUT")
+    g = p.add_argument_group("pca")
+    k = g.add_mutually_exclusive_group()
+    k.add_argument("--pca-k", type=int)
+    k.add_argument("--pca-variance", type=float)
+    g.add_argument("--pca-standardize", action="store_true", default=None)
+    g.add_argument("--master")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    g.add_argument("--config", dest="config_file")
+    p.set_defaults(func=_pca, spark_conf=None)
+
+    for module in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return ns.func(ns)
+    except FruitlensError as exc:
+        print(f"fruitlens: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fruitlens: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

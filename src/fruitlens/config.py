@@ -1,0 +1,169 @@
+"""The one typed configuration object of a pipeline job.
+
+Config flows one way: YAML file < environment (``FRUITLENS_*``) < command line → :class:`PipelineConfig`
+→ the stages. Nothing downstream reads the environment or argv again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fruitlens.errors import FruitlensError
+
+ENV_PREFIX = "FRUITLENS_"
+ENGINES = ("auto", "onnx", "keras")
+#: Where ``make data`` puts the public dataset: the job's input when none is given.
+DEFAULT_INPUT = "data/fruits-360"
+
+
+class ConfigError(FruitlensError, ValueError):
+    """A setting is missing, malformed or contradicts another one."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything one pipeline job needs to know.
+
+    Parameters
+    ----------
+    input, output
+        Hadoop URIs or local paths (``/data/x``, ``file:///x``, ``s3://b/p``, ``s3a://b/p``).
+    pca_k, pca_variance
+        Keep exactly ``pca_k`` components, or the fewest reaching ``pca_variance`` of the variance.
+    batch_size
+        Images per inference call, independent of Spark's Arrow batch size (``arrow_batch_size``).
+    engine
+        ``onnx`` (ONNX Runtime on an export of the Keras model), ``keras`` (TensorFlow), or ``auto``:
+        ONNX when ONNX Runtime is installed.
+    weights
+        ``imagenet`` (Keras' cache, downloaded by Keras on the driver only if missing) or a ``.h5``
+        file, local or any Hadoop URI.
+    """
+
+    output: str
+    input: str = DEFAULT_INPUT
+    pca_k: int | None = None
+    pca_variance: float | None = None
+    pca_standardize: bool = False
+    batch_size: int = 32
+    arrow_batch_size: int = 256
+    partitions: int | None = None
+    limit: int | None = None
+    master: str | None = None
+    overwrite: bool = False
+    engine: str = "auto"
+    weights: str = "imagenet"
+    progress: bool = True
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.pca_k is not None and self.pca_variance is not None:
+            raise ConfigError("give either --pca-k or --pca-variance, not both")
+        if self.pca_k is None and self.pca_variance is None:
+            object.__setattr__(self, "pca_variance", 0.95)
+        if self.pca_k is not None and not 1 <= self.pca_k <= 1280:
+            raise ConfigError(f"--pca-k must be between 1 and 1280 (the feature size), got {self.pca_k}")
+        if self.pca_variance is not None and not 0.0 < self.pca_variance <= 1.0:
+            raise ConfigError(f"--pca-variance must be in (0, 1], got {self.pca_variance}")
+        for name in ("batch_size", "arrow_batch_size", "partitions", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if not self.output:
+            raise ConfigError("OUTPUT is required: a local folder or a URI such as s3://bucket/prefix")
+        if not self.input:
+            raise ConfigError("INPUT is empty: give a local folder or a URI such as s3://bucket/prefix")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, raw: Any, hint: Any) -> Any:
+    """Turn a YAML or environment value into the field's type, with an error naming the setting."""
+    if raw is None:
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    target = args[0] if args else hint
+    if typing.get_origin(target) is dict:
+        if isinstance(raw, Mapping):
+            return {str(k): str(v) for k, v in raw.items()}
+        if isinstance(raw, str):  # env: "k1=v1,k2=v2"
+            pairs = [p for p in raw.split(",") if p.strip()]
+            try:
+                return dict(p.split("=", 1) for p in pairs)
+            except ValueError:
+                raise ConfigError(f"{name}: expected key=value pairs, got {raw!r}") from None
+        raise ConfigError(f"{name}: expected a mapping, got {raw!r}")
+    try:
+        if target is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return target(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {target.__name__}, got {raw!r}") from None
+
+
+def load_config(
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> PipelineConfig:
+    """Merge the sources (YAML < env < CLI; ``None`` on the CLI means "not given") and validate once."""
+    import yaml
+
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(PipelineConfig)
+    names = [f.name for f in dataclasses.fields(PipelineConfig)]
+    merged: dict[str, Any] = {}
+
+    config_file = config_file or env.get(f"{ENV_PREFIX}CONFIG")
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; fix --config or {ENV_PREFIX}CONFIG")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {path}: expected a mapping of settings at the top level")
+        unknown = sorted(set(k.replace("-", "_") for k in data) - set(names))
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown settings {unknown}; known: {names}")
+        for key, value in data.items():
+            key = key.replace("-", "_")
+            merged[key] = _coerce(f"{path}:{key}", value, hints[key])
+
+    for key in names:
+        raw = env.get(ENV_PREFIX + key.upper())
+        if raw is not None and raw != "":
+            merged[key] = _coerce(ENV_PREFIX + key.upper(), raw, hints[key])
+
+    for key, value in (cli or {}).items():
+        if value is None:
+            continue
+        if key == "spark_conf":
+            merged["spark_conf"] = {**merged.get("spark_conf", {}), **value}
+        else:
+            merged[key] = value
+
+    if "output" not in merged:
+        raise ConfigError("OUTPUT is required: a local folder or a URI such as s3://bucket/prefix")
+    # A k given on a higher-precedence source replaces a variance target from a lower one, and back.
+    if (cli or {}).get("pca_k") is not None:
+        merged.pop("pca_variance", None)
+    if (cli or {}).get("pca_variance") is not None:
+        merged.pop("pca_k", None)
+    return PipelineConfig(**merged)

@@ -1,0 +1,203 @@
+"""Inference engines behind one small interface, and where their model files come from.
+
+Keras is the source of truth for the model and its weights. ONNX Runtime runs an ONNX export of that
+same Keras model (made once, cached by weights hash) and is several times faster on CPUs; the
+equivalence test keeps it within 1e-4 of Keras on real images.
+
+Driver side: :func:`prepare_model` resolves the weights and, for ONNX, exports once.
+Worker side: :func:`load_engine` builds one engine per Python worker process and caches it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from fruitlens.errors import FruitlensError
+
+WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" + WEIGHTS_FILE
+FEATURE_DIM = 1280
+INPUT_SHAPE = (224, 224, 3)
+ONNX_OPSET = 17
+
+
+class ModelError(FruitlensError, RuntimeError):
+    """The weights or the exported model cannot be found, read or built."""
+
+
+class Engine(Protocol):
+    name: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 224, 224, 3) float32, already preprocessed → (N, 1280) float32."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """What the driver hands to workers: the engine and one local file it loads."""
+
+    engine: str  # "onnx" | "keras"
+    path: str
+    sha256: str
+
+    @property
+    def file_name(self) -> str:
+        return Path(self.path).name
+
+
+def keras_home() -> Path:
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+
+
+def cache_dir() -> Path:
+    """Where ONNX exports are kept (``FRUITLENS_CACHE``; images bake theirs in at build time)."""
+    if os.environ.get("FRUITLENS_CACHE"):
+        return Path(os.environ["FRUITLENS_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fruitlens"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_weights(spec: str) -> Path:
+    """``imagenet`` → the file in Keras' cache (Keras downloads it if missing); else a local ``.h5``.
+
+    Remote URIs (s3://...) are fetched by the caller (see ``spark_io.fetch``) before this is called.
+    """
+    if spec == "imagenet":
+        cached = keras_home() / "models" / WEIGHTS_FILE
+        if cached.is_file():
+            return cached
+        try:  # Only here, on the driver, may anything be downloaded (by Keras, into its cache).
+            from keras.utils import get_file
+
+            return Path(get_file(WEIGHTS_FILE, WEIGHTS_URL, cache_subdir="models"))
+        except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
+            raise ModelError(
+                f"ImageNet weights not in Keras' cache ({cached}) and could not be downloaded ({exc}). "
+                f"Copy {WEIGHTS_FILE} there, or pass --weights PATH."
+            ) from None
+    path = Path(spec.removeprefix("file://"))
+    if not path.is_file():
+        raise ModelError(f"weights file {spec} does not exist; pass --weights imagenet or a .h5 path")
+    return path
+
+
+def build_keras_model(weights_path: str | os.PathLike[str]):
+    """MobileNetV2, no classifier, global average pool: the 1280-d layer before the top."""
+    import keras
+
+    model = keras.applications.MobileNetV2(
+        input_shape=INPUT_SHAPE, include_top=False, pooling="avg", weights=None
+    )
+    try:
+        model.load_weights(str(weights_path))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"cannot load MobileNetV2 weights from {weights_path}: {exc}") from None
+    return model
+
+
+def export_onnx(weights_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> Path:
+    """Export the Keras model to ONNX (atomically: a partly written file is never used)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    model = build_keras_model(weights_path)
+    spec = (tf.TensorSpec((None, *INPUT_SHAPE), tf.float32, name="input"),)
+
+    @tf.function(input_signature=spec)
+    def forward(x):
+        return model(x, training=False)
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(f".tmp{os.getpid()}")
+    tf2onnx.convert.from_function(forward, input_signature=spec, opset=ONNX_OPSET, output_path=str(tmp))
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def prepare_model(engine: str, weights: str) -> ModelArtifact:
+    """Driver side: resolve the weights once; for ONNX, reuse or make the export for these weights."""
+    if engine == "auto":
+        engine = "onnx" if onnx_available() else "keras"
+    weights_path = resolve_weights(weights)
+    digest = sha256_file(weights_path)
+    if engine == "keras":
+        return ModelArtifact("keras", str(weights_path), digest)
+    onnx_path = cache_dir() / f"mobilenet_v2_avg_{digest[:16]}_opset{ONNX_OPSET}.onnx"
+    if not onnx_path.is_file():
+        export_onnx(weights_path, onnx_path)
+    return ModelArtifact("onnx", str(onnx_path), digest)
+
+
+class KerasEngine:
+    name = "keras"
+
+    def __init__(self, weights_path: str, threads: int = 0) -> None:
+        import tensorflow as tf
+
+        if threads:
+            try:  # only possible before TF's runtime starts; a reused worker has it set already
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:
+                pass
+        self._model = build_keras_model(weights_path)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._model(batch, training=False), dtype=np.float32)
+
+
+class OnnxEngine:
+    name = "onnx"
+
+    def __init__(self, onnx_path: str, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0 = all cores; Spark passes its task's cpus
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self._session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"cannot load ONNX model {onnx_path}: {exc}") from None
+        self._input = self._session.get_inputs()[0].name
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: batch})[0].astype(np.float32, copy=False)
+
+
+_ENGINES: dict[tuple[str, str, int], Engine] = {}
+_LOCK = threading.Lock()
+
+
+def load_engine(engine: str, path: str, threads: int = 0) -> Engine:
+    """One engine per process and model file: a reused Spark Python worker builds it once."""
+    key = (engine, path, threads)
+    with _LOCK:
+        if key not in _ENGINES:
+            cls = OnnxEngine if engine == "onnx" else KerasEngine
+            _ENGINES[key] = cls(path, threads)
+        return _ENGINES[key]

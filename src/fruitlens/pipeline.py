@@ -1,0 +1,204 @@
+"""`run`, `extract`, `pca`: the stages in order, with their checks, timings, progress and manifest."""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.storagelevel import StorageLevel
+
+from fruitlens import hadoopfs
+from fruitlens.config import PipelineConfig
+from fruitlens.errors import FruitlensError
+from fruitlens.engine import ModelArtifact, prepare_model
+from fruitlens.featurize import WorkerStats, featurize_images
+from fruitlens.images import IMAGE_EXTENSIONS, IMAGE_GLOB
+from fruitlens.output import (
+    OutputLayout,
+    command_line,
+    library_versions,
+    prepare_output,
+    read_manifest,
+    write_manifest,
+)
+from fruitlens.pca import fit_pca, project
+from fruitlens.progress import log, task_bar
+from fruitlens.spark import build_session
+
+
+class InputError(FruitlensError, ValueError):
+    """INPUT is missing, empty, or holds no images."""
+
+
+@dataclass
+class Timer:
+    """Wall-clock seconds per stage, in the order the stages ran."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    _start: float = field(default_factory=time.perf_counter)
+
+    def lap(self, stage: str, since: float) -> float:
+        self.seconds[stage] = round(time.perf_counter() - since, 3)
+        return self.seconds[stage]
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self._start, 3)
+
+
+def check_input(spark: SparkSession, uri: str) -> None:
+    """Fail before any Spark job when INPUT cannot be the source of images."""
+    if not hadoopfs.exists(spark, uri):
+        raise InputError(f"INPUT {uri} does not exist; check the path (and credentials for s3:// URIs)")
+    if hadoopfs.first_image(spark, uri) is None:
+        raise InputError(
+            f"INPUT {uri} holds no images ({', '.join(IMAGE_EXTENSIONS)}, any letter case, in any sub-folder)"
+        )
+
+
+def read_images(spark: SparkSession, config: PipelineConfig, uri: str) -> DataFrame:
+    images = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", IMAGE_GLOB)
+        .load(uri)
+    )
+    if config.limit:
+        images = images.orderBy("path").limit(config.limit)
+    if config.partitions:
+        images = images.repartition(config.partitions)
+    elif config.limit:
+        images = images.repartition(spark.sparkContext.defaultParallelism * 2)
+    return images
+
+
+def resolve_model(spark: SparkSession, config: PipelineConfig) -> ModelArtifact:
+    """Resolve weights on the driver (fetching a remote .h5 once) and ship the engine's file to workers."""
+    weights = config.weights
+    if weights != "imagenet" and "://" in weights and not weights.startswith("file:"):
+        weights = str(hadoopfs.fetch(spark, weights, tempfile.mkdtemp(prefix="fruitlens-weights-")))
+    artifact = prepare_model(config.engine, weights)
+    spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
+    return artifact
+
+
+def extract_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout, input_uri: str,
+                  artifact: ModelArtifact) -> dict:
+    stats = WorkerStats.create(spark)
+    images = read_images(spark, config, input_uri)
+    result = featurize_images(images, artifact, batch_size=config.batch_size, stats=stats)
+    # Persisted so that writing features and errors evaluates the model once per image.
+    result = result.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        ok = F.col("error").isNull()
+        result.filter(ok).select("path", "label", "split", "features").write.parquet(layout.features)
+        result.filter(~ok).select("path", "error").write.parquet(layout.errors)
+        row = result.agg(F.count("*").alias("matched"), F.count("error").alias("errors")).first()
+    finally:
+        result.unpersist()
+    matched, errors = int(row["matched"]), int(row["errors"])
+    return {"matched": matched, "features": matched - errors, "errors": errors,
+            "worker_seconds": stats.as_dict()}
+
+
+def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout) -> dict:
+    features = spark.read.parquet(layout.features)
+    try:
+        model, summary = fit_pca(features, k=config.pca_k, variance=config.pca_variance,
+                                 standardize=config.pca_standardize)
+    except ValueError as exc:  # too few rows: the features are still worth having
+        log(f"pca: skipped ({exc})")
+        return {"skipped": str(exc)}
+    project(model, features).write.mode("overwrite").parquet(layout.pca)
+    model.write().overwrite().save(layout.pca_model)
+    return {**summary.as_dict(), "target_variance": config.pca_variance, "requested_k": config.pca_k}
+
+
+def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
+    """`fruitlens run` (and `extract` with ``with_pca=False``): images → features (→ PCA) → manifest."""
+    timer = Timer()
+    t = time.perf_counter()
+    spark = build_session(config)
+    input_uri = hadoopfs.qualify(config.input)
+    layout = OutputLayout(hadoopfs.qualify(config.output))
+    check_input(spark, input_uri)
+    prepare_output(spark, layout, overwrite=config.overwrite)
+    artifact = resolve_model(spark, config)
+    timer.lap("setup", t)
+    log(f"setup: input {input_uri}, engine {artifact.engine}, {spark.sparkContext.defaultParallelism} "
+        f"task slots ({timer.seconds['setup']:.1f} s)")
+
+    t = time.perf_counter()
+    with task_bar(spark.sparkContext, "extract", enabled=config.progress):
+        counts = extract_stage(spark, config, layout, input_uri, artifact)
+    seconds = timer.lap("extract", t)
+    log(f"extract: {counts['matched']} images -> {counts['features']} features, {counts['errors']} errors "
+        f"in {seconds:.1f} s ({counts['matched'] / max(seconds, 1e-9):.1f} images/s)")
+    if counts["matched"] == 0:
+        raise InputError(f"INPUT {input_uri}: no image matched at read time (were files removed meanwhile?)")
+
+    pca = None
+    if with_pca:
+        pca = _timed_pca(spark, config, layout, timer)
+
+    manifest = {
+        "fruitlens": library_versions().get("fruitlens", "dev"),
+        "command": command_line(),
+        "input": input_uri,
+        "output": layout.root,
+        "counts": {k: counts[k] for k in ("matched", "features", "errors")},
+        "engine": {"name": artifact.engine, "model_file": artifact.file_name, "weights_sha256": artifact.sha256},
+        "pca": pca,
+        "timings_s": timer.seconds,
+        "worker_seconds": counts["worker_seconds"],
+        "spark": {"master": spark.sparkContext.master, "task_slots": spark.sparkContext.defaultParallelism},
+        "config": config.to_dict(),
+        "versions": library_versions(),
+    }
+    return _finish(spark, layout, manifest, timer)
+
+
+def refit_pca(config: PipelineConfig) -> dict:
+    """`fruitlens pca OUTPUT`: (re)fit PCA on OUTPUT/features and update the manifest."""
+    timer = Timer()
+    t = time.perf_counter()
+    spark = build_session(config)
+    layout = OutputLayout(hadoopfs.qualify(config.output))
+    manifest = read_manifest(spark, layout)
+    timer.lap("setup", t)
+    manifest["pca"] = _timed_pca(spark, config, layout, timer)
+    manifest["config"] = {**manifest.get("config", {}),
+                          **{k: v for k, v in config.to_dict().items() if k.startswith("pca_")}}
+    manifest["timings_s"] = {**manifest.get("timings_s", {}), "pca": timer.seconds["pca"]}
+    manifest["versions"] = library_versions()
+    return _finish(spark, layout, manifest, timer, refit=True)
+
+
+def _timed_pca(spark: SparkSession, config: PipelineConfig, layout: OutputLayout, timer: Timer) -> dict:
+    t = time.perf_counter()
+    with task_bar(spark.sparkContext, "pca", enabled=config.progress):
+        pca = pca_stage(spark, config, layout)
+    seconds = timer.lap("pca", t)
+    if "k" in pca:
+        log(f"pca: k={pca['k']} keeps {pca['variance_kept']:.1%} of the variance of {pca['rows']} rows "
+            f"in {seconds:.1f} s")
+    return pca
+
+
+def _finish(spark: SparkSession, layout: OutputLayout, manifest: dict, timer: Timer, *, refit: bool = False) -> dict:
+    t = time.perf_counter()
+    timer.seconds["manifest"] = 0.0
+    total = timer.total()
+    if not refit:
+        manifest["timings_s"] = {**timer.seconds, "total": total}
+        matched = manifest["counts"]["matched"]
+        manifest["images_per_second"] = {
+            "extract": round(matched / max(timer.seconds["extract"], 1e-9), 2),
+            "end_to_end": round(matched / max(total, 1e-9), 2),
+        }
+    write_manifest(spark, layout, manifest)  # last: its presence means the output is complete
+    timer.lap("manifest", t)
+    log(f"done: {layout.manifest} ({timer.total():.1f} s in all)")
+    return manifest
+

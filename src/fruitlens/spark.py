@@ -1,0 +1,58 @@
+"""Building the SparkSession from the config: the only place Spark settings are chosen."""
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from fruitlens.config import PipelineConfig
+
+
+def spark_settings(config: PipelineConfig) -> dict[str, str]:
+    """Settings fruitlens needs whatever the cluster; ``config.spark_conf`` overrides any of them."""
+    settings = {
+        "spark.app.name": "fruitlens",
+        # Arrow batches carry raw image bytes: keep them small; inference batches are sized separately.
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(config.arrow_batch_size),
+        # Reused Python workers keep their model between tasks (built once per worker, not per task).
+        "spark.python.worker.reuse": "true",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+        # Each image costs its open overhead, so many small files split into several tasks.
+        "spark.sql.files.openCostInBytes": str(1 << 20),
+    }
+    if master_of(config).startswith("local"):
+        settings["spark.driver.memory"] = "4g"  # local mode: driver = executor; only read at JVM start
+        settings["spark.ui.enabled"] = "false"
+    settings.update(config.spark_conf)
+    return settings
+
+
+def master_of(config: PipelineConfig) -> str:
+    """``--master`` if given; under spark-submit (which sets the gateway port) its own master; else local."""
+    if config.master:
+        return config.master
+    if launched_by_spark_submit():
+        return ""  # spark-submit already chose (k8s://, yarn, ...) and the session inherits it
+    return "local[*]"
+
+
+def launched_by_spark_submit() -> bool:
+    return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
+
+
+def build_session(config: PipelineConfig) -> SparkSession:
+    builder = SparkSession.builder
+    master = master_of(config)
+    if master:
+        builder = builder.master(master)
+    if master.startswith("local"):
+        # Local workers must run this interpreter (where fruitlens is installed), not `python3` on PATH;
+        # PySpark reads only the environment variable for that.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    for key, value in spark_settings(config).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
