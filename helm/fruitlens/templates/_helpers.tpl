@@ -1,0 +1,191 @@
+{{/*
+Names are DNS labels: Kubernetes caps them at 63 characters, so every name is truncated there.
+*/}}
+
+{{/* The chart's name, or nameOverride. */}}
+{{- define "fruitlens.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's resource name: the release name alone when it already contains the chart name. */}}
+{{- define "fruitlens.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* chart label value: name-version, `+` is not allowed in a label. */}}
+{{- define "fruitlens.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "fruitlens.labels" -}}
+helm.sh/chart: {{ include "fruitlens.chart" . }}
+{{ include "fruitlens.selectorLabels" . }}
+app.kubernetes.io/version: {{ (.Values.image.tag | default .Chart.AppVersion) | toString | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: fruitlens
+{{- end }}
+
+{{/* Labels that select this release's pods (`fruitlens k8s status` finds driver and executors by them). */}}
+{{- define "fruitlens.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fruitlens.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The image reference; the tag falls back to the chart's appVersion. */}}
+{{- define "fruitlens.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
+{{- end }}
+
+{{/* The ServiceAccount the driver runs as (and asks the API server with). */}}
+{{- define "fruitlens.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "fruitlens.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The headless Service executors reach the driver through (client mode). */}}
+{{- define "fruitlens.driverServiceName" -}}
+{{- printf "%s-driver" (include "fruitlens.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Executor pod names are <prefix>-exec-<n>; Spark rejects a prefix longer than 47 characters. */}}
+{{- define "fruitlens.executorPrefix" -}}
+{{- include "fruitlens.fullname" . | trunc 47 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Where the executor pod template is mounted in the driver. */}}
+{{- define "fruitlens.podTemplateDir" -}}/etc/fruitlens/pod-template{{- end }}
+
+{{/* The job's own arguments: `fruitlens run|extract INPUT OUTPUT [pipeline options]`, as a YAML list. */}}
+{{- define "fruitlens.jobArgs" -}}
+{{- $p := .Values.pipeline }}
+{{- if and (not (kindIs "invalid" $p.pcaK)) (not (kindIs "invalid" $p.pcaVariance)) }}
+{{- fail "pipeline.pcaK and pipeline.pcaVariance are exclusive: set one of them (the other to null)" }}
+{{- end }}
+{{- $args := list .Values.job.command (required "job.input is required" .Values.job.input) (required "job.output is required" .Values.job.output) }}
+{{- if and (ne .Values.job.command "extract") (not (kindIs "invalid" $p.pcaK)) }}
+{{- $args = concat $args (list "--pca-k" ($p.pcaK | int | toString)) }}
+{{- end }}
+{{- if and (ne .Values.job.command "extract") (not (kindIs "invalid" $p.pcaVariance)) }}
+{{- $args = concat $args (list "--pca-variance" ($p.pcaVariance | toString)) }}
+{{- end }}
+{{- if and (ne .Values.job.command "extract") $p.pcaStandardize }}
+{{- $args = append $args "--pca-standardize" }}
+{{- end }}
+{{- range $key, $flag := dict "batchSize" "--batch-size" "arrowBatchSize" "--arrow-batch-size" "partitions" "--partitions" "limit" "--limit" }}
+{{- $v := index $p $key }}
+{{- if not (kindIs "invalid" $v) }}
+{{- $args = concat $args (list $flag ($v | int | toString)) }}
+{{- end }}
+{{- end }}
+{{- if $p.engine }}
+{{- $args = concat $args (list "--engine" $p.engine) }}
+{{- end }}
+{{- if $p.weights }}
+{{- $args = concat $args (list "--weights" $p.weights) }}
+{{- end }}
+{{- if $p.overwrite }}
+{{- $args = append $args "--overwrite" }}
+{{- end }}
+{{- $args = append $args "--no-progress" }}
+{{- $args = concat $args $p.extraArgs }}
+{{- toYaml $args }}
+{{- end }}
+
+{{/* Spark settings shared by both ways of running (Job in client mode, SparkApplication), as a YAML map. */}}
+{{- define "fruitlens.sparkConf" -}}
+{{- $conf := dict }}
+{{- $_ := set $conf "spark.app.name" (include "fruitlens.fullname" .) }}
+{{- $_ = set $conf "spark.kubernetes.namespace" .Release.Namespace }}
+{{- $_ = set $conf "spark.kubernetes.container.image" (include "fruitlens.image" .) }}
+{{- $_ = set $conf "spark.kubernetes.container.image.pullPolicy" .Values.image.pullPolicy }}
+{{- $_ = set $conf "spark.kubernetes.executor.podNamePrefix" (include "fruitlens.executorPrefix" .) }}
+{{- $_ = set $conf "spark.executor.instances" (.Values.executor.instances | toString) }}
+{{- $_ = set $conf "spark.executor.cores" (.Values.executor.cores | toString) }}
+{{- $_ = set $conf "spark.executor.memory" .Values.executor.memory }}
+{{- $_ = set $conf "spark.executor.memoryOverhead" .Values.executor.memoryOverhead }}
+{{- with .Values.executor.requestCores }}
+{{- $_ = set $conf "spark.kubernetes.executor.request.cores" (. | toString) }}
+{{- end }}
+{{- with .Values.executor.limitCores }}
+{{- $_ = set $conf "spark.kubernetes.executor.limit.cores" (. | toString) }}
+{{- end }}
+{{- $_ = set $conf "spark.kubernetes.executor.deleteOnTermination" (.Values.executor.deleteOnTermination | toString) }}
+{{- $_ = set $conf "spark.local.dir" .Values.scratch.localDir }}
+{{- with .Values.s3.endpoint }}
+{{- $_ = set $conf "spark.hadoop.fs.s3a.endpoint" . }}
+{{- $_ = set $conf "spark.hadoop.fs.s3a.connection.ssl.enabled" (hasPrefix "https://" . | toString) }}
+{{- end }}
+{{- $_ = set $conf "spark.hadoop.fs.s3a.path.style.access" (.Values.s3.pathStyleAccess | toString) }}
+{{- with .Values.s3.region }}
+{{- $_ = set $conf "spark.hadoop.fs.s3a.endpoint.region" . }}
+{{- end }}
+{{- range $k, $v := .Values.spark.conf }}
+{{- $_ = set $conf $k ($v | toString) }}
+{{- end }}
+{{- toYaml $conf }}
+{{- end }}
+
+{{/* Environment for driver and executors: S3 credentials from an existing Secret, then extraEnv. */}}
+{{- define "fruitlens.env" -}}
+{{- with .Values.s3.credentials.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.s3.credentials.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.s3.credentials.secretAccessKeyKey }}
+{{- end }}
+{{- with .Values.s3.endpoint }}
+- name: AWS_ENDPOINT_URL_S3
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.s3.region }}
+- name: AWS_REGION
+  value: {{ . | quote }}
+{{- end }}
+- name: TMPDIR
+  value: /tmp
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Writable scratch (the root filesystem is read-only): /tmp and Spark's local dir, both emptyDir. */}}
+{{- define "fruitlens.scratchVolumes" -}}
+- name: tmp
+  emptyDir:
+    {{- with .Values.scratch.tmpSizeLimit }}
+    sizeLimit: {{ . }}
+    {{- else }} {}
+    {{- end }}
+- name: spark-local
+  emptyDir:
+    {{- with .Values.scratch.localDirSizeLimit }}
+    sizeLimit: {{ . }}
+    {{- else }} {}
+    {{- end }}
+{{- end }}
+
+{{- define "fruitlens.scratchMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: spark-local
+  mountPath: {{ .Values.scratch.localDir }}
+{{- end }}
