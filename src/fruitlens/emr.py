@@ -1,0 +1,503 @@
+"""EMR on EKS: building the StartJobRun request (pure functions), then submit/status/wait/cancel/list.
+
+The request is a plain dict, built from the :class:`~fruitlens.emr_config.EmrProfile` and the job's own
+arguments, checked against the API's documented limits (:func:`validate_request`, from botocore's own
+service model) before anything is sent. Every Spark setting goes into ``spark-defaults`` — not
+``sparkSubmitParameters``, which some EMR releases cap at 1,024 characters. The ``clientToken`` is a
+hash of the request, so a retried submit of the same job is the same request to EMR and starts nothing
+new. AWS errors come back as :class:`EmrError`: one line naming the call, the resource and what to check.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fruitlens.emr_config import ROLE_ARN_RE, EmrProfile
+from fruitlens.errors import FruitlensError
+
+TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
+ACTIVE_STATES = ("PENDING", "SUBMITTED", "RUNNING", "CANCEL_PENDING")
+#: Kept under the oldest documented cap; fruitlens itself sends no sparkSubmitParameters.
+MAX_SPARK_SUBMIT_PARAMETERS = 1024
+
+
+class EmrError(FruitlensError, RuntimeError):
+    """An EMR on EKS call failed; the message says which call, on what, and what to check."""
+
+
+class EmrRequestError(EmrError):
+    """The request would be refused by the API: caught before any call."""
+
+    exit_code = 2
+
+
+class JobRunFailed(EmrError):
+    """The job run ended FAILED (exit 1) or CANCELLED (exit 3)."""
+
+    def __init__(self, message: str, state: str) -> None:
+        super().__init__(message)
+        self.state = state
+        self.exit_code = 3 if state == "CANCELLED" else 1
+
+
+class WaitTimeout(EmrError):
+    exit_code = 124
+
+
+# --- the request (pure) ---------------------------------------------------------------------------
+
+def spark_defaults(profile: EmrProfile) -> dict[str, str]:
+    """The ``spark-defaults`` classification: image, fixed executor fleet, memory overhead for Python."""
+    settings = {
+        "spark.kubernetes.container.image": profile.image or "",
+        "spark.executor.instances": str(profile.executor_instances),
+        "spark.executor.cores": str(profile.executor_cores),
+        "spark.executor.memory": profile.executor_memory,
+        "spark.driver.cores": str(profile.driver_cores),
+        "spark.driver.memory": profile.driver_memory,
+        # Each executor holds one model per Python worker; scaling executors up and down would rebuild them.
+        "spark.dynamicAllocation.enabled": "false",
+        # ONNX Runtime / TensorFlow and the decoded images live in the Python workers, outside the JVM heap:
+        # the pod needs far more than Spark's default 10% on top of the heap, or Kubernetes OOM-kills it.
+        "spark.driver.memoryOverheadFactor": str(profile.memory_overhead_factor),
+    }
+    if profile.executor_memory_overhead:
+        settings["spark.executor.memoryOverhead"] = profile.executor_memory_overhead
+    else:
+        settings["spark.executor.memoryOverheadFactor"] = str(profile.memory_overhead_factor)
+    settings.update(profile.spark_conf)
+    return settings
+
+
+def job_arguments(input_uri: str, output_uri: str, pipeline_args: Sequence[str] = ()) -> list[str]:
+    """What the entry point receives: a ``fruitlens run`` command line (no progress bar in a log file)."""
+    for what, uri in (("INPUT", input_uri), ("OUTPUT", output_uri)):
+        if not uri or not uri.startswith(("s3://", "s3a://")):
+            raise EmrRequestError(f"{what} must be an S3 URI the job can reach from EMR (s3://bucket/prefix), "
+                                  f"got {uri!r}; stage local images with `fruitlens data upload`")
+    args = ["run", input_uri, output_uri, *pipeline_args]
+    return args if "--no-progress" in args else [*args, "--no-progress"]
+
+
+def monitoring_configuration(profile: EmrProfile) -> dict[str, Any]:
+    monitoring: dict[str, Any] = {"persistentAppUI": "ENABLED"}
+    if profile.log_uri:
+        monitoring["s3MonitoringConfiguration"] = {"logUri": profile.log_uri}
+    if profile.log_group:
+        monitoring["cloudWatchMonitoringConfiguration"] = {
+            "logGroupName": profile.log_group, "logStreamNamePrefix": profile.log_stream_prefix}
+    return monitoring
+
+
+def client_token(request: dict[str, Any], run_key: str | None = None) -> str:
+    """sha256 of the request's canonical JSON (without its token) and ``run_key``: 64 hex characters.
+
+    The same job submitted twice is the same token, so EMR returns the first job run; a different
+    ``run_key`` deliberately starts the same job again.
+    """
+    body = {k: v for k, v in request.items() if k != "clientToken"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n" + (run_key or "")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def build_request(
+    profile: EmrProfile,
+    *,
+    virtual_cluster_id: str,
+    input_uri: str,
+    output_uri: str,
+    pipeline_args: Sequence[str] = (),
+    run_key: str | None = None,
+) -> dict[str, Any]:
+    """The exact ``start_job_run`` keyword arguments for this job, validated."""
+    profile.require("execution_role_arn", "image")
+    request: dict[str, Any] = {
+        "name": profile.job_name,
+        "virtualClusterId": virtual_cluster_id,
+        "executionRoleArn": profile.execution_role_arn,
+        "releaseLabel": profile.release_label,
+        "jobDriver": {"sparkSubmitJobDriver": {
+            "entryPoint": profile.entry_point,
+            "entryPointArguments": job_arguments(input_uri, output_uri, pipeline_args),
+        }},
+        "configurationOverrides": {
+            "applicationConfiguration": [{"classification": "spark-defaults", "properties": spark_defaults(profile)}],
+            "monitoringConfiguration": monitoring_configuration(profile),
+        },
+        "retryPolicyConfiguration": {"maxAttempts": profile.max_attempts},
+    }
+    if profile.tags:
+        request["tags"] = dict(profile.tags)
+    request["clientToken"] = client_token(request, run_key)
+    validate_request(request)
+    return request
+
+
+@functools.lru_cache(maxsize=None)
+def _pattern(text: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(text)
+    except re.error:  # a Java-only construct: the service checks it anyway
+        return None
+
+
+def _shown(value: str) -> str:
+    return repr(value) if len(value) <= 60 else f"{value[:40]!r}... ({len(value)} characters)"
+
+
+def _check(shape, value: Any, where: str, problems: list[str]) -> None:
+    md = shape.metadata
+    kind = shape.type_name
+    if kind == "structure":
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected an object")
+            return
+        for name in shape.required_members:
+            if name not in value:
+                problems.append(f"{where}.{name} is required")
+        for name, item in value.items():
+            if name not in shape.members:
+                problems.append(f"{where}.{name} is not a field of this API")
+            else:
+                _check(shape.members[name], item, f"{where}.{name}", problems)
+    elif kind in ("list", "map"):
+        if "min" in md and len(value) < md["min"] or "max" in md and len(value) > md["max"]:
+            problems.append(f"{where}: {len(value)} entries, the API allows {md.get('min', 0)} to {md.get('max')}")
+        if kind == "list":
+            for i, item in enumerate(value):
+                _check(shape.member, item, f"{where}[{i}]", problems)
+        else:
+            for key, item in value.items():
+                _check(shape.key, key, f"{where} key {_shown(str(key))}", problems)
+                _check(shape.value, item, f"{where}[{key!r}]", problems)
+    elif kind == "string":
+        if not isinstance(value, str):
+            problems.append(f"{where}: expected a string, got {value!r}")
+            return
+        if "min" in md and len(value) < md["min"]:
+            problems.append(f"{where}: {_shown(value)} is shorter than {md['min']} characters")
+        if "max" in md and len(value) > md["max"]:
+            problems.append(f"{where}: {len(value)} characters, the API allows at most {md['max']}")
+        pattern = _pattern(md["pattern"]) if "pattern" in md else None
+        if pattern is not None and value and not pattern.fullmatch(value):
+            problems.append(f"{where}: {_shown(value)} does not match the API pattern {md['pattern']}")
+        if shape.enum and value not in shape.enum:
+            problems.append(f"{where}: {value!r} is not one of {', '.join(shape.enum)}")
+    elif kind == "integer":
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"{where}: expected an integer, got {value!r}")
+        elif "min" in md and value < md["min"] or "max" in md and value > md["max"]:
+            problems.append(f"{where}: {value} is out of the API's range")
+
+
+@functools.lru_cache(maxsize=1)
+def _start_job_run_shape():
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model("emr-containers").operation_model("StartJobRun").input_shape
+
+
+def validate_request(request: dict[str, Any]) -> None:
+    """Check every field against the StartJobRun limits (lengths, patterns, counts); raise them all at once.
+
+    The limits are read from botocore's model of the API (the one its reference documents), which boto3
+    itself checks only in part (types, required fields, minimum lengths).
+    """
+    problems: list[str] = []
+    _check(_start_job_run_shape(), request, "StartJobRun", problems)
+    driver = request.get("jobDriver", {}).get("sparkSubmitJobDriver", {})
+    params = driver.get("sparkSubmitParameters")
+    if params is not None and len(params) > MAX_SPARK_SUBMIT_PARAMETERS:
+        problems.append(f"sparkSubmitParameters: {len(params)} characters, keep it under "
+                        f"{MAX_SPARK_SUBMIT_PARAMETERS}: put Spark settings in spark_conf (spark-defaults) instead")
+    if problems:
+        hint = ""
+        if any(".executionRoleArn" in p for p in problems):
+            hint = " (an IAM role ARN: arn:aws:iam::<12-digit account>:role/<name>)"
+        raise EmrRequestError("invalid StartJobRun request: " + "; ".join(problems) + hint)
+
+
+# --- IAM, generated from the profile (pure) -------------------------------------------------------
+
+def _role_parts(profile: EmrProfile) -> tuple[str, str, str]:
+    """(partition, account id, role name) of the execution role ARN."""
+    profile.require("execution_role_arn")
+    match = ROLE_ARN_RE.match(profile.execution_role_arn or "")
+    assert match is not None  # validated by EmrProfile
+    if not match.group(2):
+        raise EmrRequestError(f"execution_role_arn {profile.execution_role_arn} has no account id")
+    return match.group(1), match.group(2), match.group(6)
+
+
+def _s3_parts(uri: str) -> tuple[str, str]:
+    from fruitlens.s3 import split_uri
+
+    bucket, prefix = split_uri(uri)
+    return bucket, prefix.strip("/")
+
+
+def _prefix_statements(sid: str, uri: str, actions: list[str], partition: str) -> list[dict[str, Any]]:
+    bucket, prefix = _s3_parts(uri)
+    objects = f"arn:{partition}:s3:::{bucket}/{prefix + '/' if prefix else ''}*"
+    listing: dict[str, Any] = {"Sid": f"{sid}List", "Effect": "Allow", "Action": ["s3:ListBucket"],
+                               "Resource": [f"arn:{partition}:s3:::{bucket}"]}
+    if prefix:
+        listing["Condition"] = {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}
+    return [{"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": [objects]}, listing]
+
+
+def iam_policy(profile: EmrProfile) -> dict[str, Any]:
+    """Least privilege for the job role: read INPUT, write OUTPUT and the logs; nothing else."""
+    profile.require("input", "output", "execution_role_arn")
+    partition, account, _ = _role_parts(profile)
+    statements = _prefix_statements("ReadInput", profile.input or "", ["s3:GetObject"], partition)
+    # Spark's committer writes then renames (copy + delete) and an overwrite deletes the old output.
+    statements += _prefix_statements("WriteOutput", profile.output or "", [
+        "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
+        "s3:ListMultipartUploadParts"], partition)
+    if profile.log_uri:
+        statements += _prefix_statements("WriteLogs", profile.log_uri, ["s3:PutObject", "s3:GetObject"], partition)
+    if profile.entry_point.startswith("s3://"):
+        bucket, key = _s3_parts(profile.entry_point)
+        statements.append({"Sid": "ReadEntryPoint", "Effect": "Allow", "Action": ["s3:GetObject"],
+                           "Resource": [f"arn:{partition}:s3:::{bucket}/{key}"]})
+    if profile.log_group:
+        region = profile.region or "*"
+        group = f"arn:{partition}:logs:{region}:{account}:log-group:{profile.log_group}"
+        statements += [
+            {"Sid": "CloudWatchDescribe", "Effect": "Allow",
+             "Action": ["logs:DescribeLogGroups", "logs:DescribeLogStreams"],
+             "Resource": [f"arn:{partition}:logs:{region}:{account}:log-group:*"]},
+            {"Sid": "CloudWatchWrite", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+             "Resource": [f"{group}:log-stream:{profile.log_stream_prefix}/*"]},
+        ]
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def base36(text: str) -> str:
+    """The role-name encoding EMR uses in its service-account names (big-endian bytes → base 36)."""
+    number = int.from_bytes(text.encode("utf-8"), "big")
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while number:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+    return out or "0"
+
+
+def trust_policy(profile: EmrProfile) -> dict[str, Any]:
+    """IRSA trust: the cluster's OIDC provider may hand the role to EMR's job pods in the namespace.
+
+    The same document ``aws emr-containers update-role-trust-policy`` writes.
+    """
+    profile.require("oidc_provider", "execution_role_arn")
+    partition, account, role = _role_parts(profile)
+    oidc = (profile.oidc_provider or "").removeprefix("https://").rstrip("/")
+    subject = f"system:serviceaccount:{profile.namespace}:emr-containers-sa-*-*-{account}-{base36(role)}"
+    return {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow",
+        "Principal": {"Federated": f"arn:{partition}:iam::{account}:oidc-provider/{oidc}"},
+        "Action": "sts:AssumeRoleWithWebIdentity",
+        "Condition": {"StringLike": {f"{oidc}:sub": subject}},
+    }]}
+
+
+# --- calls (boto3) --------------------------------------------------------------------------------
+
+_HINTS = {
+    "ResourceNotFoundException": "not found in this region: check the id and --region "
+                                 "(`fruitlens emr clusters` lists the RUNNING virtual clusters)",
+    "AccessDeniedException": "these AWS credentials may not make this call: check the caller's IAM policy "
+                             "(submitting also needs iam:PassRole on the execution role)",
+    "InternalServerException": "an error on AWS' side: retry; the same request has the same clientToken",
+    "ThrottlingException": "throttled by AWS: wait a little and retry",
+}
+
+
+def explain(exc: Exception, call: str, resource: str) -> EmrError:
+    """A botocore error as one line: which call, on which resource, and what to check."""
+    from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
+                                     NoRegionError, ParamValidationError)
+
+    if isinstance(exc, NoRegionError):
+        return EmrError(f"{call} {resource}: no AWS region: set region in the EMR profile, --region or AWS_REGION")
+    if isinstance(exc, NoCredentialsError):
+        return EmrError(f"{call} {resource}: no AWS credentials (set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
+                        "AWS_SECRET_ACCESS_KEY)")
+    if isinstance(exc, EndpointConnectionError):
+        return EmrError(f"{call} {resource}: cannot reach EMR on EKS ({exc}); check the region and AWS_ENDPOINT_URL")
+    if isinstance(exc, ParamValidationError):
+        return EmrRequestError(f"{call} {resource}: {exc}")
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        message = exc.response.get("Error", {}).get("Message", "") or code
+        lowered = message.lower()
+        if code == "ValidationException" and ("role" in lowered or "trust" in lowered or "assume" in lowered):
+            hint = ("check the execution role exists and its trust policy lets this cluster's OIDC provider "
+                    "assume it (IRSA: `fruitlens emr trust-policy`, or `aws emr-containers "
+                    "update-role-trust-policy`)")
+        elif code == "ValidationException" and "virtual cluster" in lowered:
+            hint = "check the virtual cluster is RUNNING (`fruitlens emr clusters`)"
+        else:
+            hint = _HINTS.get(code, "")
+        return EmrError(f"{call} {resource}: {code}: {message}" + (f"; {hint}" if hint else ""))
+    return EmrError(f"{call} {resource}: {exc}")
+
+
+def client(region: str | None = None):
+    """An emr-containers client; credentials, endpoint and (without ``region``) region come from AWS' settings."""
+    import boto3
+    from botocore.config import Config
+
+    try:
+        return boto3.client("emr-containers", region_name=region, config=Config(retries={"mode": "standard"}))
+    except Exception as exc:
+        raise explain(exc, "client", "emr-containers") from None
+
+
+def list_virtual_clusters(emr, states: Sequence[str] = ("RUNNING",)) -> list[dict[str, Any]]:
+    try:
+        pages = emr.get_paginator("list_virtual_clusters").paginate(states=list(states))
+        return [vc for page in pages for vc in page.get("virtualClusters", [])]
+    except Exception as exc:
+        raise explain(exc, "ListVirtualClusters", f"states={','.join(states)}") from None
+
+
+def resolve_virtual_cluster(emr, profile: EmrProfile) -> str:
+    """The virtual cluster id: the profile's id, or the one RUNNING cluster with the profile's name."""
+    if profile.virtual_cluster_id:
+        return profile.virtual_cluster_id
+    if not profile.virtual_cluster_name:
+        profile.require("virtual_cluster_id")
+    name = profile.virtual_cluster_name
+    running = list_virtual_clusters(emr)
+    matches = [vc["id"] for vc in running if vc.get("name") == name]
+    if len(matches) == 1:
+        return matches[0]
+    known = sorted({vc.get("name", "?") for vc in running}) or ["none"]
+    if not matches:
+        raise EmrError(f"no RUNNING virtual cluster named {name!r} in this region (running: {', '.join(known)}); "
+                       "create it (docs/emr-on-eks.md) or check --region")
+    raise EmrError(f"{len(matches)} RUNNING virtual clusters are named {name!r} ({', '.join(matches)}); "
+                   "give --virtual-cluster-id")
+
+
+def find_same_request(emr, request: dict[str, Any]) -> dict[str, Any] | None:
+    """An unfinished job run of this cluster carrying this request's clientToken, if any.
+
+    EMR itself answers a repeated token with the first job run; this look-up also covers an endpoint
+    that does not (and costs one list call).
+    """
+    try:
+        pages = emr.get_paginator("list_job_runs").paginate(
+            virtualClusterId=request["virtualClusterId"], name=request["name"], states=list(ACTIVE_STATES),
+            PaginationConfig={"MaxItems": 500})
+        for page in pages:
+            for run in page.get("jobRuns", []):
+                if run.get("clientToken") == request["clientToken"]:
+                    return run
+    except Exception as exc:
+        raise explain(exc, "ListJobRuns", f"virtual cluster {request['virtualClusterId']}") from None
+    return None
+
+
+def submit(emr, request: dict[str, Any]) -> dict[str, Any]:
+    """Start the job run (or find the one this same request already started): ``{id, name, arn, ..., reused}``."""
+    validate_request(request)
+    same = find_same_request(emr, request)
+    if same is not None:
+        return {"id": same["id"], "name": same.get("name"), "arn": same.get("arn"),
+                "virtualClusterId": request["virtualClusterId"], "reused": True}
+    try:
+        response = emr.start_job_run(**request)
+    except Exception as exc:
+        raise explain(exc, "StartJobRun", f"virtual cluster {request['virtualClusterId']} "
+                      f"role {request.get('executionRoleArn')}") from None
+    return {k: response.get(k) for k in ("id", "name", "arn", "virtualClusterId")} | {"reused": False}
+
+
+def describe(emr, virtual_cluster_id: str, job_run_id: str) -> dict[str, Any]:
+    try:
+        return emr.describe_job_run(virtualClusterId=virtual_cluster_id, id=job_run_id)["jobRun"]
+    except Exception as exc:
+        raise explain(exc, "DescribeJobRun", f"job run {job_run_id} on virtual cluster {virtual_cluster_id}") from None
+
+
+def cancel(emr, virtual_cluster_id: str, job_run_id: str) -> dict[str, Any]:
+    try:
+        return emr.cancel_job_run(virtualClusterId=virtual_cluster_id, id=job_run_id)
+    except Exception as exc:
+        raise explain(exc, "CancelJobRun", f"job run {job_run_id} on virtual cluster {virtual_cluster_id}") from None
+
+
+def list_job_runs(emr, virtual_cluster_id: str, *, states: Sequence[str] = (), limit: int = 20) -> list[dict[str, Any]]:
+    kwargs: dict[str, Any] = {"virtualClusterId": virtual_cluster_id, "PaginationConfig": {"MaxItems": limit}}
+    if states:
+        kwargs["states"] = list(states)
+    try:
+        return [run for page in emr.get_paginator("list_job_runs").paginate(**kwargs) for run in page.get("jobRuns", [])]
+    except Exception as exc:
+        raise explain(exc, "ListJobRuns", f"virtual cluster {virtual_cluster_id}") from None
+
+
+def summary(run: dict[str, Any]) -> dict[str, Any]:
+    """The fields worth printing of a job run, JSON-ready."""
+    keys = ("id", "name", "state", "failureReason", "stateDetails", "createdAt", "finishedAt", "releaseLabel")
+    return {k: (run[k].isoformat() if hasattr(run[k], "isoformat") else run[k]) for k in keys if run.get(k) is not None}
+
+
+def wait(
+    emr,
+    virtual_cluster_id: str,
+    job_run_id: str,
+    *,
+    on_change: Callable[[dict[str, Any], str | None], None] | None = None,
+    poll: float = 5.0,
+    max_poll: float = 60.0,
+    backoff: float = 1.5,
+    timeout: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Poll until a terminal state, backing off from ``poll`` to ``max_poll`` seconds (reset on each change).
+
+    ``on_change(job_run, previous_state)`` sees every state change. Returns the final job run; raises
+    :class:`WaitTimeout` past ``timeout`` seconds.
+    """
+    start, delay, last = clock(), poll, None
+    while True:
+        run = describe(emr, virtual_cluster_id, job_run_id)
+        state = run.get("state")
+        if state != last:
+            if on_change:
+                on_change(run, last)
+            last, delay = state, poll
+        if state in TERMINAL_STATES:
+            return run
+        if timeout is not None and clock() - start + delay > timeout:
+            raise WaitTimeout(f"job run {job_run_id} still {state} after {timeout:g}s; "
+                              f"`fruitlens emr wait {job_run_id}` goes on waiting")
+        sleep(delay)
+        delay = min(max_poll, delay * backoff)
+
+
+def check_outcome(run: dict[str, Any]) -> None:
+    """Raise :class:`JobRunFailed` with the reason and details unless the job run COMPLETED."""
+    state = run.get("state")
+    if state == "COMPLETED":
+        return
+    reason = run.get("failureReason") or "no failure reason given"
+    details = run.get("stateDetails") or "no details"
+    raise JobRunFailed(f"job run {run.get('id')} {state}: {reason}: {details}; "
+                       f"driver logs: `fruitlens emr logs {run.get('id')}`", state or "FAILED")
+
+
+def log_uri_of(run: dict[str, Any]) -> str | None:
+    """The S3 log URI the job run was submitted with, if any."""
+    monitoring = (run.get("configurationOverrides") or {}).get("monitoringConfiguration") or {}
+    return (monitoring.get("s3MonitoringConfiguration") or {}).get("logUri")

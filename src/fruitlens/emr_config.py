@@ -1,0 +1,202 @@
+"""The one typed profile of an EMR on EKS deployment: where and how `fruitlens emr` runs the job.
+
+Settings flow one way, as for the pipeline (:mod:`fruitlens.config`): YAML profile < environment
+(``FRUITLENS_EMR_*``) < command-line flags → :class:`EmrProfile`, validated once. Nothing downstream reads
+the environment again; boto3 alone still reads the standard AWS variables (credentials, ``AWS_REGION``,
+``AWS_ENDPOINT_URL``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fruitlens.config import ConfigError, _coerce
+
+ENV_PREFIX = "FRUITLENS_EMR_"
+#: The script the container image must provide: it runs ``fruitlens.cli.main(sys.argv[1:])``.
+DEFAULT_ENTRY_POINT = "local:///opt/fruitlens/run_job.py"
+DEFAULT_RELEASE_LABEL = "emr-7.5.0-latest"
+
+# Patterns of the StartJobRun API reference (and of IAM for the ARN).
+ROLE_ARN_RE = re.compile(r"^arn:(aws[a-zA-Z0-9-]*):iam::(\d{12})?:role((/)|(/[\u0021-\u007F]+/))([\w+=,.@-]+)$")
+RELEASE_LABEL_RE = re.compile(r"^emr-\d+\.\d+\.\d+-(latest|\d{8})$")
+VIRTUAL_CLUSTER_ID_RE = re.compile(r"^[0-9a-z]{1,64}$")
+REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+MEMORY_RE = re.compile(r"^\d+[kmgtKMGT]?$")
+LOG_GROUP_RE = re.compile(r"^[.\-_/#A-Za-z0-9]{1,512}$")
+IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*(:\d+)?(/[a-z0-9._\-]+)+(:[\w.\-]{1,128})?(@sha256:[0-9a-f]{64})?$")
+
+
+@dataclass(frozen=True)
+class EmrProfile:
+    """Everything `fruitlens emr` needs besides the job's own options.
+
+    Parameters
+    ----------
+    region
+        AWS region of the virtual cluster; ``None``: boto3's default (``AWS_REGION``, ~/.aws/config).
+    virtual_cluster_id, virtual_cluster_name
+        The cluster to run on; a name is resolved to the one *RUNNING* virtual cluster of that name.
+    execution_role_arn
+        IAM role the driver and executors assume (IRSA); its policy: ``fruitlens emr iam-policy``.
+    release_label
+        EMR release, e.g. ``emr-7.5.0-latest``; the custom image must be built on the same release.
+    image
+        Container image URI (ECR) with fruitlens installed; set as ``spark.kubernetes.container.image``.
+    entry_point
+        ``local://`` path of the job script inside the image, or an ``s3://`` script.
+    executor_instances, executor_cores, executor_memory
+        Fixed executor fleet (dynamic allocation off: a model per Python worker is costly to start).
+    executor_memory_overhead, memory_overhead_factor
+        Off-heap room for the Python workers (ONNX Runtime / TensorFlow live outside the JVM heap):
+        an explicit size (``2g``) wins, else the factor (default 0.4 instead of Spark's 0.1).
+    log_uri, log_group, log_stream_prefix
+        Where EMR ships the pods' logs: S3 (``fruitlens emr logs`` reads it) and/or CloudWatch.
+    max_attempts
+        Retry policy: how many times EMR starts the job in all (1 = no retry).
+    input, output
+        Default job INPUT/OUTPUT (S3 URIs); also the prefixes the IAM policy grants.
+    namespace, oidc_provider
+        EKS namespace of the virtual cluster and the cluster's OIDC issuer (no ``https://``): only
+        for ``fruitlens emr trust-policy``.
+    """
+
+    region: str | None = None
+    virtual_cluster_id: str | None = None
+    virtual_cluster_name: str | None = None
+    execution_role_arn: str | None = None
+    release_label: str = DEFAULT_RELEASE_LABEL
+    image: str | None = None
+    entry_point: str = DEFAULT_ENTRY_POINT
+    job_name: str = "fruitlens"
+    executor_instances: int = 2
+    executor_cores: int = 2
+    executor_memory: str = "4g"
+    executor_memory_overhead: str | None = None
+    memory_overhead_factor: float = 0.4
+    driver_cores: int = 1
+    driver_memory: str = "4g"
+    log_uri: str | None = None
+    log_group: str | None = None
+    log_stream_prefix: str = "fruitlens"
+    max_attempts: int = 1
+    input: str | None = None
+    output: str | None = None
+    namespace: str = "fruitlens"
+    oidc_provider: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"EMR profile: {name} {why} (set it in the profile YAML, "
+                               f"{ENV_PREFIX}{name.upper()} or --{name.replace('_', '-')})")
+
+        if self.region is not None and not REGION_RE.match(self.region):
+            raise bad("region", f"must look like us-east-1, got {self.region!r}")
+        if self.virtual_cluster_id is not None and not VIRTUAL_CLUSTER_ID_RE.match(self.virtual_cluster_id):
+            raise bad("virtual_cluster_id", f"must be 1-64 lower-case letters and digits, got "
+                      f"{self.virtual_cluster_id!r} (a name goes in virtual_cluster_name)")
+        if self.execution_role_arn is not None and not ROLE_ARN_RE.match(self.execution_role_arn):
+            raise bad("execution_role_arn", f"must be an IAM role ARN such as "
+                      f"arn:aws:iam::123456789012:role/fruitlens-job, got {self.execution_role_arn!r}")
+        if not RELEASE_LABEL_RE.match(self.release_label):
+            raise bad("release_label", f"must look like emr-7.5.0-latest or emr-7.5.0-20241011, "
+                      f"got {self.release_label!r}")
+        if self.image is not None and not IMAGE_RE.match(self.image):
+            raise bad("image", f"must be a container image URI such as "
+                      f"123456789012.dkr.ecr.us-east-1.amazonaws.com/fruitlens:0.1.0, got {self.image!r}")
+        if not self.entry_point.startswith(("local:///", "s3://")):
+            raise bad("entry_point", f"must be local:///path/in/image.py or s3://bucket/key.py, "
+                      f"got {self.entry_point!r}")
+        for name in ("executor_instances", "executor_cores", "driver_cores", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise bad(name, f"must be a positive integer, got {getattr(self, name)}")
+        if self.max_attempts > 10:
+            raise bad("max_attempts", f"must be at most 10, got {self.max_attempts}")
+        for name in ("executor_memory", "driver_memory", "executor_memory_overhead"):
+            value = getattr(self, name)
+            if value is not None and not MEMORY_RE.match(value):
+                raise bad(name, f"must be a JVM size such as 4g or 512m, got {value!r}")
+        if not 0.0 < self.memory_overhead_factor <= 4.0:
+            raise bad("memory_overhead_factor", f"must be in (0, 4], got {self.memory_overhead_factor}")
+        if self.log_uri is not None and not self.log_uri.startswith("s3://"):
+            raise bad("log_uri", f"must be an s3:// URI, got {self.log_uri!r}")
+        if self.log_group is not None and not LOG_GROUP_RE.match(self.log_group):
+            raise bad("log_group", f"must be a CloudWatch log group name, got {self.log_group!r}")
+        for name in ("input", "output"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith(("s3://", "s3a://")):
+                raise bad(name, f"must be an s3:// URI on EMR, got {value!r}")
+
+    def require(self, *names: str) -> None:
+        """Fail with one message naming every missing setting and where to give it."""
+        missing = [n for n in names if not getattr(self, n)]
+        if missing:
+            how = "; ".join(f"--{n.replace('_', '-')} or {ENV_PREFIX}{n.upper()} or '{n}:' in the profile"
+                            for n in missing)
+            raise ConfigError(f"EMR profile: missing {', '.join(missing)} ({how})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(EmrProfile))
+
+
+def load_profile(
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    profile_file: str | os.PathLike[str] | None = None,
+) -> EmrProfile:
+    """Merge YAML < env (``FRUITLENS_EMR_*``) < CLI (``None`` = not given) and validate once.
+
+    The YAML file is ``profile_file``, else ``$FRUITLENS_EMR_PROFILE``; its keys are the field names
+    (``-`` or ``_``). ``tags`` and ``spark_conf`` merge key by key across the sources.
+    """
+    import yaml
+
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(EmrProfile)
+    merged: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        if key in ("tags", "spark_conf"):
+            merged[key] = {**merged.get(key, {}), **value}
+        else:
+            merged[key] = value
+
+    profile_file = profile_file or env.get(f"{ENV_PREFIX}PROFILE")
+    if profile_file:
+        path = Path(profile_file)
+        if not path.is_file():
+            raise ConfigError(f"EMR profile {path} does not exist; fix --profile or {ENV_PREFIX}PROFILE")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"EMR profile {path}: expected a mapping of settings at the top level")
+        unknown = sorted(set(str(k).replace("-", "_") for k in data) - set(FIELDS))
+        if unknown:
+            raise ConfigError(f"EMR profile {path}: unknown settings {unknown}; known: {list(FIELDS)}")
+        for key, value in data.items():
+            key = str(key).replace("-", "_")
+            if value is not None:
+                put(key, _coerce(f"{path}:{key}", value, hints[key]))
+
+    for key in FIELDS:
+        raw = env.get(ENV_PREFIX + key.upper())
+        if raw is not None and raw != "":
+            put(key, _coerce(ENV_PREFIX + key.upper(), raw, hints[key]))
+
+    for key, value in (cli or {}).items():
+        if value is not None:
+            put(key, value)
+    # A cluster named on a higher-precedence source replaces an id from a lower one (an id wins otherwise).
+    if (cli or {}).get("virtual_cluster_name") is not None and (cli or {}).get("virtual_cluster_id") is None:
+        merged.pop("virtual_cluster_id", None)
+    return EmrProfile(**merged)
