@@ -163,7 +163,8 @@ def load_profile(
     import yaml
 
     env = os.environ if env is None else env
-    hints = typing.get_type_hints(EmrProfile)
+    # Every hint as Optional: config._coerce reads a bare dict[str, str] as str (its first type argument).
+    hints = {k: typing.Optional[v] for k, v in typing.get_type_hints(EmrProfile).items()}
     merged: dict[str, Any] = {}
 
     def put(key: str, value: Any) -> None:
