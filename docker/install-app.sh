@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Build step (root, inside the image build): install the fruitlens wheel into the app venv, then bake
+# the ONNX export of the baked-in Keras weights into $FRUITLENS_CACHE, exactly as `fruitlens run` will
+# look for it. Nothing here touches the network: the weights are already in $KERAS_HOME/models.
+#   install-app.sh DISTDIR
+set -euo pipefail
+dist=$1
+venv=${FRUITLENS_HOME:-/opt/fruitlens}/venv
+
+"$venv/bin/pip" install -q --no-cache-dir --no-index --no-deps "$dist"/fruitlens-*.whl
+rm -rf "$dist"
+mkdir -p "$FRUITLENS_CACHE"
+"$venv/bin/python" -c "from fruitlens.engine import prepare_model; print(prepare_model('onnx','imagenet'))"
+ls -l "$KERAS_HOME/models" "$FRUITLENS_CACHE"
+# Read-only for the job's user: the image is immutable at run time; keras.json etc. go to /tmp.
+find "$FRUITLENS_HOME" -name '__pycache__' -prune -o -type d -name '*.tmp*' -exec rm -rf {} + 2>/dev/null || true
+chmod -R a+rX "$FRUITLENS_HOME"

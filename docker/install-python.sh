@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Build step (root): make sure PYTHON (default python3.11) with venv/ensurepip exists, from the base's
+# own distribution: apt (Ubuntu/Debian: apache/spark, the local base) or dnf (Amazon Linux 2023: EMR 7).
+# The base's default python3 is left as it is (the base's own tools may rely on it).
+set -euo pipefail
+python=${1:-python3.11}
+if "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+  echo "python: $("$python" --version) already in the base"
+elif command -v apt-get >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$python" "$python-venv" >/dev/null
+  rm -rf /var/lib/apt/lists/*
+elif command -v dnf >/dev/null; then
+  dnf install -y -q "$python" "$python-pip"
+  dnf clean all && rm -rf /var/cache/dnf
+else
+  echo "install-python: no $python and neither apt-get nor dnf in this base" >&2
+  exit 1
+fi
+"$python" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' && "$python" --version

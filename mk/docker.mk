@@ -1,0 +1,91 @@
+# Container images (docs/docker.md): `make build`, `make push`, `make docker-run`, `make base-local`.
+#   FLAVOUR=oss  apache/spark python3 base, Spark on Kubernetes (user 185 `spark`)
+#   FLAVOUR=emr  EMR on EKS Spark base (user hadoop)
+# BASE_IMAGE defaults to the flavour's real base; where it cannot be pulled (no registry reachable) the
+# local Debian-based stand-in (LOCAL_BASE, built by `make base-local`) is used instead.
+export DOCKER_BUILDKIT := 0
+
+FLAVOUR ?= oss
+IMAGE ?= fruitlens
+TAG ?= $(FLAVOUR)
+LOCAL_BASE ?= fruitlens-spark-base:local
+OSS_BASE ?= apache/spark:4.0.1-scala2.13-java17-python3-ubuntu
+EMR_BASE ?= public.ecr.aws/emr-on-eks/spark/emr-7.5.0:latest
+BASE_IMAGE ?= $(if $(filter emr,$(FLAVOUR)),$(EMR_BASE),$(OSS_BASE))
+WITH_S3A ?= false
+DOCKER_BUILD_ARGS ?=
+DOCKER_RUN_ARGS ?=
+REGISTRY ?=
+WEIGHTS_FILE := mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
+DOCKER_STAGE := build/docker
+# Reproducible wheel bytes: an unchanged source gives an unchanged wheel, so Docker reuses the layer.
+WHEEL_EPOCH := 315532800
+
+ifeq ($(filter $(FLAVOUR),oss emr),)
+$(error FLAVOUR must be oss or emr, got '$(FLAVOUR)')
+endif
+
+##@ Containers
+
+.PHONY: base-local
+base-local: ## build the local Spark base (debootstrap Debian + JRE 17 + Python 3.11 + pyspark) as LOCAL_BASE
+	bash docker/base-local.sh "$(LOCAL_BASE)"
+
+.PHONY: runtime-lock
+runtime-lock: ## regenerate requirements/runtime.lock (the image's pins) from requirements.lock
+	$(PY) docker/runtime_lock.py
+
+.PHONY: docker-stage
+docker-stage: ## stage the build inputs in build/docker: dependency wheels, fruitlens wheel, weights
+	@mkdir -p $(DOCKER_STAGE)/wheels $(DOCKER_STAGE)/dist $(DOCKER_STAGE)/weights
+	$(PY) docker/runtime_lock.py --check
+	grep -viE '^(pyspark|py4j)==' requirements/runtime.lock > $(DOCKER_STAGE)/deps.txt
+	$(VENV)/bin/pip download -q --no-deps --only-binary=:all: -d $(DOCKER_STAGE)/wheels -r $(DOCKER_STAGE)/deps.txt
+	rm -f $(DOCKER_STAGE)/dist/fruitlens-*.whl
+	SOURCE_DATE_EPOCH=$(WHEEL_EPOCH) $(VENV)/bin/pip wheel -q --no-deps -w $(DOCKER_STAGE)/dist .
+	@w="$(DOCKER_STAGE)/weights/$(WEIGHTS_FILE)"; \
+	for src in "$${KERAS_HOME:-$$HOME/.keras}/models/$(WEIGHTS_FILE)" "$(SHARED)/models/$(WEIGHTS_FILE)"; do \
+	  if [ -f "$$src" ]; then cmp -s "$$src" "$$w" || cp "$$src" "$$w"; break; fi; \
+	done; \
+	[ -f "$$w" ] || { echo "docker-stage: $(WEIGHTS_FILE) not found in Keras' cache nor $(SHARED)/models (run make setup)"; exit 1; }
+
+.PHONY: build
+build: docker-stage ## build IMAGE:TAG for FLAVOUR (oss|emr) on BASE_IMAGE; prints build time and size
+	@base="$(BASE_IMAGE)"; \
+	if ! docker image inspect "$$base" >/dev/null 2>&1 && ! docker pull -q "$$base" >/dev/null 2>&1; then \
+	  if [ "$(origin BASE_IMAGE)" != file ] && [ "$$base" != "$(LOCAL_BASE)" ]; then \
+	    echo "build: BASE_IMAGE $$base cannot be found or pulled"; exit 1; fi; \
+	  echo "build: $$base cannot be pulled here: using the local base $(LOCAL_BASE)"; base="$(LOCAL_BASE)"; \
+	  docker image inspect "$$base" >/dev/null 2>&1 || bash docker/base-local.sh "$$base"; \
+	fi; \
+	start=$$(date +%s); \
+	docker build -f docker/Dockerfile.$(FLAVOUR) --build-arg BASE_IMAGE="$$base" \
+	  $(if $(filter oss,$(FLAVOUR)),--build-arg WITH_S3A=$(WITH_S3A)) \
+	  --label org.opencontainers.image.source=fruitlens --label fruitlens.flavour=$(FLAVOUR) \
+	  --label fruitlens.base="$$base" $(DOCKER_BUILD_ARGS) -t "$(IMAGE):$(TAG)" . ; \
+	size=$$(docker image inspect -f '{{.Size}}' "$(IMAGE):$(TAG)"); \
+	echo "build: $(IMAGE):$(TAG) (FLAVOUR=$(FLAVOUR), base $$base) in $$(( $$(date +%s) - start )) s, size $$size bytes ($$(( size / 1048576 )) MiB)"
+
+.PHONY: push
+push: ## push IMAGE:TAG (to REGISTRY/IMAGE:TAG if REGISTRY is set); logs in to ECR registries via boto3/aws
+	@ref="$(IMAGE):$(TAG)"; target="$(if $(REGISTRY),$(REGISTRY)/$(IMAGE):$(TAG),$(IMAGE):$(TAG))"; \
+	[ "$$ref" = "$$target" ] || docker tag "$$ref" "$$target"; \
+	registry="$${target%%/*}"; \
+	if [[ "$$registry" =~ ^[0-9]+\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$$ ]]; then \
+	  $(PY) docker/ecr_login.py "$$registry"; \
+	fi; \
+	docker push "$$target"
+
+.PHONY: docker-run
+docker-run: ## run the whole job in the container (Spark local mode, no network) on INPUT into OUTPUT
+	@docker image inspect "$(IMAGE):$(TAG)" >/dev/null 2>&1 || $(MAKE) --no-print-directory build
+	@in="$$(realpath "$(INPUT)")"; out="$$(realpath -m "$(OUTPUT)")"; \
+	[ -d "$$in" ] || { echo "docker-run: INPUT $(INPUT) is not a folder"; exit 1; }; \
+	mkdir -p "$$out"; \
+	uid=$$(docker run --rm --network none --entrypoint id "$(IMAGE):$(TAG)" -u); \
+	if [ "$$(id -u)" = 0 ]; then chown "$$uid" "$$out"; elif [ ! -w "$$out" ] || [ "$$(stat -c %u "$$out")" != "$$uid" ]; then \
+	  chmod a+rwx "$$out"; fi; \
+	echo "docker-run: $(IMAGE):$(TAG) $$in -> $$out (uid $$uid, --network none)"; \
+	docker run --rm --network none --hostname fruitlens --add-host fruitlens:127.0.0.1 \
+	  -v "$$in":/data/input:ro -v "$$out":/data/output $(DOCKER_RUN_ARGS) "$(IMAGE):$(TAG)" \
+	  fruitlens run /data/input /data/output --overwrite --no-progress $(ARGS)

@@ -1,0 +1,84 @@
+"""Fast checks of the container sources (no Docker needed): hadolint on every Dockerfile, shell syntax of
+the build scripts, and requirements/runtime.lock agreeing with requirements.lock."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile*"))
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found:
+        return found
+    message = "hadolint not installed: pip install -r requirements/docker.txt"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def test_there_are_dockerfiles() -> None:
+    names = {p.name for p in DOCKERFILES}
+    assert {"Dockerfile.oss", "Dockerfile.emr", "Dockerfile.base-local"} <= names
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_clean(dockerfile: Path) -> None:
+    done = subprocess.run([hadolint(), "--no-color", "--failure-threshold", "info", str(dockerfile)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_contract(dockerfile: Path) -> None:
+    text = dockerfile.read_text()
+    users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), "the image must end as a non-root user"
+    assert "syntax=" not in text and "--mount" not in text, "legacy builder: no BuildKit syntax"
+    if dockerfile.name != "Dockerfile.base-local":
+        assert "ARG BASE_IMAGE=" in text.split("FROM", 1)[0]
+        for env in ("KERAS_HOME=", "FRUITLENS_CACHE=", "PYSPARK_PYTHON="):
+            assert env in text
+        # the slow dependency layer comes before the code (wheel) layer
+        assert text.index("build/docker/wheels/") < text.index("build/docker/dist/")
+
+
+def test_final_users() -> None:
+    assert (REPO / "docker/Dockerfile.emr").read_text().rstrip().endswith("USER hadoop:hadoop")
+    assert (REPO / "docker/Dockerfile.oss").read_text().rstrip().endswith("USER 185")
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "docker").glob("*.sh")) + [REPO / ".ci/setup.d/20-docker.sh"],
+                         ids=lambda p: p.name)
+def test_shell_syntax(script: Path) -> None:
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_runtime_lock_is_consistent() -> None:
+    """Every pin of requirements/runtime.lock is requirements.lock's, and it is up to date."""
+    def pins(path: Path) -> dict[str, str]:
+        out = {}
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if "==" in line:
+                name, version = line.split("==", 1)
+                out[name.lower().replace("_", "-")] = version
+        return out
+
+    full, runtime = pins(REPO / "requirements.lock"), pins(REPO / "requirements/runtime.lock")
+    assert {"tensorflow-cpu", "onnxruntime", "pyspark", "numpy", "pillow", "tf2onnx"} <= runtime.keys()
+    assert not {"pytest", "moto"} & runtime.keys(), "test libraries do not belong in the image"
+    for name, version in runtime.items():
+        if name in ("setuptools", "wheel"):  # pip freeze omits them from requirements.lock
+            continue
+        assert full.get(name) == version, f"{name}: runtime.lock {version} != requirements.lock {full.get(name)}"
+    done = subprocess.run([sys.executable, str(REPO / "docker/runtime_lock.py"), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
