@@ -60,6 +60,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-driver" (include "fruitlens.fullname" . | trunc 56 | trimSuffix "-") }}
 {{- end }}
 
+{{/* The ConfigMap holding the executor pod template. */}}
+{{- define "fruitlens.executorTemplateName" -}}
+{{- printf "%s-executor-template" (include "fruitlens.fullname" . | trunc 45 | trimSuffix "-") }}
+{{- end }}
+
 {{/* Executor pod names are <prefix>-exec-<n>; Spark rejects a prefix longer than 47 characters. */}}
 {{- define "fruitlens.executorPrefix" -}}
 {{- include "fruitlens.fullname" . | trunc 47 | trimSuffix "-" }}
