@@ -205,6 +205,16 @@ def _trust_policy(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_cmd(ns: argparse.Namespace) -> int:
+    profile = profile_from_args(ns)
+    if ns.get:
+        value = getattr(profile, ns.get.replace("-", "_"))
+        print(json.dumps(value) if isinstance(value, dict) else ("" if value is None else value))
+    else:
+        print(json.dumps(profile.to_dict(), indent=2))
+    return 0
+
+
 def _wait_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("waiting")
     g.add_argument("--poll", type=float, default=5.0, help="first poll interval in seconds (default 5)")
@@ -256,6 +266,12 @@ def register(subparsers) -> None:
     _add_flags(p, CLUSTER_FLAGS[:1])
     p.add_argument("--state", action="append", choices=("RUNNING", "TERMINATING", "TERMINATED", "ARRESTED"))
     p.set_defaults(func=_clusters)
+
+    p = sub.add_parser("profile", help="print the merged EMR profile (YAML < env < flags) as JSON")
+    _add_flags(p, CLUSTER_FLAGS, JOB_FLAGS, IAM_FLAGS)
+    p.add_argument("--get", metavar="FIELD", choices=[f for f in EmrProfile.__dataclass_fields__],
+                   help="print only this setting (for scripts)")
+    p.set_defaults(func=_profile_cmd)
 
     p = sub.add_parser("iam-policy", help="print the job role's least-privilege policy JSON")
     _add_flags(p, CLUSTER_FLAGS[:1], JOB_FLAGS, IAM_FLAGS)

@@ -101,7 +101,7 @@ def local_images(local_dir: str | os.PathLike[str]) -> list[tuple[str, Path]]:
     if not root.is_dir():
         raise S3Error(f"{root} is not a folder: give the Fruits-360 folder (the one holding Training/ and Test/)")
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # a copy assembled from links
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith(".") and is_image_path(name):
