@@ -256,7 +256,7 @@ def register(subparsers) -> None:
             p.add_argument("--stream", choices=("stdout", "stderr", "both"), default="both")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("list", help="list the virtual cluster's job runs (newest first)")
+    p = sub.add_parser("list", help="list the virtual cluster's job runs")
     _add_flags(p, CLUSTER_FLAGS)
     p.add_argument("--state", action="append", choices=emr.ACTIVE_STATES + emr.TERMINAL_STATES)
     p.add_argument("--limit", type=int, default=20)
