@@ -57,7 +57,8 @@ def s3_endpoint(tmp_path_factory):
             pytest.fail(message)
         pytest.skip(message)
     workdir = tmp_path_factory.mktemp("seaweedfs")
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = free_ports(8)
+    ports = free_ports(8)
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = ports
     command = [
         weed, "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.volumeSizeLimitMB=64",
@@ -79,6 +80,9 @@ def s3_endpoint(tmp_path_factory):
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+        for port in ports:  # weed also listens on /tmp/seaweedfs-<component>-<port>.sock and leaves them
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
 
 def _client(endpoint: str):
