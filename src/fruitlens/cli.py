@@ -141,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FruitlensError as exc:
         print(f"fruitlens: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `fruitlens ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("fruitlens: interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -91,7 +92,9 @@ def _coerce(name: str, raw: Any, hint: Any) -> Any:
     """Turn a YAML or environment value into the field's type, with an error naming the setting."""
     if raw is None:
         return None
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    # Unwrap `X | None`; keep generic types such as dict[str, str] whole.
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) in (
+        typing.Union, types.UnionType) else []
     target = args[0] if args else hint
     if typing.get_origin(target) is dict:
         if isinstance(raw, Mapping):

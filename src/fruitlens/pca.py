@@ -1,18 +1,22 @@
-"""PCA with Spark ML on the feature vectors: centre (optionally scale), fit, choose k, project, save.
+"""PCA on the feature vectors: distributed moments → eigendecomposition → a Spark ML model.
 
-Spark fits PCA from a distributed covariance (a k x k Gramian summed over partitions), so memory on the
-driver depends on the feature size (1280), never on the number of images.
+Each partition reduces its rows to (n, Σx, XᵀX) with one BLAS call (float64), the partials are
+tree-reduced on the executors, and the driver eigendecomposes the 1280 x 1280 covariance once, so
+memory on the driver depends on the feature size, never on the number of images. Spark ML's own
+``PCA.fit`` does the same statistics one row at a time plus a full SVD per fit (seconds each, twice when
+k comes from a variance target); the result here is the same and is saved as standard Spark ML
+models (``StandardScalerModel`` → ``PCAModel`` in a ``PipelineModel``) that project new images.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
 from pyspark.ml import PipelineModel
-from pyspark.ml.feature import PCA, StandardScaler
+from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.sql import DataFrame
-from pyspark.storagelevel import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
 
 from fruitlens.engine import FEATURE_DIM
 
@@ -31,6 +35,24 @@ class PcaSummary:
         return out
 
 
+@dataclass(frozen=True)
+class Moments:
+    n: int
+    total: np.ndarray  # Σx, (d,)
+    gram: np.ndarray  # XᵀX, (d, d)
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(self.n + other.n, self.total + other.total, self.gram + other.gram)
+
+    def mean(self) -> np.ndarray:
+        return self.total / self.n
+
+    def covariance(self) -> np.ndarray:
+        """Unbiased sample covariance, as Spark's RowMatrix.computeCovariance."""
+        mu = self.mean()
+        return (self.gram - self.n * np.outer(mu, mu)) / (self.n - 1)
+
+
 def choose_k(explained: np.ndarray | list[float], target: float) -> int:
     """The fewest leading components whose explained-variance ratios add up to ``target``."""
     cumulative = np.cumsum(np.asarray(explained, dtype=np.float64))
@@ -38,36 +60,109 @@ def choose_k(explained: np.ndarray | list[float], target: float) -> int:
     return int(reached[0]) + 1 if reached.size else len(cumulative)
 
 
+def _partition_moments(batches):
+    """mapInArrow: one output row per partition with its (n, Σx, XᵀX)."""
+    n, total, gram = 0, np.zeros(FEATURE_DIM), np.zeros((FEATURE_DIM, FEATURE_DIM))
+    for batch in batches:
+        col = batch.column("features")
+        if len(col) == 0:
+            continue
+        x = col.values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(col), -1)
+        n += len(col)
+        total += x.sum(axis=0)
+        gram += x.T @ x
+    yield pa.RecordBatch.from_arrays(
+        [pa.array([n], pa.int64()), pa.array([total.tobytes()], pa.binary()),
+         pa.array([gram.tobytes()], pa.binary())],
+        names=["n", "total", "gram"],
+    )
+
+
+def compute_moments(features: DataFrame) -> Moments:
+    partials = features.select("features").mapInArrow(_partition_moments, "n long, total binary, gram binary")
+    return (
+        partials.rdd.map(lambda r: Moments(r.n, np.frombuffer(r.total), np.frombuffer(r.gram).reshape(FEATURE_DIM, -1)))
+        .treeReduce(lambda a, b: a + b, depth=2)
+    )
+
+
+def eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, clipped at 0) and eigenvectors (columns) of a covariance matrix."""
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1]
+    values, vectors = np.clip(values[order], 0.0, None), vectors[:, order]
+    # A deterministic sign (largest |loading| positive), so reruns give the same projections.
+    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
+    return values, vectors * np.where(signs == 0, 1.0, signs)
+
+
 def fit_pca(
     features: DataFrame, *, k: int | None, variance: float | None, standardize: bool
 ) -> tuple[PipelineModel, PcaSummary]:
     """Fit on ``features`` (column ``features``: array<float>); exactly one of ``k``/``variance``."""
-    vectors = features.select(array_to_vector("features").alias("vector")).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        rows = vectors.count()
-        if rows < 2:
-            raise ValueError(f"PCA needs at least 2 feature rows, found {rows}")
-        scaler = StandardScaler(inputCol="vector", outputCol="scaled", withMean=True, withStd=standardize).fit(vectors)
-        scaled = scaler.transform(vectors).select("scaled").persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            if k is None:
-                full = PCA(k=FEATURE_DIM, inputCol="scaled", outputCol="pca").fit(scaled)
-                k = choose_k(full.explainedVariance.toArray(), variance)
-            model = PCA(k=k, inputCol="scaled", outputCol="pca").fit(scaled)
-        finally:
-            scaled.unpersist()
-    finally:
-        vectors.unpersist()
-    explained = [float(v) for v in model.explainedVariance.toArray()]
+    moments = compute_moments(features)
+    if moments.n < 2:
+        raise ValueError(f"PCA needs at least 2 feature rows, found {moments.n}")
+    cov = moments.covariance()
+    std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    if standardize:  # correlation matrix; constant features scale to 0, as StandardScaler does
+        inv = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+        cov = cov * np.outer(inv, inv)
+    values, vectors = eigen(cov)
+    ratios = values / values.sum() if values.sum() > 0 else np.zeros_like(values)
+    if k is None:
+        k = choose_k(ratios, variance)
+    k = min(k, FEATURE_DIM)
+    spark = features.sparkSession
+    scaler = _scaler_model(spark, mean=moments.mean(), std=std, standardize=standardize)
+    pca = _pca_model(spark, vectors[:, :k], ratios[:k])
     summary = PcaSummary(
         k=k,
-        explained_variance=explained,
-        cumulative_variance=[float(v) for v in np.cumsum(explained)],
+        explained_variance=[float(v) for v in ratios[:k]],
+        cumulative_variance=[float(v) for v in np.cumsum(ratios[:k])],
         standardize=standardize,
-        rows=rows,
+        rows=moments.n,
     )
     # Saved as one model: a vector column "vector" in, centred (scaled) and projected "pca" out.
-    return PipelineModel(stages=[scaler, model]), summary
+    return PipelineModel(stages=[scaler, pca]), summary
+
+
+def _jvm_vector(spark: SparkSession, values: np.ndarray):
+    jvm = spark.sparkContext._jvm
+    return jvm.org.apache.spark.ml.linalg.Vectors.dense(_jdoubles(spark, values))
+
+
+def _jdoubles(spark: SparkSession, values: np.ndarray):
+    gateway = spark.sparkContext._gateway
+    out = gateway.new_array(gateway.jvm.double, len(values))
+    # py4j copies element by element; 1280 x k doubles is at most ~1.6M calls-free via bytes below.
+    buf = np.ascontiguousarray(values, dtype=">f8").tobytes()
+    jbuf = spark.sparkContext._jvm.java.nio.ByteBuffer.wrap(bytearray(buf)).asDoubleBuffer()
+    jbuf.get(out)
+    return out
+
+
+def _scaler_model(spark: SparkSession, *, mean: np.ndarray, std: np.ndarray, standardize: bool):
+    jvm = spark.sparkContext._jvm
+    java = jvm.org.apache.spark.ml.feature.StandardScalerModel(
+        "fruitlens_scaler", _jvm_vector(spark, std), _jvm_vector(spark, mean)
+    )
+    model = StandardScalerModel(java)
+    model._set(inputCol="vector", outputCol="scaled", withMean=True, withStd=standardize)
+    model._transfer_params_to_java()
+    return model
+
+
+def _pca_model(spark: SparkSession, components: np.ndarray, explained: np.ndarray):
+    jvm = spark.sparkContext._jvm
+    rows, cols = components.shape
+    # DenseMatrix is column-major: the flattened transpose is the column-major layout.
+    matrix = jvm.org.apache.spark.ml.linalg.DenseMatrix(rows, cols, _jdoubles(spark, components.T.reshape(-1)))
+    java = jvm.org.apache.spark.ml.feature.PCAModel("fruitlens_pca", matrix, _jvm_vector(spark, explained))
+    model = PCAModel(java)
+    model._set(inputCol="scaled", outputCol="pca", k=cols)
+    model._transfer_params_to_java()
+    return model
 
 
 def project(model: PipelineModel, features: DataFrame) -> DataFrame:
