@@ -248,6 +248,8 @@ def _make_handler(state: FakeKube):
                 obj = state.objects.pop((coll, ns, name), None)
             if obj is None:
                 return self._status(404, "NotFound", f'{coll} "{name}" not found')
+            if coll == "pods":  # the API answers a pod deletion with the pod (now terminating)
+                return self._send(200, obj)
             return self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success",
                                     "details": {"name": name, "kind": coll}})
 
@@ -262,7 +264,8 @@ class FakeKubeServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self.state))
         self.httpd.daemon_threads = True
         self.state.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="fake-kube", daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       name="fake-kube", daemon=True)
 
     def __enter__(self) -> FakeKube:
         self.thread.start()

@@ -206,7 +206,7 @@ class Helm:
         try:
             self._call(self._cmd("uninstall", release, "--wait"), f"helm uninstall {release}")
         except K8sError as exc:
-            if "not found" in str(exc):
+            if "release: not found" in str(exc):
                 return False
             raise
         return True
@@ -408,8 +408,8 @@ class JobClient:
         last = None
         while True:
             status = self.status(release)
-            if status.finished and status.state == "failed":
-                raise JobFailed(f"job {status.job} failed: {status.reason}", status.exit_code)
+            if status.finished:
+                return status
             d = status.driver
             if d is not None and (d.phase in ("Running", "Succeeded", "Failed") or d.exit_code is not None):
                 return status
@@ -459,9 +459,13 @@ class JobClient:
         started = self.clock()
         status = self.wait_for_driver(release, timeout=start_timeout, poll=poll, progress=progress)
         if stream and status.driver is not None:
-            for chunk in self.stream_log(status.driver.name, follow=True):
-                out.write(chunk)
-                out.flush()
+            try:
+                for chunk in self.stream_log(status.driver.name, follow=True):
+                    out.write(chunk)
+                    out.flush()
+            except ApiError as exc:  # no log to read (evicted before start, already deleted): the result still counts
+                if progress:
+                    progress(f"no driver log: {exc}")
         remaining = max(timeout - (self.clock() - started), poll)
         status = self.wait_finished(release, timeout=remaining, poll=poll)
         if status.state == "failed":
@@ -476,13 +480,14 @@ class JobClient:
         job = self.find_job(release)
         if job is not None:
             self._call(f"deleting job {job.metadata.name}", self.batch.delete_namespaced_job, job.metadata.name,
-                       self.namespace, body=client.V1DeleteOptions(propagation_policy="Background"))
+                       self.namespace, body=client.V1DeleteOptions(propagation_policy="Background"),
+                       _preload_content=False)
             gone.append(f"job/{job.metadata.name}")
         pods = [*(p for p in [self.driver_pod(release)] if p is not None), *self.executor_pods(release)]
         for pod in pods:
             try:
                 self._call(f"deleting pod {pod.metadata.name}", self.core.delete_namespaced_pod,
-                           pod.metadata.name, self.namespace)
+                           pod.metadata.name, self.namespace, _preload_content=False)
             except ApiError as exc:
                 if exc.status == 404:  # already gone with its Job
                     continue
