@@ -60,7 +60,7 @@ kind-load: build ## load $(IMAGE):$(TAG) into the kind cluster
 
 .PHONY: kind-run
 kind-run: kind-up kind-load ## upload the sample to the local S3, install the chart, follow the job to its end
-	$(MAKE) --no-print-directory s3-data K8S_CONTEXT=kind-$(KIND_CLUSTER)
+	$(MAKE) --no-print-directory upload-sample K8S_CONTEXT=kind-$(KIND_CLUSTER)
 	$(call k8s_submit,kind-$(KIND_CLUSTER))
 
 .PHONY: kind-down
@@ -82,7 +82,7 @@ minikube-load: build ## load $(IMAGE):$(TAG) into minikube
 
 .PHONY: minikube-run
 minikube-run: minikube-up minikube-load ## as kind-run, on minikube
-	$(MAKE) --no-print-directory s3-data K8S_CONTEXT=$(MINIKUBE_PROFILE)
+	$(MAKE) --no-print-directory upload-sample K8S_CONTEXT=$(MINIKUBE_PROFILE)
 	$(call k8s_submit,$(MINIKUBE_PROFILE))
 
 .PHONY: minikube-down
@@ -95,8 +95,8 @@ s3-up:
 	$(KUBECTL) --context $(K8S_CONTEXT) apply -f k8s/s3.yaml
 	$(KUBECTL) --context $(K8S_CONTEXT) -n $(K8S_NAMESPACE) rollout status deployment/s3 --timeout 180s
 
-.PHONY: s3-data
-s3-data: ## upload INPUT (default: the sample) to the local S3 server through a port-forward
+.PHONY: upload-sample
+upload-sample: ## upload INPUT (default: the sample) to the local S3 server through a port-forward
 	@$(KUBECTL) --context $(K8S_CONTEXT) -n $(K8S_NAMESPACE) port-forward svc/s3 $(S3_PORT_FORWARD):8333 >/dev/null & \
 	pf=$$!; trap 'kill $$pf' EXIT; \
 	AWS_ACCESS_KEY_ID=$(S3_ACCESS_KEY) AWS_SECRET_ACCESS_KEY=$(S3_SECRET_KEY) \
