@@ -10,8 +10,8 @@ venv=${FRUITLENS_HOME:-/opt/fruitlens}/venv
 "$venv/bin/pip" install -q --no-cache-dir --no-index --no-deps "$dist"/fruitlens-*.whl
 rm -rf "$dist"
 mkdir -p "$FRUITLENS_CACHE"
-"$venv/bin/python" -c "from fruitlens.engine import prepare_model; print(prepare_model('onnx','imagenet'))"
+PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -c "from fruitlens.engine import prepare_model; print(prepare_model('onnx','imagenet'))"
 ls -l "$KERAS_HOME/models" "$FRUITLENS_CACHE"
-# Read-only for the job's user: the image is immutable at run time; keras.json etc. go to /tmp.
-find "$FRUITLENS_HOME" -name '__pycache__' -prune -o -type d -name '*.tmp*' -exec rm -rf {} + 2>/dev/null || true
-chmod -R a+rX "$FRUITLENS_HOME"
+# Read-only for the job's user (Keras writes its keras.json to /tmp when KERAS_HOME is not writable).
+# Only these two small folders: a chmod over the venv would copy all of it into a new layer.
+chmod -R a+rX,go-w "$KERAS_HOME" "$FRUITLENS_CACHE"

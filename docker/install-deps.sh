@@ -11,9 +11,9 @@ python=$1 venv=$2 lock=$3 wheels=$4
 "$python" -m venv "$venv"
 grep -viE '^(pyspark|py4j)==' "$lock" > /tmp/deps.txt
 if compgen -G "$wheels/*.whl" >/dev/null; then
-  "$venv/bin/pip" install -q --no-cache-dir --no-compile --no-index --find-links "$wheels" -r /tmp/deps.txt
+  "$venv/bin/pip" install -q --no-cache-dir --no-index --find-links "$wheels" -r /tmp/deps.txt
 else
-  "$venv/bin/pip" install -q --no-cache-dir --no-compile --only-binary=:all: -r /tmp/deps.txt
+  "$venv/bin/pip" install -q --no-cache-dir --only-binary=:all: -r /tmp/deps.txt
 fi
 rm -rf "$wheels" /tmp/deps.txt
 
