@@ -389,3 +389,12 @@ def test_missing_helm_is_a_clear_error(kube, monkeypatch, capsys):
     monkeypatch.setenv("HELM", "/nonexistent/helm")
     assert main(["k8s", "delete", "demo", "--server", kube.url]) == 1
     assert "helm not found at /nonexistent/helm" in capsys.readouterr().err
+
+
+def test_cli_submit_with_the_spark_operator_installs_and_does_not_follow_a_job(kube, fake_helm, capsys):
+    assert main(["k8s", "submit", "--release", "demo", "--server", kube.url,
+                 "--set", "sparkOperator.enabled=true"]) == 0
+    (call,) = fake_helm()
+    assert call["args"][call["args"].index("--set") + 1] == "sparkOperator.enabled=true"
+    assert "as a SparkApplication" in capsys.readouterr().err
+    assert kube.requests == []  # nothing to follow through the API

@@ -126,6 +126,12 @@ def _submit(ns: argparse.Namespace) -> int:
     chart = ns.chart or default_chart()
     if chart is None:
         raise K8sError("no chart found: give --chart (a path to helm/fruitlens) or set FRUITLENS_CHART")
+    if any(item.replace(" ", "").lower() == "sparkoperator.enabled=true" for item in ns.helm_sets):
+        # The Spark operator runs the job as a SparkApplication: there is no Job for this command to follow.
+        _helm(ns).upgrade_install(ns.release, chart, values, sets=ns.helm_sets)
+        _say(f"installed release {ns.release} as a SparkApplication; follow it with "
+             f"`kubectl -n {ns.namespace} get sparkapplication -w` (the chart's NOTES list the commands)")
+        return 0
     jobs = _jobs(ns)
     existing = jobs.find_job(ns.release)
     if existing is not None:
