@@ -165,8 +165,7 @@ def load_config(
     if "output" not in merged:
         raise ConfigError("OUTPUT is required: a local folder or a URI such as s3://bucket/prefix")
     # A k given on a higher-precedence source replaces a variance target from a lower one, and back.
-    if (cli or {}).get("pca_k") is not None:
-        merged.pop("pca_variance", None)
-    if (cli or {}).get("pca_variance") is not None:
-        merged.pop("pca_k", None)
+    given = {k for k in ("pca_k", "pca_variance") if (cli or {}).get(k) is not None}
+    if len(given) == 1:
+        merged.pop(({"pca_k", "pca_variance"} - given).pop(), None)
     return PipelineConfig(**merged)

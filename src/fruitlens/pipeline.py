@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from urllib.parse import unquote, urlsplit
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
@@ -26,6 +27,10 @@ from fruitlens.output import (
 from fruitlens.pca import fit_pca, project
 from fruitlens.progress import log, task_bar
 from fruitlens.spark import build_session
+
+
+#: Spark's file scan drops zero-length files; the listing still counts them, so they are reported.
+SKIPPED_BY_SCAN = "empty file (0 bytes)"
 
 
 class InputError(FruitlensError, ValueError):
@@ -57,20 +62,44 @@ def check_input(spark: SparkSession, uri: str) -> None:
         )
 
 
-def read_images(spark: SparkSession, config: PipelineConfig, uri: str) -> DataFrame:
+def list_images(images: DataFrame, limit: int | None) -> list[str]:
+    """Every image file Spark's listing matched, as the ``path`` column spells it (sorted).
+
+    Spark's scan silently skips zero-length files, so the listing, not the scan, is what must be
+    accounted for: each listed file ends up as a feature row or an error row.
+    """
+    listed = sorted(hadoop_path(uri) for uri in images.inputFiles())
+    return listed[:limit] if limit else listed
+
+
+def hadoop_path(uri: str) -> str:
+    """``file:///a%20b/x.jpg`` (a file-index URI) → ``file:/a b/x.jpg`` (the ``path`` column's form)."""
+    parts = urlsplit(uri)
+    path = unquote(parts.path)
+    return f"{parts.scheme}://{parts.netloc}{path}" if parts.netloc else f"{parts.scheme}:{path}"
+
+
+def read_images(spark: SparkSession, config: PipelineConfig, uri: str) -> tuple[DataFrame, list[str]]:
     images = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
         .option("pathGlobFilter", IMAGE_GLOB)
         .load(uri)
     )
+    listed = list_images(images, config.limit)
+    # Size the scan's own splits (no shuffle of image bytes): a few even tasks per slot, so no slot
+    # idles at the end, but large enough that per-task start-up is amortised.
+    partitions = config.partitions or partition_count(len(listed), spark.sparkContext.defaultParallelism)
+    spark.conf.set("spark.sql.files.minPartitionNum", str(partitions))
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(1 << 40))  # let minPartitionNum decide
     if config.limit:
-        images = images.orderBy("path").limit(config.limit)
-    if config.partitions:
-        images = images.repartition(config.partitions)
-    elif config.limit:
-        images = images.repartition(spark.sparkContext.defaultParallelism * 2)
-    return images
+        images = images.where(F.col("path").isin(listed))
+    return images, listed
+
+
+def partition_count(images: int, slots: int, *, per_slot: int = 2, max_images: int = 1000) -> int:
+    """Tasks for the feature stage: ``per_slot`` per task slot, more when a task would exceed ``max_images``."""
+    return max(1, slots * per_slot, -(-images // max_images))
 
 
 def resolve_model(spark: SparkSession, config: PipelineConfig) -> ModelArtifact:
@@ -86,18 +115,24 @@ def resolve_model(spark: SparkSession, config: PipelineConfig) -> ModelArtifact:
 def extract_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout, input_uri: str,
                   artifact: ModelArtifact) -> dict:
     stats = WorkerStats.create(spark)
-    images = read_images(spark, config, input_uri)
+    images, listed = read_images(spark, config, input_uri)
     result = featurize_images(images, artifact, batch_size=config.batch_size, stats=stats)
     # Persisted so that writing features and errors evaluates the model once per image.
     result = result.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         ok = F.col("error").isNull()
         result.filter(ok).select("path", "label", "split", "features").write.parquet(layout.features)
-        result.filter(~ok).select("path", "error").write.parquet(layout.errors)
-        row = result.agg(F.count("*").alias("matched"), F.count("error").alias("errors")).first()
+        skipped = (
+            spark.createDataFrame([(p,) for p in listed], "path string")
+            .join(result.select("path"), "path", "left_anti")
+            .select("path", F.lit(SKIPPED_BY_SCAN).alias("error"))
+        )
+        result.filter(~ok).select("path", "error").unionByName(skipped).write.parquet(layout.errors)
+        row = result.agg(F.count("*").alias("scanned"), F.count("error").alias("errors")).first()
+        n_skipped = len(listed) - int(row["scanned"])
     finally:
         result.unpersist()
-    matched, errors = int(row["matched"]), int(row["errors"])
+    matched, errors = len(listed), int(row["errors"]) + n_skipped
     return {"matched": matched, "features": matched - errors, "errors": errors,
             "worker_seconds": stats.as_dict()}
 

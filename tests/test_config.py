@@ -1,0 +1,57 @@
+"""One typed config: YAML < env < CLI, validated once with messages that say what to fix."""
+from __future__ import annotations
+
+import pytest
+
+from fruitlens.config import DEFAULT_INPUT, ConfigError, load_config
+
+
+def test_defaults_use_the_embedded_input_and_a_95_percent_variance_target():
+    cfg = load_config({"output": "out"}, env={})
+    assert cfg.input == DEFAULT_INPUT and cfg.pca_variance == 0.95 and cfg.pca_k is None
+    assert cfg.engine == "auto" and cfg.weights == "imagenet"
+
+
+def test_cli_beats_env_beats_yaml(tmp_path):
+    yml = tmp_path / "job.yaml"
+    yml.write_text("input: /from/yaml\noutput: /out/yaml\nbatch-size: 8\npca_k: 7\nspark_conf: {a: '1'}\n")
+    env = {"FRUITLENS_BATCH_SIZE": "16", "FRUITLENS_OUTPUT": "/out/env", "FRUITLENS_SPARK_CONF": "b=2"}
+    cfg = load_config({"output": "/out/cli", "spark_conf": {"c": "3"}}, env=env, config_file=yml)
+    assert (cfg.input, cfg.output, cfg.batch_size, cfg.pca_k) == ("/from/yaml", "/out/cli", 16, 7)
+    assert cfg.spark_conf == {"b": "2", "c": "3"}
+
+
+def test_a_k_on_the_command_line_replaces_a_variance_target_from_the_file(tmp_path):
+    yml = tmp_path / "job.yaml"
+    yml.write_text("pca_variance: 0.9\n")
+    cfg = load_config({"output": "o", "pca_k": 12}, env={}, config_file=yml)
+    assert (cfg.pca_k, cfg.pca_variance) == (12, None)
+
+
+@pytest.mark.parametrize("cli, message", [
+    ({"output": "o", "pca_k": 0}, "--pca-k must be between 1 and 1280"),
+    ({"output": "o", "pca_k": 2000}, "between 1 and 1280"),
+    ({"output": "o", "pca_variance": 1.5}, r"--pca-variance must be in \(0, 1\]"),
+    ({"output": "o", "pca_k": 3, "pca_variance": 0.9}, "either --pca-k or --pca-variance"),
+    ({"output": "o", "batch_size": 0}, "--batch-size must be a positive integer"),
+    ({"output": "o", "engine": "torch"}, "--engine must be one of auto, onnx, keras"),
+    ({}, "OUTPUT is required"),
+])
+def test_bad_settings_are_refused_with_what_to_fix(cli, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(cli, env={})
+
+
+def test_env_values_are_typed_and_bad_ones_named(tmp_path):
+    assert load_config({"output": "o"}, env={"FRUITLENS_OVERWRITE": "yes"}).overwrite is True
+    with pytest.raises(ConfigError, match="FRUITLENS_BATCH_SIZE: expected int, got 'many'"):
+        load_config({"output": "o"}, env={"FRUITLENS_BATCH_SIZE": "many"})
+
+
+def test_unknown_yaml_settings_and_missing_files_are_errors(tmp_path):
+    yml = tmp_path / "job.yaml"
+    yml.write_text("output: o\nbatchsize: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown settings \['batchsize'\]"):
+        load_config({}, env={}, config_file=yml)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config({}, env={}, config_file=tmp_path / "nope.yaml")

@@ -1,0 +1,167 @@
+"""End to end on real photos with real weights, Spark local[*]: `fruitlens run` as a user runs it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import real_images, uri_to_path
+
+from fruitlens.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_output(mixed_input, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "out put"
+    code = main(["run", str(mixed_input["root"]), str(out), "--pca-k", "5", "--batch-size", "8",
+                 "--no-progress"])
+    assert code == 0
+    return out
+
+
+def read(out: Path, name: str) -> dict:
+    table = pq.read_table(out / name)
+    return {"table": table, "rows": table.to_pylist()}
+
+
+def test_every_matched_image_is_a_feature_row_or_an_error_row(run_output, mixed_input):
+    features = {uri_to_path(r["path"]) for r in read(run_output, "features")["rows"]}
+    errors = {uri_to_path(r["path"]): r["error"] for r in read(run_output, "errors")["rows"]}
+    assert features == set(mixed_input["good"])
+    assert set(errors) == set(mixed_input["bad"])
+    for path, reason in mixed_input["bad"].items():
+        assert reason in errors[path]
+    manifest = json.loads((run_output / "manifest.json").read_text())
+    assert manifest["counts"] == {"matched": len(features) + len(errors), "features": len(features),
+                                  "errors": len(errors)}
+
+
+def test_features_have_the_documented_schema_labels_and_splits(run_output):
+    table = read(run_output, "features")["table"]
+    assert table.schema.names == ["path", "label", "split", "features"]
+    assert str(table.schema.field("features").type) == "list<element: float>"
+    rows = table.to_pylist()
+    assert all(len(r["features"]) == 1280 for r in rows)
+    labels = {(r["label"], r["split"]) for r in rows}
+    assert ("Orange ü 2", "Training") in labels and ("Cherry 3", "Test") in labels
+    assert ("Odd cases", "Test") in labels
+    assert pq.read_table(run_output / "errors").schema.names == ["path", "error"]
+
+
+def test_spark_features_equal_a_direct_keras_prediction(run_output):
+    import keras
+
+    from fruitlens.images import decode_rgb, preprocess
+
+    rows = read(run_output, "features")["rows"]
+    paths = [Path(uri_to_path(r["path"])) for r in rows]
+    x = preprocess(np.stack([decode_rgb(p.read_bytes()) for p in paths]))
+    model = keras.applications.MobileNetV2(weights="imagenet", include_top=False, pooling="avg",
+                                           input_shape=(224, 224, 3))
+    expected = model.predict(x, verbose=0)
+    got = np.array([r["features"] for r in rows], dtype=np.float32)
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_pca_matches_numpy_and_the_saved_model_projects_new_rows(run_output):
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.functions import array_to_vector, vector_to_array
+    from pyspark.sql import SparkSession
+
+    feats = read(run_output, "features")["rows"]
+    x = np.array([r["features"] for r in feats], dtype=np.float64)
+    cov = np.cov(x, rowvar=False)
+    values, vectors = np.linalg.eigh(cov)
+    values, vectors = values[::-1], vectors[:, ::-1]
+    ratios = values / values.sum()
+
+    manifest = json.loads((run_output / "manifest.json").read_text())
+    pca = manifest["pca"]
+    assert pca["k"] == 5 and pca["rows"] == len(feats)
+    np.testing.assert_allclose(pca["explained_variance"], ratios[:5], rtol=1e-6)
+    np.testing.assert_allclose(pca["cumulative_variance"], np.cumsum(ratios[:5]), rtol=1e-6)
+
+    projected = {r["path"]: r["pca"] for r in read(run_output, "pca")["rows"]}
+    assert set(projected) == {r["path"] for r in feats}
+    expected = (x - x.mean(0)) @ vectors[:, :5]
+    got = np.array([projected[r["path"]] for r in feats])
+    np.testing.assert_allclose(np.abs(got), np.abs(expected), atol=2e-4)  # eigenvector signs are arbitrary
+
+    spark = SparkSession.builder.getOrCreate()
+    model = PipelineModel.load(str(run_output / "pca_model"))
+    new = spark.createDataFrame([(r["features"],) for r in feats[:3]], "features array<float>")
+    out = model.transform(new.select(array_to_vector("features").alias("vector")))
+    again = np.array([r[0] for r in out.select(vector_to_array("pca")).collect()])
+    np.testing.assert_allclose(again, got[:3], atol=1e-5)
+
+
+def test_manifest_records_timings_rates_config_and_versions(run_output):
+    m = json.loads((run_output / "manifest.json").read_text())
+    assert {"setup", "extract", "pca", "total"} <= set(m["timings_s"])
+    assert m["images_per_second"]["extract"] > 0
+    assert m["engine"]["name"] == "onnx"
+    assert m["config"]["pca_k"] == 5 and m["config"]["batch_size"] == 8
+    assert {"pyspark", "numpy", "pillow", "onnxruntime"} <= set(m["versions"])
+    # The model ran once per scanned image (the empty file never reaches a worker): no re-evaluation.
+    assert m["worker_seconds"]["images"] == m["counts"]["matched"] - 1
+
+
+def test_an_existing_output_is_refused_without_overwrite(run_output, mixed_input, capsys):
+    before = (run_output / "manifest.json").read_text()
+    code = main(["run", str(mixed_input["root"]), str(run_output), "--no-progress"])
+    assert code == 1
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (run_output / "manifest.json").read_text() == before
+
+
+def test_pca_can_be_refit_on_an_existing_output(run_output, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_output, copy)
+    assert main(["pca", str(copy), "--pca-variance", "0.9", "--no-progress"]) == 0
+    m = json.loads((copy / "manifest.json").read_text())
+    assert m["pca"]["cumulative_variance"][-1] >= 0.9 > m["pca"]["cumulative_variance"][-2]
+    assert m["counts"]["features"] == len(read(copy, "pca")["rows"])
+    assert len(read(copy, "pca")["rows"][0]["pca"]) == m["pca"]["k"]
+
+
+def _jobs_so_far() -> int:
+    from pyspark import SparkContext
+
+    sc = SparkContext._active_spark_context
+    return len(sc.statusTracker().getJobIdsForGroup()) if sc else 0
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("empty", "holds no images"),
+    ("no-images", "holds no images"),
+])
+def test_a_wrong_input_fails_before_any_spark_job_naming_the_path(case, message, tmp_path, capsys, run_output):
+    src = tmp_path / case
+    if case != "missing":
+        src.mkdir()
+    if case == "no-images":
+        (src / "Test" / "Kiwi").mkdir(parents=True)
+        (src / "Test" / "Kiwi" / "notes.txt").write_text("x")
+    jobs = _jobs_so_far()
+    code = main(["run", str(src), str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and str(src) in err
+    assert _jobs_so_far() == jobs
+    assert not (tmp_path / "out").exists()
+
+
+def test_extract_writes_features_without_pca_and_limit_takes_the_first_images(tmp_path):
+    src = real_images("Test", per_class=3, classes=2)[0].parents[1]
+    out = tmp_path / "extract"
+    assert main(["extract", str(src), str(out), "--limit", "7", "--no-progress", "--engine", "keras"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"] == {"matched": 7, "features": 7, "errors": 0}
+    assert m["pca"] is None and m["engine"]["name"] == "keras"
+    assert not (out / "pca").exists()
