@@ -122,14 +122,17 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLay
     try:
         ok = F.col("error").isNull()
         result.filter(ok).select("path", "label", "split", "features").write.parquet(layout.features)
-        skipped = (
-            spark.createDataFrame([(p,) for p in listed], "path string")
-            .join(result.select("path"), "path", "left_anti")
-            .select("path", F.lit(SKIPPED_BY_SCAN).alias("error"))
-        )
-        result.filter(~ok).select("path", "error").unionByName(skipped).write.parquet(layout.errors)
         row = result.agg(F.count("*").alias("scanned"), F.count("error").alias("errors")).first()
+        errors = result.filter(~ok).select("path", "error")
         n_skipped = len(listed) - int(row["scanned"])
+        if n_skipped:  # only then is the listing joined back: which listed files did the scan skip?
+            skipped = (
+                spark.createDataFrame([(p,) for p in listed], "path string")
+                .join(result.select("path"), "path", "left_anti")
+                .select("path", F.lit(SKIPPED_BY_SCAN).alias("error"))
+            )
+            errors = errors.unionByName(skipped)
+        errors.write.parquet(layout.errors)
     finally:
         result.unpersist()
     matched, errors = len(listed), int(row["errors"]) + n_skipped
