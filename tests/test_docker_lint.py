@@ -82,3 +82,38 @@ def test_runtime_lock_is_consistent() -> None:
         assert full.get(name) == version, f"{name}: runtime.lock {version} != requirements.lock {full.get(name)}"
     done = subprocess.run([sys.executable, str(REPO / "docker/runtime_lock.py"), "--check"], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_s3a_fetch_verifies_checksums(tmp_path: Path) -> None:
+    """The s3a stage's download script checks Maven's SHA-1 and, when pinned, our SHA-256 (file:// repo)."""
+    import hashlib
+
+    if not shutil.which("curl") and not shutil.which("wget"):
+        pytest.skip("neither curl nor wget")
+    repo, out = tmp_path / "repo", tmp_path / "out"
+    jar = repo / "org/x/1/x-1.jar"
+    jar.parent.mkdir(parents=True)
+    out.mkdir()
+    jar.write_bytes(b"not really a jar\n")
+    jar.with_name("x-1.jar.sha1").write_text(hashlib.sha1(jar.read_bytes()).hexdigest() + "\n")
+    good = hashlib.sha256(jar.read_bytes()).hexdigest()
+
+    def fetch(sha256: str) -> int:
+        return subprocess.run(["bash", str(REPO / "docker/fetch-s3a.sh"), str(out), f"file://{repo}",
+                               "org/x/1/x-1.jar", sha256], capture_output=True).returncode
+
+    assert fetch("") == 0 and fetch(good) == 0
+    assert fetch("0" * 64) != 0
+    jar.with_name("x-1.jar.sha1").write_text("0" * 40 + "\n")
+    assert fetch(good) != 0
+
+
+def test_ecr_registry_parsing() -> None:
+    sys.path.insert(0, str(REPO / "docker"))
+    try:
+        import ecr_login
+    finally:
+        sys.path.pop(0)
+    assert ecr_login.region_of("123456789012.dkr.ecr.eu-west-1.amazonaws.com") == "eu-west-1"
+    with pytest.raises(SystemExit):
+        ecr_login.region_of("ghcr.io")
