@@ -17,7 +17,7 @@ def write(tmp_path, text: str):
 
 def test_defaults_are_valid_and_point_at_the_image_entry_point():
     profile = EmrProfile()
-    assert profile.entry_point == DEFAULT_ENTRY_POINT == "local:///opt/fruitlens/run_job.py"
+    assert profile.entry_point == DEFAULT_ENTRY_POINT == "local:///opt/fruitlens/job.py"
     assert profile.memory_overhead_factor == 0.4
 
 

@@ -33,7 +33,7 @@ def test_request_shape():
     request = build()
     driver = request["jobDriver"]["sparkSubmitJobDriver"]
     assert driver == {
-        "entryPoint": "local:///opt/fruitlens/run_job.py",
+        "entryPoint": "local:///opt/fruitlens/job.py",
         "entryPointArguments": ["run", "s3://fruit-data/fruits-360", "s3://fruit-out/run1", "--pca-k", "50",
                                 "--no-progress"],
     }
@@ -157,7 +157,7 @@ def test_pipeline_options_are_forwarded(capsys):
 
 
 def test_iam_policy_grants_the_prefixes_and_nothing_else():
-    policy = emr.iam_policy(profile(entry_point="s3://fruit-code/run_job.py"))
+    policy = emr.iam_policy(profile(entry_point="s3://fruit-code/job.py"))
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
     assert by_sid["ReadInput"] == {"Sid": "ReadInput", "Effect": "Allow", "Action": ["s3:GetObject"],
                                    "Resource": ["arn:aws:s3:::fruit-data/fruits-360/*"]}
@@ -165,7 +165,7 @@ def test_iam_policy_grants_the_prefixes_and_nothing_else():
     assert by_sid["WriteOutput"]["Resource"] == ["arn:aws:s3:::fruit-out/run1/*"]
     assert "s3:PutObject" in by_sid["WriteOutput"]["Action"]
     assert by_sid["WriteLogs"]["Resource"] == ["arn:aws:s3:::fruit-logs/emr/*"]
-    assert by_sid["ReadEntryPoint"]["Resource"] == ["arn:aws:s3:::fruit-code/run_job.py"]
+    assert by_sid["ReadEntryPoint"]["Resource"] == ["arn:aws:s3:::fruit-code/job.py"]
     every_action = {a for s in policy["Statement"] for a in s["Action"]}
     assert every_action <= {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket",
                             "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"}

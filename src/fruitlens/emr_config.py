@@ -20,7 +20,7 @@ from fruitlens.config import ConfigError, _coerce
 
 ENV_PREFIX = "FRUITLENS_EMR_"
 #: The script the container image must provide: it runs ``fruitlens.cli.main(sys.argv[1:])``.
-DEFAULT_ENTRY_POINT = "local:///opt/fruitlens/run_job.py"
+DEFAULT_ENTRY_POINT = "local:///opt/fruitlens/job.py"
 DEFAULT_RELEASE_LABEL = "emr-7.5.0-latest"
 
 # Patterns of the StartJobRun API reference (and of IAM for the ARN).
