@@ -25,8 +25,12 @@ setup: ## install Java, the pinned Python deps (.venv) and the weights
 run-local: setup ## run the whole job on INPUT (default: the embedded sample) into OUTPUT
 	$(VENV)/bin/fruitlens run "$(INPUT)" "$(OUTPUT)" --overwrite $(ARGS)
 
+.PHONY: test-tools
+test-tools: setup ## set up what the deployment tests use: Docker engine, S3 server, helm (.ci/setup.d)
+	for step in .ci/setup.d/*.sh; do echo "test-tools: $$step"; bash "$$step"; done
+
 .PHONY: test
-test: setup ## run every test (unit, end to end, slow ones included)
+test: test-tools ## run every test (unit, end to end, Docker, S3, Helm; slow ones included)
 	$(VENV)/bin/pytest -q tests $(ARGS)
 
 .PHONY: test-fast
