@@ -165,6 +165,14 @@ def test_baked_model_loads_without_network(flavour: str, request) -> None:
         assert info["sha"] == sha256_file(WEIGHTS)
 
 
+@pytest.mark.parametrize("flavour", ["oss", "emr"])
+def test_job_script_is_the_cli(flavour: str, request) -> None:
+    """local:///opt/fruitlens/job.py (EMR entryPoint, the chart's mainApplicationFile) is `fruitlens`."""
+    image = request.getfixturevalue(f"{flavour}_image")
+    out = docker("run", "--rm", *NO_NET, image, "python", "/opt/fruitlens/job.py", "--version")
+    assert out.strip().startswith("fruitlens ")
+
+
 def test_keras_engine_loads_without_network(oss_image: str) -> None:
     script = ("from fruitlens.engine import resolve_weights, build_keras_model;"
               "m = build_keras_model(resolve_weights('imagenet')); print(m.output_shape)")
