@@ -208,7 +208,7 @@ def register(sub) -> None:
     p.add_argument("input", help="local folder of images (e.g. ../shared/data/fruits-360-sample/Test)")
     p.add_argument("--limit", type=int, help="use the first N images (sorted by path)")
     p.add_argument("--engine", default="auto", choices=("auto", "onnx", "keras"))
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--pca-k", type=int, default=50)
     p.add_argument("--pool", type=int, default=256, help="distinct preprocessed images for the ceilings")
     p.add_argument("--ceiling-images", type=int, default=2048, help="images timed for the engine ceiling")

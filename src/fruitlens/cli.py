@@ -36,7 +36,7 @@ def add_pipeline_options(parser: argparse.ArgumentParser, *, pca: bool = True) -
                        "fraction of the variance (default 0.95)")
         g.add_argument("--pca-standardize", action="store_true", default=None,
                        help="scale features to unit variance before PCA (they are always centred)")
-    g.add_argument("--batch-size", type=int, help="images per inference call (default 32)")
+    g.add_argument("--batch-size", type=int, help="images per inference call (default 64)")
     g.add_argument("--arrow-batch-size", type=int, help="images per Arrow batch sent to a Python worker (default 256)")
     g.add_argument("--partitions", type=int, help="repartition the images into N tasks (default: Spark's split)")
     g.add_argument("--limit", type=int, help="process only the first N images (sorted by path)")

@@ -53,7 +53,7 @@ class PipelineConfig:
     pca_k: int | None = None
     pca_variance: float | None = None
     pca_standardize: bool = False
-    batch_size: int = 32
+    batch_size: int = 64
     arrow_batch_size: int = 256
     partitions: int | None = None
     limit: int | None = None

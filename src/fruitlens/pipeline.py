@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 import time
 from urllib.parse import unquote, urlsplit
 from dataclasses import dataclass, field
@@ -148,8 +149,11 @@ def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout)
     except ValueError as exc:  # too few rows: the features are still worth having
         log(f"pca: skipped ({exc})")
         return {"skipped": str(exc)}
-    project(model, features).write.mode("overwrite").parquet(layout.pca)
-    model.write().overwrite().save(layout.pca_model)
+    # Saving the model is a few small Spark jobs: run them beside the projection, not after it.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        saved = pool.submit(lambda: model.write().overwrite().save(layout.pca_model))
+        project(model, features).write.mode("overwrite").parquet(layout.pca)
+        saved.result()
     return {**summary.as_dict(), "target_variance": config.pca_variance, "requested_k": config.pca_k}
 
 
