@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fruitlens.pca import Moments, choose_k, eigen
+from fruitlens.moments import Moments
+from fruitlens.pca import choose_k, eigen
 
 
 def test_moments_summed_over_partitions_give_numpys_covariance(rng):
@@ -31,3 +32,13 @@ def test_eigen_sorts_descending_with_a_deterministic_sign(rng):
     assert np.all(vectors[np.abs(vectors).argmax(0), np.arange(5)] > 0)
     v2 = eigen(cov)[1]
     np.testing.assert_array_equal(vectors, v2)
+
+
+def test_feature_tasks_fill_every_slot_in_every_round():
+    from fruitlens.pipeline import partition_count
+
+    assert partition_count(2170, 2) == 4  # two rounds of two tasks, 543 images each
+    assert partition_count(10, 2) == 2
+    assert partition_count(6537, 2) == 8  # not 7: a lone last task would idle a core
+    assert partition_count(90_000, 40) == 120
+    assert all(partition_count(n, s) % s == 0 for n in (1, 999, 5001, 123_456) for s in (1, 2, 3, 16))

@@ -63,15 +63,18 @@ class RssSampler:
             driver = workers = 0
             try:
                 procs = [self._root, *self._root.children(recursive=True)]
-                for proc in procs:
-                    rss = proc.memory_info().rss
-                    cmd = " ".join(proc.cmdline())
-                    if "pyspark.daemon" in cmd or "pyspark.worker" in cmd or "pyspark/daemon" in cmd:
-                        workers += rss
-                    else:
-                        driver += rss
             except psutil.Error:
                 continue
+            for proc in procs:
+                try:  # processes come and go (Python workers); count those still there
+                    rss = proc.memory_info().rss
+                    cmd = " ".join(proc.cmdline())
+                except psutil.Error:
+                    continue
+                if "pyspark.daemon" in cmd or "pyspark.worker" in cmd:
+                    workers += rss
+                else:
+                    driver += rss
             for key, value in (("driver_mb", driver), ("workers_mb", workers), ("total_mb", driver + workers)):
                 self.peak[key] = max(self.peak[key], value / 2**20)
 

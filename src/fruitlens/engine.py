@@ -163,10 +163,12 @@ class KerasEngine:
                 tf.config.threading.set_inter_op_parallelism_threads(1)
             except RuntimeError:
                 pass
-        self._model = build_keras_model(weights_path)
+        model = build_keras_model(weights_path)
+        # A traced graph, not an eager call: several times faster per batch, as model.predict runs it.
+        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._model(batch, training=False), dtype=np.float32)
+        return np.asarray(self._forward(batch), dtype=np.float32)
 
 
 class OnnxEngine:

@@ -9,16 +9,18 @@ models (``StandardScalerModel`` → ``PCAModel`` in a ``PipelineModel``) that pr
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pyarrow as pa
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 
 from fruitlens.engine import FEATURE_DIM
+from fruitlens.moments import Moments, partition_moments
+from fruitlens.progress import log
 
 
 @dataclass(frozen=True)
@@ -35,24 +37,6 @@ class PcaSummary:
         return out
 
 
-@dataclass(frozen=True)
-class Moments:
-    n: int
-    total: np.ndarray  # Σx, (d,)
-    gram: np.ndarray  # XᵀX, (d, d)
-
-    def __add__(self, other: Moments) -> Moments:
-        return Moments(self.n + other.n, self.total + other.total, self.gram + other.gram)
-
-    def mean(self) -> np.ndarray:
-        return self.total / self.n
-
-    def covariance(self) -> np.ndarray:
-        """Unbiased sample covariance, as Spark's RowMatrix.computeCovariance."""
-        mu = self.mean()
-        return (self.gram - self.n * np.outer(mu, mu)) / (self.n - 1)
-
-
 def choose_k(explained: np.ndarray | list[float], target: float) -> int:
     """The fewest leading components whose explained-variance ratios add up to ``target``."""
     cumulative = np.cumsum(np.asarray(explained, dtype=np.float64))
@@ -60,26 +44,8 @@ def choose_k(explained: np.ndarray | list[float], target: float) -> int:
     return int(reached[0]) + 1 if reached.size else len(cumulative)
 
 
-def _partition_moments(batches):
-    """mapInArrow: one output row per partition with its (n, Σx, XᵀX)."""
-    n, total, gram = 0, np.zeros(FEATURE_DIM), np.zeros((FEATURE_DIM, FEATURE_DIM))
-    for batch in batches:
-        col = batch.column("features")
-        if len(col) == 0:
-            continue
-        x = col.values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(col), -1)
-        n += len(col)
-        total += x.sum(axis=0)
-        gram += x.T @ x
-    yield pa.RecordBatch.from_arrays(
-        [pa.array([n], pa.int64()), pa.array([total.tobytes()], pa.binary()),
-         pa.array([gram.tobytes()], pa.binary())],
-        names=["n", "total", "gram"],
-    )
-
-
 def compute_moments(features: DataFrame) -> Moments:
-    partials = features.select("features").mapInArrow(_partition_moments, "n long, total binary, gram binary")
+    partials = features.select("features").mapInArrow(partition_moments, "n long, total binary, gram binary")
     return (
         partials.rdd.map(lambda r: Moments(r.n, np.frombuffer(r.total), np.frombuffer(r.gram).reshape(FEATURE_DIM, -1)))
         .treeReduce(lambda a, b: a + b, depth=2)
@@ -100,7 +66,9 @@ def fit_pca(
     features: DataFrame, *, k: int | None, variance: float | None, standardize: bool
 ) -> tuple[PipelineModel, PcaSummary]:
     """Fit on ``features`` (column ``features``: array<float>); exactly one of ``k``/``variance``."""
+    t = time.perf_counter()
     moments = compute_moments(features)
+    log(f"pca: moments of {moments.n} rows in {time.perf_counter() - t:.2f} s")
     if moments.n < 2:
         raise ValueError(f"PCA needs at least 2 feature rows, found {moments.n}")
     cov = moments.covariance()
@@ -108,7 +76,9 @@ def fit_pca(
     if standardize:  # correlation matrix; constant features scale to 0, as StandardScaler does
         inv = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
         cov = cov * np.outer(inv, inv)
+    t = time.perf_counter()
     values, vectors = eigen(cov)
+    log(f"pca: eigendecomposition in {time.perf_counter() - t:.2f} s")
     ratios = values / values.sum() if values.sum() > 0 else np.zeros_like(values)
     if k is None:
         k = choose_k(ratios, variance)

@@ -98,9 +98,12 @@ def read_images(spark: SparkSession, config: PipelineConfig, uri: str) -> tuple[
     return images, listed
 
 
-def partition_count(images: int, slots: int, *, per_slot: int = 2, max_images: int = 1000) -> int:
-    """Tasks for the feature stage: ``per_slot`` per task slot, more when a task would exceed ``max_images``."""
-    return max(1, slots * per_slot, -(-images // max_images))
+def partition_count(images: int, slots: int, *, max_images: int = 1000) -> int:
+    """Tasks for the feature stage: a whole number of rounds over the task slots (a last round that
+    fills only some slots leaves cores idle), each task at most ``max_images`` images."""
+    slots = max(1, slots)
+    rounds = max(1, -(-images // (slots * max_images)))
+    return slots * rounds
 
 
 def resolve_model(spark: SparkSession, config: PipelineConfig) -> ModelArtifact:
@@ -143,18 +146,21 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLay
 
 def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout) -> dict:
     features = spark.read.parquet(layout.features)
+    t = time.perf_counter()
     try:
         model, summary = fit_pca(features, k=config.pca_k, variance=config.pca_variance,
                                  standardize=config.pca_standardize)
     except ValueError as exc:  # too few rows: the features are still worth having
         log(f"pca: skipped ({exc})")
         return {"skipped": str(exc)}
+    fit_s = time.perf_counter() - t
     # Saving the model is a few small Spark jobs: run them beside the projection, not after it.
     with ThreadPoolExecutor(max_workers=1) as pool:
         saved = pool.submit(lambda: model.write().overwrite().save(layout.pca_model))
         project(model, features).write.mode("overwrite").parquet(layout.pca)
         saved.result()
-    return {**summary.as_dict(), "target_variance": config.pca_variance, "requested_k": config.pca_k}
+    return {**summary.as_dict(), "target_variance": config.pca_variance, "requested_k": config.pca_k,
+            "seconds": {"fit": round(fit_s, 3), "project_and_save": round(time.perf_counter() - t - fit_s, 3)}}
 
 
 def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:

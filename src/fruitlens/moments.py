@@ -1,0 +1,50 @@
+"""Sufficient statistics for PCA, computed where the rows are: (n, Σx, XᵀX) per partition.
+
+Kept apart from pca.py so the Python workers that run it import only numpy and pyarrow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from fruitlens.engine import FEATURE_DIM
+
+
+@dataclass(frozen=True)
+class Moments:
+    n: int
+    total: np.ndarray  # Σx, (d,)
+    gram: np.ndarray  # XᵀX, (d, d)
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(self.n + other.n, self.total + other.total, self.gram + other.gram)
+
+    def mean(self) -> np.ndarray:
+        return self.total / self.n
+
+    def covariance(self) -> np.ndarray:
+        """Unbiased sample covariance, as Spark's RowMatrix.computeCovariance."""
+        mu = self.mean()
+        return (self.gram - self.n * np.outer(mu, mu)) / (self.n - 1)
+
+
+def partition_moments(batches):
+    """mapInArrow: one output row per partition with its (n, Σx, XᵀX)."""
+    n, total, gram = 0, np.zeros(FEATURE_DIM), np.zeros((FEATURE_DIM, FEATURE_DIM))
+    for batch in batches:
+        col = batch.column("features")
+        if len(col) == 0:
+            continue
+        x = col.flatten().to_numpy(zero_copy_only=False)  # flatten() honours slices.astype(np.float64).reshape(len(col), -1)
+        n += len(col)
+        total += x.sum(axis=0)
+        gram += x.T @ x
+    yield pa.RecordBatch.from_arrays(
+        [pa.array([n], pa.int64()), pa.array([total.tobytes()], pa.binary()),
+         pa.array([gram.tobytes()], pa.binary())],
+        names=["n", "total", "gram"],
+    )
+
+
