@@ -42,3 +42,19 @@ def test_feature_tasks_fill_every_slot_in_every_round():
     assert partition_count(6537, 2) == 8  # not 7: a lone last task would idle a core
     assert partition_count(90_000, 40) == 120
     assert all(partition_count(n, s) % s == 0 for n in (1, 999, 5001, 123_456) for s in (1, 2, 3, 16))
+
+
+def test_partition_moments_read_sliced_arrow_batches_correctly(rng):
+    import pyarrow as pa
+
+    from fruitlens.moments import partition_moments
+
+    x = rng.normal(size=(23, 1280)).astype(np.float32)
+    table = pa.table({"features": pa.array(list(x), type=pa.list_(pa.float32()))})
+    out = next(partition_moments(iter(table.to_batches(max_chunksize=5))))  # slices share one buffer
+    assert out.column("n")[0].as_py() == 23
+    total = np.frombuffer(out.column("total")[0].as_py())
+    gram = np.frombuffer(out.column("gram")[0].as_py()).reshape(1280, 1280)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(total, x64.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(gram, x64.T @ x64, rtol=1e-10, atol=1e-9)

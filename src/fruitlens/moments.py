@@ -37,7 +37,8 @@ def partition_moments(batches):
         col = batch.column("features")
         if len(col) == 0:
             continue
-        x = col.flatten().to_numpy(zero_copy_only=False)  # flatten() honours slices.astype(np.float64).reshape(len(col), -1)
+        # flatten(), not .values: it honours the offsets of a sliced batch
+        x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(col), -1)
         n += len(col)
         total += x.sum(axis=0)
         gram += x.T @ x
