@@ -37,9 +37,11 @@ test: test-tools ## run every test (unit, end to end, Docker, S3, Helm; slow one
 test-fast: setup ## unit tests only
 	$(VENV)/bin/pytest -q -m "not slow and not docker" tests $(ARGS)
 
+BENCH_INPUT ?= $(SHARED)/data/fruits-360-sample/Test
+BENCH_ARGS ?= --baseline
 .PHONY: bench
-bench: setup ## measure the model ceiling vs the whole pipeline (N images, default 2170)
-	$(VENV)/bin/fruitlens bench "$(or $(BENCH_INPUT),$(SHARED)/data/fruits-360-sample)" $(ARGS)
+bench: setup ## model ceiling vs TensorFlow vs the whole pipeline vs the common approach (BENCH_INPUT, BENCH_ARGS)
+	$(VENV)/bin/fruitlens bench "$(BENCH_INPUT)" --workdir .bench --json .bench/bench.json $(BENCH_ARGS)
 
 .PHONY: data
 data: ## download the public Fruits-360 dataset into data/fruits-360 (needs internet)

@@ -12,6 +12,7 @@ import io
 import json
 import sys
 import time
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -53,7 +54,7 @@ def featurize_series(m, content_series):
 
 
 @pandas_udf("array<float>")
-def featurize_udf(content_series_iter):
+def featurize_udf(content_series_iter: Iterator[pd.Series]) -> Iterator[pd.Series]:
     m = model_fn()
     for content_series in content_series_iter:
         yield featurize_series(m, content_series)

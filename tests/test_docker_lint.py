@@ -64,14 +64,14 @@ def test_shell_syntax(script: Path) -> None:
 
 def test_runtime_lock_is_consistent() -> None:
     """Every pin of requirements/runtime.lock is requirements.lock's, and it is up to date."""
-    def pins(path: Path) -> dict[str, str]:
-        out = {}
-        for line in path.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if "==" in line:
-                name, version = line.split("==", 1)
-                out[name.lower().replace("_", "-")] = version
-        return out
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("runtime_lock", REPO / "docker/runtime_lock.py")
+    lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock)
+
+    def pins(path: Path) -> dict[str, str]:  # name -> version, with runtime_lock's own parser
+        return {name: pin.split("==", 1)[1] for name, pin in lock.pins(path).items()}
 
     full, runtime = pins(REPO / "requirements.lock"), pins(REPO / "requirements/runtime.lock")
     assert {"tensorflow-cpu", "onnxruntime", "pyspark", "numpy", "pillow", "tf2onnx"} <= runtime.keys()
