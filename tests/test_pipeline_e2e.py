@@ -165,3 +165,18 @@ def test_extract_writes_features_without_pca_and_limit_takes_the_first_images(tm
     assert m["counts"] == {"matched": 7, "features": 7, "errors": 0}
     assert m["pca"] is None and m["engine"]["name"] == "keras"
     assert not (out / "pca").exists()
+
+
+def test_standardised_pca_matches_numpys_correlation_spectrum(run_output, tmp_path):
+    import shutil
+
+    copy = tmp_path / "std"
+    shutil.copytree(run_output, copy)
+    assert main(["pca", str(copy), "--pca-k", "4", "--pca-standardize", "--no-progress"]) == 0
+    x = np.array([r["features"] for r in read(copy, "features")["rows"]], dtype=np.float64)
+    std = x.std(0, ddof=1)
+    z = (x - x.mean(0))[:, std > 0] / std[std > 0]  # constant features scale to 0, as in Spark
+    values = np.linalg.eigvalsh(np.cov(z, rowvar=False))[::-1]
+    m = json.loads((copy / "manifest.json").read_text())
+    assert m["pca"]["standardize"] is True and m["config"]["pca_standardize"] is True
+    np.testing.assert_allclose(m["pca"]["explained_variance"], (values / values.sum())[:4], rtol=1e-6)
