@@ -145,7 +145,9 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLay
 
 
 def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout) -> dict:
-    features = spark.read.parquet(layout.features)
+    # One task per slot: the feature files are many small tasks' worth (~1 s of fixed cost each) for
+    # work that takes milliseconds per file; fewer partitions also means fewer partial moments to reduce.
+    features = spark.read.parquet(layout.features).coalesce(spark.sparkContext.defaultParallelism)
     t = time.perf_counter()
     try:
         model, summary = fit_pca(features, k=config.pca_k, variance=config.pca_variance,
