@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -350,9 +351,7 @@ def helm_binary() -> str:
     pytest.skip(message)
 
 
-def helm(*args: str, check: bool = True) -> "subprocess.CompletedProcess[str]":
-    import subprocess
-
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([helm_binary(), *args], capture_output=True, text=True, timeout=120)
     if check and done.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed:\n{done.stderr}")

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import stat
 import sys
-from pathlib import Path
 
 import pytest
 import yaml

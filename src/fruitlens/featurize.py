@@ -91,7 +91,7 @@ def _result_batch(paths: list[str], errors: list[str | None], features: np.ndarr
     feature_col = pa.ListArray.from_arrays(
         pa.array(offsets), pa.array(features.reshape(-1)), mask=pa.array(failed)
     )
-    labels, splits = zip(*(label_and_split(p) for p in paths)) if paths else ((), ())
+    labels, splits = zip(*(label_and_split(p) for p in paths), strict=True) if paths else ((), ())
     return pa.RecordBatch.from_arrays(
         [pa.array(paths, pa.string()), pa.array(labels, pa.string()), pa.array(splits, pa.string()),
          feature_col, pa.array(errors, pa.string())],
