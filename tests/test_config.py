@@ -18,7 +18,7 @@ def test_cli_beats_env_beats_yaml(tmp_path):
     env = {"FRUITLENS_BATCH_SIZE": "16", "FRUITLENS_OUTPUT": "/out/env", "FRUITLENS_SPARK_CONF": "b=2"}
     cfg = load_config({"output": "/out/cli", "spark_conf": {"c": "3"}}, env=env, config_file=yml)
     assert (cfg.input, cfg.output, cfg.batch_size, cfg.pca_k) == ("/from/yaml", "/out/cli", 16, 7)
-    assert cfg.spark_conf == {"b": "2", "c": "3"}
+    assert cfg.spark_conf == {"a": "1", "b": "2", "c": "3"}  # Spark settings merge key by key
 
 
 def test_a_k_on_the_command_line_replaces_a_variance_target_from_the_file(tmp_path):

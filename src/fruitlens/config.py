@@ -121,47 +121,67 @@ def _coerce(name: str, raw: Any, hint: Any) -> Any:
         raise ConfigError(f"{name}: expected {target.__name__}, got {raw!r}") from None
 
 
+def merge_sources(
+    cls: type,
+    *,
+    cli: Mapping[str, Any] | None,
+    env: Mapping[str, str],
+    env_prefix: str,
+    file: str | os.PathLike[str] | None,
+    file_label: str,
+    file_hint: str,
+    merge_keys: tuple[str, ...] = ("spark_conf",),
+) -> dict[str, Any]:
+    """The settings of dataclass ``cls`` from YAML < ``{env_prefix}<FIELD>`` env < CLI, typed.
+
+    ``None`` on the CLI means "not given". Mapping settings named in ``merge_keys`` merge key by key
+    across the sources; every other setting is replaced by the higher-precedence source.
+    """
+    import yaml
+
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    merged: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        merged[key] = {**merged.get(key, {}), **value} if key in merge_keys else value
+
+    if file:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"{file_label} {path} does not exist; {file_hint}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{file_label} {path}: expected a mapping of settings at the top level")
+        unknown = sorted(set(str(k).replace("-", "_") for k in data) - set(names))
+        if unknown:
+            raise ConfigError(f"{file_label} {path}: unknown settings {unknown}; known: {names}")
+        for key, value in data.items():
+            key = str(key).replace("-", "_")
+            if value is not None:
+                put(key, _coerce(f"{path}:{key}", value, hints[key]))
+
+    for key in names:
+        raw = env.get(env_prefix + key.upper())
+        if raw is not None and raw != "":
+            put(key, _coerce(env_prefix + key.upper(), raw, hints[key]))
+
+    for key, value in (cli or {}).items():
+        if value is not None:
+            put(key, value)
+    return merged
+
+
 def load_config(
     cli: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     config_file: str | os.PathLike[str] | None = None,
 ) -> PipelineConfig:
     """Merge the sources (YAML < env < CLI; ``None`` on the CLI means "not given") and validate once."""
-    import yaml
-
     env = os.environ if env is None else env
-    hints = typing.get_type_hints(PipelineConfig)
-    names = [f.name for f in dataclasses.fields(PipelineConfig)]
-    merged: dict[str, Any] = {}
-
-    config_file = config_file or env.get(f"{ENV_PREFIX}CONFIG")
-    if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; fix --config or {ENV_PREFIX}CONFIG")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"config file {path}: expected a mapping of settings at the top level")
-        unknown = sorted(set(k.replace("-", "_") for k in data) - set(names))
-        if unknown:
-            raise ConfigError(f"config file {path}: unknown settings {unknown}; known: {names}")
-        for key, value in data.items():
-            key = key.replace("-", "_")
-            merged[key] = _coerce(f"{path}:{key}", value, hints[key])
-
-    for key in names:
-        raw = env.get(ENV_PREFIX + key.upper())
-        if raw is not None and raw != "":
-            merged[key] = _coerce(ENV_PREFIX + key.upper(), raw, hints[key])
-
-    for key, value in (cli or {}).items():
-        if value is None:
-            continue
-        if key == "spark_conf":
-            merged["spark_conf"] = {**merged.get("spark_conf", {}), **value}
-        else:
-            merged[key] = value
-
+    merged = merge_sources(PipelineConfig, cli=cli, env=env, env_prefix=ENV_PREFIX,
+                           file=config_file or env.get(f"{ENV_PREFIX}CONFIG"),
+                           file_label="config file", file_hint=f"fix --config or {ENV_PREFIX}CONFIG")
     if "output" not in merged:
         raise ConfigError("OUTPUT is required: a local folder or a URI such as s3://bucket/prefix")
     # A k given on a higher-precedence source replaces a variance target from a lower one, and back.

@@ -10,13 +10,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from fruitlens.config import ConfigError, _coerce
+from fruitlens.config import ConfigError, merge_sources
 
 ENV_PREFIX = "FRUITLENS_EMR_"
 #: The script the container image must provide: it runs ``fruitlens.cli.main(sys.argv[1:])``.
@@ -160,43 +158,11 @@ def load_profile(
     The YAML file is ``profile_file``, else ``$FRUITLENS_EMR_PROFILE``; its keys are the field names
     (``-`` or ``_``). ``tags`` and ``spark_conf`` merge key by key across the sources.
     """
-    import yaml
-
     env = os.environ if env is None else env
-    # Every hint as Optional: config._coerce reads a bare dict[str, str] as str (its first type argument).
-    hints = {k: typing.Optional[v] for k, v in typing.get_type_hints(EmrProfile).items()}
-    merged: dict[str, Any] = {}
-
-    def put(key: str, value: Any) -> None:
-        if key in ("tags", "spark_conf"):
-            merged[key] = {**merged.get(key, {}), **value}
-        else:
-            merged[key] = value
-
-    profile_file = profile_file or env.get(f"{ENV_PREFIX}PROFILE")
-    if profile_file:
-        path = Path(profile_file)
-        if not path.is_file():
-            raise ConfigError(f"EMR profile {path} does not exist; fix --profile or {ENV_PREFIX}PROFILE")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"EMR profile {path}: expected a mapping of settings at the top level")
-        unknown = sorted(set(str(k).replace("-", "_") for k in data) - set(FIELDS))
-        if unknown:
-            raise ConfigError(f"EMR profile {path}: unknown settings {unknown}; known: {list(FIELDS)}")
-        for key, value in data.items():
-            key = str(key).replace("-", "_")
-            if value is not None:
-                put(key, _coerce(f"{path}:{key}", value, hints[key]))
-
-    for key in FIELDS:
-        raw = env.get(ENV_PREFIX + key.upper())
-        if raw is not None and raw != "":
-            put(key, _coerce(ENV_PREFIX + key.upper(), raw, hints[key]))
-
-    for key, value in (cli or {}).items():
-        if value is not None:
-            put(key, value)
+    merged = merge_sources(EmrProfile, cli=cli, env=env, env_prefix=ENV_PREFIX,
+                           file=profile_file or env.get(f"{ENV_PREFIX}PROFILE"),
+                           file_label="EMR profile", file_hint=f"fix --profile or {ENV_PREFIX}PROFILE",
+                           merge_keys=("tags", "spark_conf"))
     # A cluster named on a higher-precedence source replaces an id from a lower one (an id wins otherwise).
     if (cli or {}).get("virtual_cluster_name") is not None and (cli or {}).get("virtual_cluster_id") is None:
         merged.pop("virtual_cluster_id", None)
