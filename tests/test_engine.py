@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 from conftest import real_images
 
-from fruitlens.engine import FEATURE_DIM, KerasEngine, OnnxEngine, build_keras_model, prepare_model
+from fruitlens.engine import (
+    FEATURE_DIM,
+    KerasEngine,
+    OnnxEngine,
+    build_keras_model,
+    prepare_model,
+)
 from fruitlens.images import decode_rgb, preprocess
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from fake_k8s import CHART, by_kind, executor_template, helm, render, one, spark_confs
+from fake_k8s import CHART, by_kind, executor_template, helm, one, render, spark_confs
 
 K8S_VERSION = "1.33.0"  # the kubectl shipped beside helm is v1.33; kubernetes-validate bundles it
 VALIDATE = Path(sys.executable).with_name("kubernetes-validate")

@@ -6,7 +6,13 @@ import pytest
 from conftest import ORIGINAL, image_bytes, real_images, truncated_jpeg
 from PIL import Image
 
-from fruitlens.images import DecodeError, decode_rgb, is_image_path, label_and_split, preprocess
+from fruitlens.images import (
+    DecodeError,
+    decode_rgb,
+    is_image_path,
+    label_and_split,
+    preprocess,
+)
 
 
 @pytest.mark.parametrize("path, expected", [

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 import yaml
+from fake_k8s import CHART, FakeKubeServer, job, one, pod, render
 
-from fake_k8s import CHART, FakeKubeServer, job, pod, render, one
 from fruitlens.cli import PIPELINE_FLAGS, build_parser, main
 from fruitlens.k8s import (
     PIPELINE_VALUES,

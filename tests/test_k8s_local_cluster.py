@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fake_k8s import REPO
 
 VALIDATE = Path(sys.executable).with_name("kubernetes-validate")

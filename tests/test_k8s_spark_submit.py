@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fake_k8s import FakeKubeServer, executor_template, one, pod, render, spark_confs
 
 PYSPARK = Path(sys.executable).parents[1] / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / \

@@ -321,8 +321,13 @@ _HINTS = {
 
 def explain(exc: Exception, call: str, resource: str) -> EmrError:
     """A botocore error as one line: which call, on which resource, and what to check."""
-    from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
-                                     NoRegionError, ParamValidationError)
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        ParamValidationError,
+    )
 
     if isinstance(exc, NoRegionError):
         return EmrError(f"{call} {resource}: no AWS region: set region in the EMR profile, --region or AWS_REGION")

@@ -14,11 +14,11 @@ import sys
 from fruitlens.cli import PIPELINE_FLAGS, add_pipeline_options, pipeline_args
 from fruitlens.config import ConfigError
 from fruitlens.k8s import (
+    PIPELINE_VALUES,
     Helm,
     JobClient,
     JobStatus,
     K8sError,
-    PIPELINE_VALUES,
     api_client,
     chart_values,
     default_chart,

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 import time
-from urllib.parse import unquote, urlsplit
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -13,8 +13,8 @@ from pyspark.storagelevel import StorageLevel
 
 from fruitlens import hadoopfs
 from fruitlens.config import PipelineConfig
-from fruitlens.errors import FruitlensError
 from fruitlens.engine import ModelArtifact, prepare_model
+from fruitlens.errors import FruitlensError
 from fruitlens.featurize import WorkerStats, featurize_images
 from fruitlens.images import IMAGE_EXTENSIONS, IMAGE_GLOB
 from fruitlens.output import (
@@ -28,7 +28,6 @@ from fruitlens.output import (
 from fruitlens.pca import fit_pca, project
 from fruitlens.progress import log, task_bar
 from fruitlens.spark import build_session
-
 
 #: Spark's file scan drops zero-length files; the listing still counts them, so they are reported.
 SKIPPED_BY_SCAN = "empty file (0 bytes)"

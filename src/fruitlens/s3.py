@@ -41,7 +41,11 @@ def _dir_prefix(prefix: str) -> str:
 
 def explain(exc: Exception, call: str, uri: str) -> S3Error:
     """A botocore error as one line: the call, the URI, and what to check."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+    )
 
     if isinstance(exc, NoCredentialsError):
         return S3Error(f"{call} {uri}: no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
