@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -110,12 +111,12 @@ def delete(spark: SparkSession, uri: str) -> None:
         raise _explain(uri, exc) from None
 
 
-def fetch(spark: SparkSession, uri: str, local_dir: str | os.PathLike[str]) -> Path:
-    """Copy one file from any Hadoop URI to a local folder (driver side)."""
+def fetch(spark: SparkSession, uri: str) -> Path:
+    """A local path for a file at any Hadoop URI: local files as they are, others copied once (driver)."""
     if uri.startswith("file:") or "://" not in uri:
         return Path(urlparse(uri).path if uri.startswith("file:") else uri)
     fs, path = _fs(spark, uri)
-    local = Path(local_dir) / path.getName()
+    local = Path(tempfile.mkdtemp(prefix="fruitlens-fetch-")) / path.getName()
     try:
         fs.copyToLocalFile(False, path, spark.sparkContext._jvm.org.apache.hadoop.fs.Path(str(local)), True)
     except Exception as exc:

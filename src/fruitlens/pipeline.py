@@ -1,7 +1,6 @@
 """`run`, `extract`, `pca`: the stages in order, with their checks, timings, progress and manifest."""
 from __future__ import annotations
 
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -107,9 +106,7 @@ def partition_count(images: int, slots: int, *, max_images: int = 1000) -> int:
 
 def resolve_model(spark: SparkSession, config: PipelineConfig) -> ModelArtifact:
     """Resolve weights on the driver (fetching a remote .h5 once) and ship the engine's file to workers."""
-    weights = config.weights
-    if weights != "imagenet" and "://" in weights and not weights.startswith("file:"):
-        weights = str(hadoopfs.fetch(spark, weights, tempfile.mkdtemp(prefix="fruitlens-weights-")))
+    weights = config.weights if config.weights == "imagenet" else str(hadoopfs.fetch(spark, config.weights))
     artifact = prepare_model(config.engine, weights)
     spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
     return artifact
@@ -191,8 +188,9 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     if with_pca:
         pca = _timed_pca(spark, config, layout, timer)
 
+    versions = library_versions()
     manifest = {
-        "fruitlens": library_versions().get("fruitlens", "dev"),
+        "fruitlens": versions.get("fruitlens", "dev"),
         "command": command_line(),
         "input": input_uri,
         "output": layout.root,
@@ -203,7 +201,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         "worker_seconds": counts["worker_seconds"],
         "spark": {"master": spark.sparkContext.master, "task_slots": spark.sparkContext.defaultParallelism},
         "config": config.to_dict(),
-        "versions": library_versions(),
+        "versions": versions,
     }
     return _finish(spark, layout, manifest, timer)
 
@@ -236,8 +234,6 @@ def _timed_pca(spark: SparkSession, config: PipelineConfig, layout: OutputLayout
 
 
 def _finish(spark: SparkSession, layout: OutputLayout, manifest: dict, timer: Timer, *, refit: bool = False) -> dict:
-    t = time.perf_counter()
-    timer.seconds["manifest"] = 0.0
     total = timer.total()
     if not refit:
         manifest["timings_s"] = {**timer.seconds, "total": total}
@@ -247,7 +243,5 @@ def _finish(spark: SparkSession, layout: OutputLayout, manifest: dict, timer: Ti
             "end_to_end": round(matched / max(total, 1e-9), 2),
         }
     write_manifest(spark, layout, manifest)  # last: its presence means the output is complete
-    timer.lap("manifest", t)
     log(f"done: {layout.manifest} ({timer.total():.1f} s in all)")
     return manifest
-
