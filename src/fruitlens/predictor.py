@@ -108,19 +108,31 @@ class Predictor:
         return self.head.probabilities(np.concatenate(feats)) if feats else np.zeros((0, len(self.labels)))
 
     def predict_files(self, paths: list[str], top_k: int = 3) -> list[dict]:
-        results: list[dict] = [{} for _ in paths]
-        decoded, where = [], []
-        for i, path in enumerate(paths):
+        contents: list[bytes | OSError] = []
+        for path in paths:
             try:
-                decoded.append(decode_rgb(Path(path).read_bytes()))
+                contents.append(Path(path).read_bytes())
+            except OSError as exc:
+                contents.append(exc)
+        return self.predict_bytes(paths, contents, top_k)
+
+    def predict_bytes(self, names: list[str], contents: list, top_k: int = 3) -> list[dict]:
+        """One result per (name, photo bytes); an undecodable photo gets ``{"path", "error"}``."""
+        results: list[dict] = [{} for _ in names]
+        decoded, where = [], []
+        for i, (name, content) in enumerate(zip(names, contents, strict=True)):
+            try:
+                if isinstance(content, OSError):
+                    raise content
+                decoded.append(decode_rgb(content))
                 where.append(i)
             except (OSError, DecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                results[i] = {"path": path, "error": reason}
+                results[i] = {"path": name, "error": reason}
         if decoded:
             probs = self.probabilities(np.stack(decoded))
             for i, p in zip(where, probs, strict=True):
-                results[i] = self._result(paths[i], p, top_k)
+                results[i] = self._result(names[i], p, top_k)
         return results
 
     def _result(self, path: str, p: np.ndarray, top_k: int) -> dict:
