@@ -18,6 +18,8 @@ from fruitlens.train import metrics_from_confusion
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 5
 CLASSES = sorted(p.name for p in (SAMPLE / "Test").iterdir() if p.is_dir())
+MISLABELLED = "mislabelled.jpg"
+N_TEST = TEST_PER_CLASS * len(CLASSES) + 1
 
 
 # ---------------------------------------------------------------- fast: the maths, without Spark or weights
@@ -76,13 +78,15 @@ def test_predict_on_an_output_without_a_predictor_says_what_to_run(tmp_path, cap
 # ---------------------------------------------------------------- end to end on real photos
 
 def _subset(root: Path) -> Path:
-    """10 Training + 5 Test photos of each of the sample's 10 classes, plus one truncated JPEG."""
+    """10 Training + 5 Test photos of each of the sample's 10 classes, one truncated JPEG, and one
+    mislabelled Test photo (a photo of the first class in the last class' folder): a sure mistake."""
     for split, n in (("Training", TRAIN_PER_CLASS), ("Test", TEST_PER_CLASS)):
         for src in real_images(split, per_class=n):
             dst = root / split / src.parent.name / src.name
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
     (root / "Test" / CLASSES[0] / "truncated.jpg").write_bytes(truncated_jpeg())
+    shutil.copyfile(real_images("Test", per_class=20, classes=1)[-1], root / "Test" / CLASSES[-1] / MISLABELLED)
     return root
 
 
@@ -112,14 +116,17 @@ def test_run_train_records_test_accuracy_and_metrics(trained):
     clf = manifest["classifier"]
     assert clf["split"] == "folders" and clf["on"] == "pca"
     assert clf["train_rows"] == TRAIN_PER_CLASS * len(CLASSES)
-    assert clf["test_rows"] == metrics["test_rows"] == TEST_PER_CLASS * len(CLASSES)
+    assert clf["test_rows"] == metrics["test_rows"] == N_TEST
     assert clf["accuracy"] == metrics["accuracy"] and clf["macro_f1"] == metrics["macro_f1"]
     cm = np.array(metrics["confusion_matrix"]["rows_true_columns_predicted"])
     assert metrics["confusion_matrix"]["labels"] == CLASSES
     assert metrics["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
-    assert {m["support"] for m in metrics["per_class"].values()} == {TEST_PER_CLASS}
+    assert [m["support"] for m in metrics["per_class"].values()] == [TEST_PER_CLASS] * 9 + [TEST_PER_CLASS + 1]
     assert metrics["accuracy"] > 0.5, "MobileNetV2 features of 10 fruits are far better than chance"
-    assert len(metrics["misclassified"]) == cm.sum() - np.trace(cm)
+    wrong = metrics["misclassified"]
+    assert len(wrong) == cm.sum() - np.trace(cm) >= 1
+    mislabelled = next(w for w in wrong if w["path"].endswith(MISLABELLED))
+    assert (mislabelled["label"], mislabelled["predicted"]) == (CLASSES[-1], CLASSES[0])
     assert "train" in manifest["timings_s"]
     assert json.loads((trained / "predictor" / "labels.json").read_text()) == CLASSES
 
@@ -231,6 +238,7 @@ def test_report_loads_in_headless_chromium_without_console_errors(trained, tmp_p
                     "confusion matrix", "Misclassified test photos", "Configuration and versions", "truncated.jpg"):
         assert section in html, section
     assert html.count("data:image/png;base64,") >= 3  # variance curve, PCA map, confusion matrix
+    assert f'alt="{MISLABELLED}"' in html and "data:image/jpeg;base64," in html  # its thumbnail
 
     shot = tmp_path / "report.png"
     done = _headless(page.as_uri(), tmp_path, f"--screenshot={shot}")
