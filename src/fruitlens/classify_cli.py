@@ -68,7 +68,7 @@ def _predict(ns: argparse.Namespace) -> int:
     failed = sum("error" in r for r in results)
     if ns.timing:
         print(f"predict: {len(results)} photos ({failed} failed) in {time.perf_counter() - t:.3f} s "
-              "after start-up", file=sys.stderr)
+              "(model load, decode, inference; not Python's start-up)", file=sys.stderr)
     return 1 if failed == len(results) else 0
 
 

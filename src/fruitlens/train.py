@@ -69,8 +69,8 @@ def fit_classifier(train: DataFrame, *, reg_param: float, max_iter: int) -> Pipe
 
 def evaluate(model: PipelineModel, test: DataFrame, labels: list[str]) -> dict:
     """Metrics from the confusion counts, aggregated in Spark (the driver sees classes², not rows)."""
-    # Renamed so the indexer stage skips (a label seen only in Test must be scored, not fail).
-    scored = model.transform(test.withColumnRenamed("label", "true_label")).withColumnRenamed("true_label", "label")
+    # Without the indexer stage: a label seen only in Test must be scored, not fail the indexer.
+    scored = PipelineModel(stages=model.stages[1:]).transform(test)
     counts = scored.groupBy("label", "predicted_label").count().collect()
     order = sorted(set(labels) | {r["label"] for r in counts})
     index = {name: i for i, name in enumerate(order)}
