@@ -313,3 +313,41 @@ def test_walkthrough_notebook_runs(subset, tmp_path):
     assert (tmp_path / "out" / "predictor" / "model.onnx").is_file()
     images = [o for c in notebook.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the PCA map and the predicted photo
+
+
+@pytest.mark.slow
+def test_train_on_raw_features_and_without_split_folders(trained, subset, tmp_path, capsys):
+    """`--on features`: no PCA in the head or the exported graph; both still agree with each other."""
+    import onnxruntime as ort
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    from fruitlens.images import decode_rgb
+    from fruitlens.predictor import Predictor
+    from fruitlens.train import split_rows
+
+    out = tmp_path / "copy"
+    shutil.copytree(trained, out)
+    assert main(["train", str(out), "--on", "features"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classifier"]["on"] == "features"
+    assert printed["accuracy"] == manifest["classifier"]["accuracy"] > 0.5
+    assert manifest["counts"] == json.loads((trained / "manifest.json").read_text())["counts"]  # kept
+    predictor = Predictor.load(str(out))
+    assert predictor.head.components is None and predictor.head.coefficients.shape == (len(CLASSES), 1280)
+    assert main(["export", str(out), str(tmp_path / "m.onnx")]) == 0
+    photos = _test_photos(subset)[:8]
+    images = np.stack([decode_rgb(p.read_bytes()) for p in photos])
+    exported = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"images": images})[0]
+    np.testing.assert_allclose(exported, predictor.probabilities(images), atol=1e-4)
+
+    # No Training/Test folders: a seeded 80/20 split, the same for the same seed.
+    spark = SparkSession.getActiveSession()
+    rows = spark.read.parquet(str(trained / "pca")).withColumn("split", F.lit(""))
+    train_a, test_a, how = split_rows(rows, seed=7)
+    train_b, _, _ = split_rows(rows, seed=7)
+    assert how == "random 80%/20% (seed 7)"
+    paths = {r.path for r in train_a.collect()}
+    assert paths == {r.path for r in train_b.collect()}
+    assert len(paths) + test_a.count() == rows.count() and 0.6 < len(paths) / rows.count() < 0.95
