@@ -351,3 +351,16 @@ def test_train_on_raw_features_and_without_split_folders(trained, subset, tmp_pa
     paths = {r.path for r in train_a.collect()}
     assert paths == {r.path for r in train_b.collect()}
     assert len(paths) + test_a.count() == rows.count() and 0.6 < len(paths) / rows.count() < 0.95
+
+
+@pytest.mark.slow
+def test_train_refuses_weights_other_than_the_runs_before_any_work(trained):
+    from pyspark.sql import SparkSession
+
+    from fruitlens.output import OutputLayout
+    from fruitlens.train import TrainError, train
+
+    before = (trained / "classifier" / "metrics.json").stat().st_mtime_ns
+    with pytest.raises(TrainError, match="are not the run's"):
+        train(SparkSession.getActiveSession(), OutputLayout(trained.as_uri()), weights_sha256="0" * 64)
+    assert (trained / "classifier" / "metrics.json").stat().st_mtime_ns == before

@@ -118,12 +118,13 @@ def head_arrays(pca_model: PipelineModel | None, classifier: PipelineModel) -> d
     if pca_model is not None:
         scaler, pca = pca_model.stages
         std = scaler.std.toArray()
-        arrays["mean"] = scaler.mean.toArray()
+        arrays["mean"] = scaler.mean.toArray() if scaler.getWithMean() else np.zeros_like(std)
         # StandardScaler maps a zero-variance feature to 0: scale by 1/std where std > 0, else 0.
         arrays["scale"] = (np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
                            if scaler.getWithStd() else np.ones_like(std))
         arrays["components"] = pca.pc.toArray()  # (1280, k)
-    assert len(indexer.labels) == arrays["coefficients"].shape[0]
+    if len(indexer.labels) != arrays["coefficients"].shape[0]:
+        raise TrainError(f"{len(indexer.labels)} labels but {arrays['coefficients'].shape[0]} classes in the model")
     return arrays
 
 
@@ -160,6 +161,7 @@ def train(spark: SparkSession, layout: OutputLayout, *, on: str = "pca", seed: i
     if not hadoopfs.exists(spark, source):
         hint = "fit it with `fruitlens pca OUTPUT` or train with --on features" if on == "pca" else ""
         raise TrainError(f"{source} not found; {hint or 'run `fruitlens extract` first'}")
+    onnx_path = model_file(spark, weights, weights_sha256)  # before any work: a wrong model fails fast
     t = time.perf_counter()
     data = (spark.read.parquet(source)
             .select("path", "label", "split", array_to_vector(SOURCES[on]).alias("vector")))
@@ -177,7 +179,6 @@ def train(spark: SparkSession, layout: OutputLayout, *, on: str = "pca", seed: i
     classifier_uri = child(layout, "classifier")
     model.write().overwrite().save(classifier_uri)
     pca_model = PipelineModel.load(layout.pca_model) if on == "pca" else None
-    onnx_path = model_file(spark, weights, weights_sha256)
     summary = {
         "on": on, "split": how, "train_rows": n_train, "test_rows": metrics["test_rows"],
         "classes": len(labels), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
