@@ -364,3 +364,17 @@ def test_train_refuses_weights_other_than_the_runs_before_any_work(trained):
     with pytest.raises(TrainError, match="are not the run's"):
         train(SparkSession.getActiveSession(), OutputLayout(trained.as_uri()), weights_sha256="0" * 64)
     assert (trained / "classifier" / "metrics.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_report_before_training_says_what_to_run(trained, tmp_path):
+    out = tmp_path / "untrained"
+    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("classifier", "predictor", "report"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.pop("classifier")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / ".manifest.json.crc").unlink(missing_ok=True)  # Hadoop's checksum of the old text
+    assert main(["report", str(out)]) == 0
+    html = (out / "report" / "index.html").read_text()
+    assert html.count("No classifier yet: run `fruitlens train OUTPUT`") == 2  # summary and the photo grid
+    assert "2-D PCA map" in html and "truncated.jpg" in html
