@@ -207,7 +207,8 @@ def test_predict_cli_json_errors_and_imports_neither_spark_nor_tensorflow(traine
     code = (
         "import json, sys\n"
         "from fruitlens.cli import main\n"
-        f"rc = main(['predict', {str(trained)!r}, {str(folder)!r}, {str(tmp_path / 'notes.jpg')!r}, '--json', '--top-k', '2'])\n"
+        f"rc = main(['predict', {str(trained)!r}, {str(folder)!r}, {str(tmp_path / 'notes.jpg')!r},\n"
+        "            '--json', '--top-k', '2'])\n"
         "loaded = [m for m in ('pyspark', 'tensorflow', 'keras') if m in sys.modules]\n"
         "print(json.dumps({'rc': rc, 'loaded': loaded}), file=sys.stderr)\n"
     )
