@@ -45,8 +45,7 @@ def closure(roots: list[Requirement]) -> set[str]:
         name = norm(req.name)
         if name in seen or name == "fruitlens":
             if name == "fruitlens":
-                todo += [Requirement(r) for r in metadata.requires("fruitlens") or []
-                         if _applies(Requirement(r), req.extras)]
+                todo += [Requirement(r) for r in project_requires() if _applies(Requirement(r), req.extras)]
                 seen.add(name)
             continue
         seen.add(name)
@@ -56,6 +55,15 @@ def closure(roots: list[Requirement]) -> set[str]:
                 todo.append(dep)
     seen.discard("fruitlens")
     return seen
+
+
+def project_requires() -> list[str]:
+    """fruitlens' own requirements from pyproject.toml (this tree), not from an installed copy's metadata."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return list(project["dependencies"]) + [f'{r}; extra == "{extra}"' for extra, reqs in
+                                            project.get("optional-dependencies", {}).items() for r in reqs]
 
 
 def _applies(req: Requirement, extras: set[str]) -> bool:

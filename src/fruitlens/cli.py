@@ -16,7 +16,8 @@ from fruitlens.config import DEFAULT_INPUT, load_config
 from fruitlens.errors import FruitlensError
 
 #: Modules adding subcommands; a module that is not there yet is skipped.
-COMMAND_MODULES = ("fruitlens.bench", "fruitlens.emr_cli", "fruitlens.k8s_cli", "fruitlens.data_cli")
+COMMAND_MODULES = ("fruitlens.bench", "fruitlens.emr_cli", "fruitlens.k8s_cli", "fruitlens.data_cli",
+                   "fruitlens.classify_cli")
 
 
 def _conf_pair(text: str) -> tuple[str, str]:
@@ -36,6 +37,10 @@ def add_pipeline_options(parser: argparse.ArgumentParser, *, pca: bool = True) -
                        "fraction of the variance (default 0.95)")
         g.add_argument("--pca-standardize", action="store_true", default=None,
                        help="scale features to unit variance before PCA (they are always centred)")
+        g.add_argument("--train", action="store_true", default=None,
+                       help="then fit the classifier on the PCA (as `fruitlens train`)")
+        g.add_argument("--report", action="store_true", default=None,
+                       help="then write OUTPUT/report/index.html (as `fruitlens report`)")
     g.add_argument("--batch-size", type=int, help="images per inference call (default 64)")
     g.add_argument("--arrow-batch-size", type=int, help="images per Arrow batch sent to a Python worker (default 256)")
     g.add_argument("--partitions", type=int, help="repartition the images into N tasks (default: Spark's split)")
@@ -56,12 +61,14 @@ PIPELINE_FLAGS = {
     "batch_size": "--batch-size", "arrow_batch_size": "--arrow-batch-size", "partitions": "--partitions",
     "limit": "--limit", "engine": "--engine", "weights": "--weights", "overwrite": "--overwrite",
 }
+#: Stages after the PCA (fruitlens.classify_cli); forwarded by `emr submit`, not (yet) chart values.
+STAGE_FLAGS = {"train": "--train", "report": "--report"}
 
 
 def pipeline_args(ns: argparse.Namespace) -> list[str]:
     """The pipeline options given on this command line, as arguments for a remote `fruitlens run`."""
     args: list[str] = []
-    for key, flag in PIPELINE_FLAGS.items():
+    for key, flag in {**PIPELINE_FLAGS, **STAGE_FLAGS}.items():
         value = getattr(ns, key, None)
         if value is None or value is False:
             continue

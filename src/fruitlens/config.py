@@ -46,6 +46,8 @@ class PipelineConfig:
     weights
         ``imagenet`` (Keras' cache, downloaded by Keras on the driver only if missing) or a ``.h5``
         file, local or any Hadoop URI.
+    train, report
+        After the PCA, fit the classifier (``fruitlens train``) / write the HTML report.
     """
 
     output: str
@@ -63,6 +65,8 @@ class PipelineConfig:
     weights: str = "imagenet"
     progress: bool = True
     spark_conf: dict[str, str] = field(default_factory=dict)
+    train: bool = False  # `run --train`: fit the classifier on the PCA (fruitlens.train)
+    report: bool = False  # `run --report`: write OUTPUT/report/index.html (fruitlens.report)
 
     def __post_init__(self) -> None:
         if self.pca_k is not None and self.pca_variance is not None:

@@ -122,3 +122,12 @@ def fetch(spark: SparkSession, uri: str) -> Path:
     except Exception as exc:
         raise _explain(uri, exc) from None
     return local
+
+
+def put_file(spark: SparkSession, local: str, uri: str) -> None:
+    """Copy a local file to any Hadoop URI (replacing it)."""
+    fs, path = _fs(spark, uri)
+    try:
+        fs.copyFromLocalFile(False, True, spark.sparkContext._jvm.org.apache.hadoop.fs.Path(local), path)
+    except Exception as exc:
+        raise _explain(uri, exc) from None

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from fruitlens.cli import PIPELINE_FLAGS, add_pipeline_options, pipeline_args
+from fruitlens.cli import PIPELINE_FLAGS, STAGE_FLAGS, add_pipeline_options, pipeline_args
 from fruitlens.config import ConfigError
 from fruitlens.k8s import (
     PIPELINE_VALUES,
@@ -111,7 +111,8 @@ def submit_values(ns: argparse.Namespace) -> dict:
     if getattr(ns, "master", None):
         raise ConfigError("--master does not apply to k8s submit: the chart sets the Kubernetes master")
     pipeline = {key: getattr(ns, key, None) for key in PIPELINE_VALUES}
-    unmapped = argparse.Namespace(**{k: getattr(ns, k, None) for k in PIPELINE_FLAGS if k not in PIPELINE_VALUES})
+    unmapped = argparse.Namespace(**{k: getattr(ns, k, None) for k in {**PIPELINE_FLAGS, **STAGE_FLAGS}
+                                    if k not in PIPELINE_VALUES})
     return chart_values(
         input=ns.input, output=ns.output, command=ns.job_command, image=ns.image, pull_policy=ns.pull_policy,
         executors=ns.executors, executor_cores=ns.executor_cores, executor_memory=ns.executor_memory,

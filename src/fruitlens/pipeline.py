@@ -203,7 +203,18 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         "config": config.to_dict(),
         "versions": versions,
     }
-    return _finish(spark, layout, manifest, timer)
+    if config.train:  # before the manifest, so its metrics and timing are in it
+        from fruitlens.train import train
+
+        t = time.perf_counter()
+        manifest["classifier"] = train(spark, layout, weights=config.weights, weights_sha256=artifact.sha256)
+        timer.lap("train", t)
+    manifest = _finish(spark, layout, manifest, timer)
+    if config.report:  # after: the report shows the finished manifest
+        from fruitlens.report import write_report
+
+        write_report(spark, layout)
+    return manifest
 
 
 def refit_pca(config: PipelineConfig) -> dict:
