@@ -9,6 +9,7 @@ from pyspark.sql import SparkSession
 
 from fruitlens import console
 from fruitlens.config import PipelineConfig
+from fruitlens.progress import log
 
 
 def spark_settings(config: PipelineConfig) -> dict[str, str]:
@@ -30,7 +31,9 @@ def spark_settings(config: PipelineConfig) -> dict[str, str]:
     }
     if master_of(config).startswith("local"):
         settings["spark.driver.memory"] = "4g"  # local mode: driver = executor; only read at JVM start
-        settings["spark.ui.enabled"] = "false"
+        # One machine: Spark (and its UI) on loopback, not on whatever interface the hostname maps to.
+        settings["spark.driver.host"] = "127.0.0.1"
+        settings["spark.driver.bindAddress"] = "127.0.0.1"
     settings.update(config.spark_conf)
     return settings
 
@@ -64,6 +67,8 @@ def build_session(config: PipelineConfig) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN" if console.verbosity() == "verbose" else "ERROR")
+    if spark.sparkContext.uiWebUrl:
+        log(f"Spark UI: {spark.sparkContext.uiWebUrl} (while the job runs)")
     return spark
 
 
