@@ -11,13 +11,13 @@ import json
 import sys
 from collections.abc import Sequence
 
-from fruitlens import __version__
+from fruitlens import __version__, console
 from fruitlens.config import DEFAULT_INPUT, load_config
 from fruitlens.errors import FruitlensError
 
 #: Modules adding subcommands; a module that is not there yet is skipped.
 COMMAND_MODULES = ("fruitlens.bench", "fruitlens.emr_cli", "fruitlens.k8s_cli", "fruitlens.data_cli",
-                   "fruitlens.classify_cli")
+                   "fruitlens.classify_cli", "fruitlens.doctor")
 
 
 def _conf_pair(text: str) -> tuple[str, str]:
@@ -50,10 +50,19 @@ def add_pipeline_options(parser: argparse.ArgumentParser, *, pca: bool = True) -
     g.add_argument("--master", help="Spark master (default local[*], or what spark-submit set)")
     g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing OUTPUT")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                   help="no live progress bar")
+                   help="no progress lines")
+    add_verbosity_options(g)
     g.add_argument("--conf", dest="spark_conf", action="append", type=_conf_pair, metavar="KEY=VALUE",
                    help="extra Spark setting (repeatable)")
     g.add_argument("--config", dest="config_file", help="YAML file of settings (lowest precedence)")
+
+
+def add_verbosity_options(group) -> None:
+    v = group.add_mutually_exclusive_group()
+    v.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const="verbose", default=None,
+                   help="also show Spark's, the JVM's and TensorFlow's output")
+    v.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const="quiet",
+                   help="only errors and the final summary")
 
 
 PIPELINE_FLAGS = {
@@ -85,10 +94,18 @@ def config_from_args(ns: argparse.Namespace):
     return load_config(cli, config_file=ns.config_file)
 
 
+def _configured(ns: argparse.Namespace):
+    """The config, with the console set up before Spark or TensorFlow is imported."""
+    config = config_from_args(ns)
+    console.configure(config.verbosity)
+    return config
+
+
 def _run(ns: argparse.Namespace) -> int:
+    config = _configured(ns)
     from fruitlens.pipeline import run
 
-    manifest = run(config_from_args(ns), with_pca=ns.command == "run")
+    manifest = run(config, with_pca=ns.command == "run")
     print(json.dumps({"output": manifest["output"], "counts": manifest["counts"],
                       "images_per_second": manifest["images_per_second"],
                       "pca_k": (manifest.get("pca") or {}).get("k")}))
@@ -96,9 +113,10 @@ def _run(ns: argparse.Namespace) -> int:
 
 
 def _pca(ns: argparse.Namespace) -> int:
+    config = _configured(ns)
     from fruitlens.pipeline import refit_pca
 
-    manifest = refit_pca(config_from_args(ns))
+    manifest = refit_pca(config)
     print(json.dumps({"output": manifest["output"], "pca": {k: manifest["pca"].get(k) for k in ("k", "variance_kept")}}))
     return 0
 
@@ -126,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pca-standardize", action="store_true", default=None)
     g.add_argument("--master")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    add_verbosity_options(g)
     g.add_argument("--config", dest="config_file")
     p.set_defaults(func=_pca, spark_conf=None)
 
@@ -148,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FruitlensError as exc:
         print(f"fruitlens: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception:
+        if console.jvm_stderr is not None:  # the JVM's own account of what failed, hidden so far
+            console.jvm_stderr.dump()
+        raise
     except BrokenPipeError:  # `fruitlens ... | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0

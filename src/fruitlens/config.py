@@ -18,6 +18,7 @@ from fruitlens.errors import FruitlensError
 
 ENV_PREFIX = "FRUITLENS_"
 ENGINES = ("auto", "onnx", "keras")
+VERBOSITY = ("quiet", "normal", "verbose")
 #: Where ``make data`` puts the public dataset: the job's input when none is given.
 DEFAULT_INPUT = "data/fruits-360"
 
@@ -43,6 +44,9 @@ class PipelineConfig:
     engine
         ``onnx`` (ONNX Runtime on an export of the Keras model), ``keras`` (TensorFlow), or ``auto``:
         ONNX when ONNX Runtime is installed.
+    verbosity
+        ``quiet`` (errors and the summary), ``normal`` (fruitlens' lines and progress) or ``verbose``
+        (also Spark's, the JVM's and TensorFlow's output).
     weights
         ``imagenet`` (Keras' cache, downloaded by Keras on the driver only if missing) or a ``.h5``
         file, local or any Hadoop URI.
@@ -64,6 +68,7 @@ class PipelineConfig:
     engine: str = "auto"
     weights: str = "imagenet"
     progress: bool = True
+    verbosity: str = "normal"
     spark_conf: dict[str, str] = field(default_factory=dict)
     train: bool = False  # `run --train`: fit the classifier on the PCA (fruitlens.train)
     report: bool = False  # `run --report`: write OUTPUT/report/index.html (fruitlens.report)
@@ -83,6 +88,8 @@ class PipelineConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.verbosity not in VERBOSITY:
+            raise ConfigError(f"verbosity must be one of {', '.join(VERBOSITY)}, got {self.verbosity!r}")
         if not self.output:
             raise ConfigError("OUTPUT is required: a local folder or a URI such as s3://bucket/prefix")
         if not self.input:

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCAModel, StandardScalerModel
-from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 
 from fruitlens.engine import FEATURE_DIM
@@ -135,9 +134,19 @@ def _pca_model(spark: SparkSession, components: np.ndarray, explained: np.ndarra
     return model
 
 
+def projection_arrays(model: PipelineModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, scale, components) of a fitted model: what :func:`projection.project_batch` applies."""
+    scaler, pca = model.stages
+    mean = scaler.mean.toArray() if scaler.getWithMean() else np.zeros(scaler.std.size)
+    std = scaler.std.toArray()
+    scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0) if scaler.getWithStd() else np.ones_like(std)
+    return mean, scale, pca.pc.toArray()
+
+
 def project(model: PipelineModel, features: DataFrame) -> DataFrame:
-    """(path, label, split, features) → (path, label, split, pca array<float>)."""
-    vectors = features.select("path", "label", "split", array_to_vector("features").alias("vector"))
-    return model.transform(vectors).select(
-        "path", "label", "split", vector_to_array("pca", dtype="float32").alias("pca")
-    )
+    """(path, label, split, features) → (path, label, split, pca array<float>), in the Python workers."""
+    from fruitlens.projection import make_projector
+
+    arrays = features.sparkSession.sparkContext.broadcast(projection_arrays(model))
+    return features.select("path", "label", "split", "features").mapInArrow(
+        make_projector(arrays), "path string, label string, split string, pca array<float>")

@@ -4,9 +4,12 @@ from __future__ import annotations
 import os
 import sys
 
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
+from fruitlens import console
 from fruitlens.config import PipelineConfig
+from fruitlens.progress import log
 
 
 def spark_settings(config: PipelineConfig) -> dict[str, str]:
@@ -28,7 +31,9 @@ def spark_settings(config: PipelineConfig) -> dict[str, str]:
     }
     if master_of(config).startswith("local"):
         settings["spark.driver.memory"] = "4g"  # local mode: driver = executor; only read at JVM start
-        settings["spark.ui.enabled"] = "false"
+        # One machine: Spark (and its UI) on loopback, not on whatever interface the hostname maps to.
+        settings["spark.driver.host"] = "127.0.0.1"
+        settings["spark.driver.bindAddress"] = "127.0.0.1"
     settings.update(config.spark_conf)
     return settings
 
@@ -47,16 +52,38 @@ def launched_by_spark_submit() -> bool:
 
 
 def build_session(config: PipelineConfig) -> SparkSession:
-    builder = SparkSession.builder
     master = master_of(config)
-    if master:
-        builder = builder.master(master)
     if master.startswith("local"):
         # Local workers must run this interpreter (where fruitlens is installed), not `python3` on PATH;
         # PySpark reads only the environment variable for that.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    for key, value in spark_settings(config).items():
+    settings = spark_settings(config)
+    if master:
+        settings["spark.master"] = master
+    if not launched_by_spark_submit() and SparkContext._active_spark_context is None:
+        _start_jvm(settings)
+    builder = SparkSession.builder
+    for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    spark.sparkContext.setLogLevel("WARN" if console.verbosity() == "verbose" else "ERROR")
+    if spark.sparkContext.uiWebUrl:
+        log(f"Spark UI: {spark.sparkContext.uiWebUrl} (while the job runs)")
     return spark
+
+
+def _start_jvm(settings: dict[str, str]) -> None:
+    """Start Spark's JVM ourselves so that its stderr (and the Python workers') goes through
+    :class:`console.JvmStderr`: hidden unless verbose, its tail kept for a failure report."""
+    from subprocess import PIPE
+
+    from pyspark.java_gateway import launch_gateway
+
+    options = console.jvm_options()
+    if options:
+        key = "spark.driver.extraJavaOptions"
+        settings[key] = f"{settings[key]} {options}" if settings.get(key) else options
+    conf = SparkConf(loadDefaults=False).setAll(list(settings.items()))
+    gateway = launch_gateway(conf, popen_kwargs={"stderr": PIPE})
+    console.jvm_stderr = console.JvmStderr(gateway.proc.stderr, show=console.verbosity() == "verbose")
+    SparkContext(conf=conf, gateway=gateway)

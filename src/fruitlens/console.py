@@ -1,0 +1,92 @@
+"""What a run prints: fruitlens' own lines; Spark's, the JVM's and TensorFlow's only with ``--verbose``.
+
+Three levels, chosen once by the CLI (:func:`configure`):
+
+- ``quiet``: errors and the final summary only;
+- ``normal`` (default): fruitlens' stage lines and image progress;
+- ``verbose``: also everything Spark, the JVM, Python workers and TensorFlow print.
+
+Where fruitlens starts Spark's JVM itself (local mode), the JVM's stderr, which also carries the Python
+workers' stderr, goes through :class:`JvmStderr`: shown in ``verbose``, else kept as a tail that is
+printed when the job fails, so nothing needed for a diagnosis is lost. Under ``spark-submit`` (Kubernetes,
+EMR) the JVM is already running: its output is cut down by the log4j2 file the images install.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+from typing import IO
+
+LEVELS = ("quiet", "normal", "verbose")
+LOGGER = logging.getLogger("fruitlens")
+#: Environment for TensorFlow, absl and oneDNN, set before any of them is imported (workers inherit it).
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "ABSL_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR"}
+
+_verbosity = "normal"
+
+
+def configure(verbosity: str = "normal") -> None:
+    """Set the level once, before Spark or TensorFlow is imported or started."""
+    global _verbosity
+    if verbosity not in LEVELS:
+        raise ValueError(f"verbosity must be one of {LEVELS}, got {verbosity!r}")
+    _verbosity = verbosity
+    if verbosity != "verbose":
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+    LOGGER.setLevel(logging.WARNING if verbosity == "quiet" else logging.INFO)
+    LOGGER.propagate = False
+    if not LOGGER.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[fruitlens] %(message)s"))
+        LOGGER.addHandler(handler)
+
+
+def verbosity() -> str:
+    return _verbosity
+
+
+def log4j_config() -> Path:
+    """fruitlens' log4j2 file: errors only (package data)."""
+    return Path(__file__).with_name("log4j2.properties")
+
+
+def jvm_options() -> str:
+    """``spark.driver.extraJavaOptions`` for a JVM fruitlens starts: its log4j2 file unless verbose."""
+    return "" if _verbosity == "verbose" else f"-Dlog4j2.configurationFile=file:{log4j_config()}"
+
+
+class JvmStderr:
+    """Reads the JVM's stderr pipe in a thread: passes it through when verbose, else keeps its tail."""
+
+    def __init__(self, stream: IO[bytes], *, show: bool, tail: int = 60) -> None:
+        self._stream = stream
+        self._show = show
+        self.tail: deque[str] = deque(maxlen=tail)
+        self._thread = threading.Thread(target=self._pump, name="jvm-stderr", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        for raw in iter(self._stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.tail.append(line)
+            if self._show:
+                print(line, file=sys.stderr, flush=True)
+
+    def dump(self, out: IO[str] | None = None) -> None:
+        """Print the kept tail (after a failure), so the JVM's last words are never lost."""
+        out = out or sys.stderr
+        if self._show or not self.tail:
+            return
+        print("[fruitlens] last lines from Spark's JVM (--verbose shows all):", file=out)
+        for line in self.tail:
+            print(f"  {line}", file=out)
+        out.flush()
+
+
+#: The JVM stderr reader of the session fruitlens started, if any (one JVM per process).
+jvm_stderr: JvmStderr | None = None
