@@ -54,7 +54,7 @@ def test_a_cluster_name_on_the_command_line_replaces_an_id_from_the_profile(tmp_
 @pytest.mark.parametrize("settings, message", [
     ({"execution_role_arn": "arn:aws:iam::12:role/x"}, "execution_role_arn must be an IAM role ARN"),
     ({"execution_role_arn": "fruitlens-job"}, "FRUITLENS_EMR_EXECUTION_ROLE_ARN"),
-    ({"release_label": "7.5.0"}, "release_label must look like emr-7.5.0-latest"),
+    ({"release_label": "emr 7.5.0"}, "release_label must match the StartJobRun API pattern"),
     ({"virtual_cluster_id": "My Cluster"}, "virtual_cluster_id must be 1-64 lower-case"),
     ({"image": "not an image"}, "image must be a container image URI"),
     ({"entry_point": "/opt/x.py"}, "entry_point must be local:///"),

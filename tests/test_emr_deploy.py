@@ -32,9 +32,20 @@ def test_setup_script_parses():
 
 def test_example_profile_gives_a_valid_dry_run(capsys):
     assert main(["emr", "submit", "--profile", str(EXAMPLE), "--virtual-cluster-id", "abc123", "--dry-run"]) == 0
-    request = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    request = json.loads(out.out)
     assert request["jobDriver"]["sparkSubmitJobDriver"]["entryPointArguments"][:3] == [
         "run", "s3://my-fruitlens-bucket/fruits-360", "s3://my-fruitlens-bucket/runs/latest"]
+    assert "@sha256:" in request["configurationOverrides"]["applicationConfiguration"][0]["properties"][
+        "spark.kubernetes.container.image"]
+    assert "pin the digest" not in out.err  # the example pins a digest (finding 7)
     assert main(["emr", "iam-policy", "--profile", str(EXAMPLE)]) == 0
     policy = json.loads(capsys.readouterr().out)
-    assert {s["Sid"] for s in policy["Statement"]} >= {"ReadInput", "WriteOutput", "WriteLogs"}
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    assert set(by_sid) >= {"ReadInput", "WriteOutput", "WriteLogs"}
+    # The docs' runs (runs/r1, runs/latest) are all under the example's output_grant (finding 3).
+    assert by_sid["WriteOutput"]["Resource"] == ["arn:aws:s3:::my-fruitlens-bucket/runs",
+                                                 "arn:aws:s3:::my-fruitlens-bucket/runs/*",
+                                                 "arn:aws:s3:::my-fruitlens-bucket/runs_$folder$"]
+    assert main(["emr", "submit", "--profile", str(EXAMPLE), "--virtual-cluster-id", "abc123", "--dry-run",
+                 "s3://my-fruitlens-bucket/fruits-360", "s3://my-fruitlens-bucket/runs/r1"]) == 0
