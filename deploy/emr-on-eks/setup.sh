@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Set up the AWS side of fruitlens on EMR on EKS, from the EMR profile (docs/emr-on-eks.md, step 3):
-#   1. the namespace and the RBAC EMR needs in it (namespace.yaml, rbac.yaml; aws-auth mapping)
+#   1. the namespace and the RBAC EMR needs in it (namespace.yaml, rbac.yaml), and EMR's service-linked
+#      role as the Kubernetes user emr-containers: an EKS access entry when the cluster's authentication
+#      mode has the API (API, API_AND_CONFIG_MAP; aws-auth is ignored in API mode), else aws-auth
 #   2. the cluster's IAM OIDC provider (IRSA)
-#   3. the job execution role: trust policy = `fruitlens emr trust-policy`, inline policy = `fruitlens emr iam-policy`
-#   4. the CloudWatch log group, if the profile names one
+#   3. the job execution role: `fruitlens emr trust-policy` MERGED into its current trust policy (a
+#      shared role keeps other clusters' trust, as `aws emr-containers update-role-trust-policy` appends),
+#      inline policy = `fruitlens emr iam-policy`
+#   4. the CloudWatch log group, if the profile names one, with the profile's log_retention_days
 #   5. the virtual cluster (named virtual_cluster_name) on the namespace
 # Idempotent: every step checks before creating, so a re-run only updates the role's policies.
+# The partition (aws, aws-cn, aws-us-gov) is the execution role ARN's; nothing assumes arn:aws:.
 #
 # Usage: deploy/emr-on-eks/setup.sh EKS_CLUSTER_NAME PROFILE.yaml
 # Needs: aws (v2), kubectl (context on the EKS cluster), eksctl; credentials allowed to change IAM and EKS.
@@ -34,6 +39,8 @@ log_group=$(get log_group)
 [ -n "$role_arn" ] || { echo "setup: set execution_role_arn in $profile (the role is created with that name)" >&2; exit 2; }
 [ -n "$vc_name" ] || { echo "setup: set virtual_cluster_name in $profile" >&2; exit 2; }
 role_name=${role_arn##*/}
+partition=$(cut -d: -f2 <<< "$role_arn")
+retention=$(get log_retention_days)
 account=$(aws sts get-caller-identity --query Account --output text)
 case "$role_arn" in
   *":$account:"*) ;;
@@ -45,12 +52,25 @@ trap 'rm -rf "$work"' EXIT
 echo "setup: 1/5 namespace $namespace and RBAC for EMR on EKS"
 sed "s/^\(  name: \)fruitlens$/\1$namespace/" "$here/namespace.yaml" | kubectl apply -f -
 sed "s/^\(  namespace: \)fruitlens$/\1$namespace/" "$here/rbac.yaml" | kubectl apply -f -
-slr="arn:aws:iam::$account:role/AWSServiceRoleForAmazonEMRContainers"
-if eksctl get iamidentitymapping --cluster "$cluster" --region "$region" --arn "$slr" >/dev/null 2>&1; then
-  echo "setup: aws-auth already maps $slr"
-else
-  eksctl create iamidentitymapping --cluster "$cluster" --region "$region" --arn "$slr" --username emr-containers
-fi
+slr="arn:$partition:iam::$account:role/AWSServiceRoleForAmazonEMRContainers"
+mode=$(aws eks describe-cluster --name "$cluster" --region "$region" \
+         --query cluster.accessConfig.authenticationMode --output text)
+case "$mode" in
+  API|API_AND_CONFIG_MAP)
+    if aws eks describe-access-entry --cluster-name "$cluster" --region "$region" --principal-arn "$slr" >/dev/null 2>&1; then
+      echo "setup: access entry for $slr exists (authentication mode $mode)"
+    else
+      aws eks create-access-entry --cluster-name "$cluster" --region "$region" --principal-arn "$slr" \
+        --username emr-containers >/dev/null
+      echo "setup: created the access entry $slr -> emr-containers (authentication mode $mode)"
+    fi ;;
+  *)  # CONFIG_MAP, or a cluster too old to report a mode
+    if eksctl get iamidentitymapping --cluster "$cluster" --region "$region" --arn "$slr" >/dev/null 2>&1; then
+      echo "setup: aws-auth already maps $slr"
+    else
+      eksctl create iamidentitymapping --cluster "$cluster" --region "$region" --arn "$slr" --username emr-containers
+    fi ;;
+esac
 
 echo "setup: 2/5 IAM OIDC provider of $cluster"
 eksctl utils associate-iam-oidc-provider --cluster "$cluster" --region "$region" --approve
@@ -58,11 +78,13 @@ issuer=$(aws eks describe-cluster --name "$cluster" --region "$region" --query c
 oidc=${issuer#https://}
 
 echo "setup: 3/5 job execution role $role_name"
-"$FRUITLENS" emr trust-policy --profile "$profile" --oidc-provider "$oidc" > "$work/trust.json"
 "$FRUITLENS" emr iam-policy --profile "$profile" > "$work/policy.json"
-if aws iam get-role --role-name "$role_name" >/dev/null 2>&1; then
+if aws iam get-role --role-name "$role_name" --query Role.AssumeRolePolicyDocument --output json > "$work/current.json" 2>/dev/null; then
+  "$FRUITLENS" emr trust-policy --profile "$profile" --oidc-provider "$oidc" --merge-with "$work/current.json" > "$work/trust.json"
   aws iam update-assume-role-policy --role-name "$role_name" --policy-document "file://$work/trust.json"
+  echo "setup: trust policy of $role_name: $namespace on $cluster added if missing, other statements kept"
 else
+  "$FRUITLENS" emr trust-policy --profile "$profile" --oidc-provider "$oidc" > "$work/trust.json"
   aws iam create-role --role-name "$role_name" --assume-role-policy-document "file://$work/trust.json" \
     --description "fruitlens job on EMR on EKS ($cluster/$namespace)" --tags Key=app,Value=fruitlens >/dev/null
 fi
@@ -74,6 +96,8 @@ if [ -n "$log_group" ]; then
           --query "length(logGroups[?logGroupName=='$log_group'])" --output text)" = 0 ]; then
     aws logs create-log-group --region "$region" --log-group-name "$log_group"
   fi
+  # CloudWatch keeps logs forever (and bills for them) unless told otherwise.
+  aws logs put-retention-policy --region "$region" --log-group-name "$log_group" --retention-in-days "$retention"
 else
   echo "setup: 4/5 no log_group in the profile: CloudWatch skipped"
 fi
