@@ -166,3 +166,17 @@ def test_setup_script_passes_shellcheck():
             pytest.fail("shellcheck is missing (.ci/setup.d/30-emr.sh installs it)")
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
     subprocess.run(["shellcheck", str(DEPLOY / "setup.sh"), str(ROOT / "docker" / "base-emr-local.sh")], check=True)
+
+
+def test_make_emr_setup_takes_the_profile_from_the_environment(tmp_path):
+    """Finding 16: with only FRUITLENS_EMR_PROFILE exported, `make emr-setup EKS_CLUSTER=...` must not exit 2."""
+    env = {**os.environ, "FRUITLENS_EMR_PROFILE": str(EXAMPLE)}
+    env.pop("EMR_PROFILE", None)
+    done = subprocess.run(["make", "--no-print-directory", "-n", "emr-setup", "EKS_CLUSTER=eks-fruit"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f'bash deploy/emr-on-eks/setup.sh "eks-fruit" "{EXAMPLE}"' in done.stdout
+    env.pop("FRUITLENS_EMR_PROFILE")
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "emr-dry-run"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert "--profile" not in dry.stdout  # nothing given: the CLI's own defaults, no empty --profile ""

@@ -118,3 +118,57 @@ def test_nothing_the_job_needs_lives_under_emrs_mounted_paths(emr_image):
          "find /tmp /home/hadoop /mnt /var/log/spark /var/log/fluentd -mindepth 1 -not -type d | head -20"],
         capture_output=True, text=True, timeout=300, check=True).stdout.split()
     assert [p for p in listing if "fruitlens" in p or p.endswith((".py", ".onnx", ".h5"))] == []
+
+
+@pytest.fixture
+def local_registry(docker_engine, tmp_path):
+    """A real registry (Debian's docker-registry, the distribution v2 server) on 127.0.0.1: Docker pushes to
+    loopback registries over plain HTTP."""
+    import socket
+    import time
+    import urllib.request
+
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("docker-registry is missing (.ci/setup.d/30-emr.sh installs it)")
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: error\n")
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_make_push_prints_the_digest_to_pin(local_registry, tmp_path):
+    """Finding 7: a tag can move; `make push` prints repo@sha256:... and the profile takes it."""
+    name, tag = f"{IMAGE}-push-test", "emr"
+    empty = tmp_path / "empty.tar"
+    subprocess.run(["tar", "cf", str(empty), "--files-from", "/dev/null"], check=True)
+    subprocess.run(["docker", "import", str(empty), f"{name}:{tag}"], check=True, capture_output=True)
+    try:
+        out = make("push", f"IMAGE={name}", f"TAG={tag}", f"REGISTRY={local_registry}").stdout
+        pinned = [line.split("image: ", 1)[1] for line in out.splitlines() if "pin it in the EMR profile" in line]
+        assert len(pinned) == 1
+        digests = json.loads(subprocess.run(["docker", "image", "inspect", "-f", "{{json .RepoDigests}}",
+                                             f"{local_registry}/{name}:{tag}"],
+                                            capture_output=True, text=True, check=True).stdout)
+        assert pinned == [d for d in digests if d.startswith(f"{local_registry}/{name}@sha256:")]
+        from fruitlens.emr_config import EmrProfile
+
+        assert EmrProfile(image=pinned[0]).image == pinned[0]
+    finally:
+        subprocess.run(["docker", "rmi", "-f", f"{name}:{tag}", f"{local_registry}/{name}:{tag}"], capture_output=True)
