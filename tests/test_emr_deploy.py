@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from fruitlens.cli import main
+from fruitlens.emr import base36
 from fruitlens.emr_config import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +92,10 @@ elif cmd == "logs describe-log-groups":
     print(0)
 elif cmd == "emr-containers create-virtual-cluster":
     print("newvirtualcluster0001")
+elif cmd == "eks describe-addon":
+    sys.exit(254)
+elif cmd == "eks list-pod-identity-associations":
+    print(0)
 '''
 FAKE_TOOL = '''#!/usr/bin/env bash
 echo "$(basename "$0") $*" >> "$FAKE_DIR/calls.log"
@@ -104,7 +109,7 @@ exec PYTHON -m fruitlens "$@"
 '''
 
 
-def run_setup(tmp_path, auth_mode: str, role_arn: str, existing_trust: dict | None = None):
+def run_setup(tmp_path, auth_mode: str, role_arn: str, existing_trust: dict | None = None, extra: str = ""):
     import sys
 
     bin_dir = tmp_path / "bin"
@@ -120,7 +125,7 @@ def run_setup(tmp_path, auth_mode: str, role_arn: str, existing_trust: dict | No
     profile = tmp_path / "p.yaml"
     profile.write_text(f"region: eu-west-1\nexecution_role_arn: {role_arn}\nvirtual_cluster_name: fruitlens\n"
                        "namespace: fruit-ns\ninput: s3://b/in\noutput: s3://b/out\nlog_group: /fruitlens/emr\n"
-                       "log_retention_days: 14\n")
+                       "log_retention_days: 14\n" + extra)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_DIR": str(tmp_path),
            "FAKE_ACCOUNT": role_arn.split(":")[4], "FAKE_AUTH_MODE": auth_mode,
            "FRUITLENS": str(bin_dir / "fruitlens"), "PYTHONPATH": str(ROOT / "src")}
@@ -180,3 +185,19 @@ def test_make_emr_setup_takes_the_profile_from_the_environment(tmp_path):
     dry = subprocess.run(["make", "--no-print-directory", "-n", "emr-dry-run"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert "--profile" not in dry.stdout  # nothing given: the CLI's own defaults, no empty --profile ""
+
+
+@pytest.mark.slow
+def test_setup_with_eks_pod_identity_associates_the_role_instead_of_oidc(tmp_path):
+    """Finding 16: EKS Pod Identity as the alternative to IRSA."""
+    calls, _ = run_setup(tmp_path, "API", "arn:aws:iam::123456789012:role/fruitlens-job", extra="identity: pod-identity\n")
+    assert not [c for c in calls if "associate-iam-oidc-provider" in c]
+    assert "eks create-addon --cluster-name eks-fruit --region eu-west-1 --addon-name eks-pod-identity-agent" in calls
+    assert ("emr-containers create-role-associations --cluster-name eks-fruit --region eu-west-1 --namespace fruit-ns "
+            "--role-name fruitlens-job") in calls
+    sas = [c.split("--service-account ")[1].split()[0] for c in calls if "list-pod-identity-associations" in c]
+    assert sas == [f"emr-containers-sa-spark-{c}-123456789012-{base36('fruitlens-job')}"
+                   for c in ("client", "driver", "executor")]
+    trust = json.loads((tmp_path / "applied-trust.json").read_text())
+    assert trust["Statement"] == [{"Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"},
+                                   "Action": ["sts:AssumeRole", "sts:TagSession"]}]

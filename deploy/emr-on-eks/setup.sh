@@ -3,11 +3,13 @@
 #   1. the namespace and the RBAC EMR needs in it (namespace.yaml, rbac.yaml), and EMR's service-linked
 #      role as the Kubernetes user emr-containers: an EKS access entry when the cluster's authentication
 #      mode has the API (API, API_AND_CONFIG_MAP; aws-auth is ignored in API mode), else aws-auth
-#   2. the cluster's IAM OIDC provider (IRSA)
+#   2. IRSA (identity: irsa, the default): the cluster's IAM OIDC provider; EKS Pod Identity
+#      (identity: pod-identity): the eks-pod-identity-agent add-on
 #   3. the job execution role: `fruitlens emr trust-policy` MERGED into its current trust policy (a
 #      shared role keeps other clusters' trust, as `aws emr-containers update-role-trust-policy` appends),
 #      inline policy = `fruitlens emr iam-policy`
 #   4. the CloudWatch log group, if the profile names one, with the profile's log_retention_days
+#      and, for pod-identity, the role's associations with EMR's service accounts
 #   5. the virtual cluster (named virtual_cluster_name) on the namespace
 # Idempotent: every step checks before creating, so a re-run only updates the role's policies.
 # The partition (aws, aws-cn, aws-us-gov) is the execution role ARN's; nothing assumes arn:aws:.
@@ -41,6 +43,7 @@ log_group=$(get log_group)
 role_name=${role_arn##*/}
 partition=$(cut -d: -f2 <<< "$role_arn")
 retention=$(get log_retention_days)
+identity=$(get identity)
 account=$(aws sts get-caller-identity --query Account --output text)
 case "$role_arn" in
   *":$account:"*) ;;
@@ -72,23 +75,47 @@ case "$mode" in
     fi ;;
 esac
 
-echo "setup: 2/5 IAM OIDC provider of $cluster"
-eksctl utils associate-iam-oidc-provider --cluster "$cluster" --region "$region" --approve
-issuer=$(aws eks describe-cluster --name "$cluster" --region "$region" --query cluster.identity.oidc.issuer --output text)
-oidc=${issuer#https://}
+if [ "$identity" = pod-identity ]; then
+  echo "setup: 2/5 EKS Pod Identity agent on $cluster (no OIDC provider needed)"
+  if aws eks describe-addon --cluster-name "$cluster" --region "$region" --addon-name eks-pod-identity-agent >/dev/null 2>&1; then
+    echo "setup: the eks-pod-identity-agent add-on is installed"
+  else
+    aws eks create-addon --cluster-name "$cluster" --region "$region" --addon-name eks-pod-identity-agent >/dev/null
+  fi
+  trust_args=()
+else
+  echo "setup: 2/5 IAM OIDC provider of $cluster"
+  eksctl utils associate-iam-oidc-provider --cluster "$cluster" --region "$region" --approve
+  issuer=$(aws eks describe-cluster --name "$cluster" --region "$region" --query cluster.identity.oidc.issuer --output text)
+  trust_args=(--oidc-provider "${issuer#https://}")
+fi
 
 echo "setup: 3/5 job execution role $role_name"
 "$FRUITLENS" emr iam-policy --profile "$profile" > "$work/policy.json"
 if aws iam get-role --role-name "$role_name" --query Role.AssumeRolePolicyDocument --output json > "$work/current.json" 2>/dev/null; then
-  "$FRUITLENS" emr trust-policy --profile "$profile" --oidc-provider "$oidc" --merge-with "$work/current.json" > "$work/trust.json"
+  "$FRUITLENS" emr trust-policy --profile "$profile" "${trust_args[@]}" --merge-with "$work/current.json" > "$work/trust.json"
   aws iam update-assume-role-policy --role-name "$role_name" --policy-document "file://$work/trust.json"
   echo "setup: trust policy of $role_name: $namespace on $cluster added if missing, other statements kept"
 else
-  "$FRUITLENS" emr trust-policy --profile "$profile" --oidc-provider "$oidc" > "$work/trust.json"
+  "$FRUITLENS" emr trust-policy --profile "$profile" "${trust_args[@]}" > "$work/trust.json"
   aws iam create-role --role-name "$role_name" --assume-role-policy-document "file://$work/trust.json" \
     --description "fruitlens job on EMR on EKS ($cluster/$namespace)" --tags Key=app,Value=fruitlens >/dev/null
 fi
 aws iam put-role-policy --role-name "$role_name" --policy-name fruitlens-job --policy-document "file://$work/policy.json"
+if [ "$identity" = pod-identity ]; then
+  missing=0
+  for sa in $("$FRUITLENS" emr service-accounts --profile "$profile"); do
+    [ "$(aws eks list-pod-identity-associations --cluster-name "$cluster" --region "$region" --namespace "$namespace" \
+          --service-account "$sa" --query 'length(associations)' --output text)" != 0 ] || missing=1
+  done
+  if [ "$missing" = 1 ]; then
+    aws emr-containers create-role-associations --cluster-name "$cluster" --region "$region" \
+      --namespace "$namespace" --role-name "$role_name" >/dev/null
+    echo "setup: associated $role_name with EMR's service accounts in $namespace (EKS Pod Identity)"
+  else
+    echo "setup: EMR's service accounts in $namespace are already associated with a role"
+  fi
+fi
 
 if [ -n "$log_group" ]; then
   echo "setup: 4/5 CloudWatch log group $log_group"

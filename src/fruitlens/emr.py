@@ -393,11 +393,24 @@ def merge_trust_policy(existing: dict[str, Any] | None, ours: dict[str, Any]) ->
     return {**existing, "Version": existing.get("Version", ours["Version"]), "Statement": statements + added}
 
 
-def trust_policy(profile: EmrProfile) -> dict[str, Any]:
-    """IRSA trust: the cluster's OIDC provider may hand the role to EMR's job pods in the namespace.
+def service_accounts(profile: EmrProfile) -> list[str]:
+    """The service accounts EMR on EKS runs a Spark job's pods under, for this execution role."""
+    _, account, role = _role_parts(profile)
+    return [f"emr-containers-sa-spark-{part}-{account}-{base36(role)}" for part in ("client", "driver", "executor")]
 
-    The same document ``aws emr-containers update-role-trust-policy`` writes.
+
+def trust_policy(profile: EmrProfile) -> dict[str, Any]:
+    """Who may hand the role to EMR's job pods in the namespace.
+
+    IRSA: the cluster's OIDC provider, for EMR's service accounts (the document ``aws emr-containers
+    update-role-trust-policy`` writes). EKS Pod Identity: the ``pods.eks.amazonaws.com`` service; the
+    pods are then tied to the role by ``aws emr-containers create-role-associations``.
     """
+    if profile.identity == "pod-identity":
+        profile.require("execution_role_arn")
+        return {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"},
+            "Action": ["sts:AssumeRole", "sts:TagSession"]}]}
     profile.require("oidc_provider", "execution_role_arn")
     partition, account, role = _role_parts(profile)
     oidc = (profile.oidc_provider or "").removeprefix("https://").rstrip("/")

@@ -50,6 +50,7 @@ IAM_FLAGS = (
     ("--output-grant", "output_grant", str, "S3 prefix the role may write, if wider than --output (a parent)"),
     ("--namespace", "namespace", str, "EKS namespace of the virtual cluster"),
     ("--oidc-provider", "oidc_provider", str, "EKS cluster OIDC issuer, e.g. oidc.eks.REGION.amazonaws.com/id/XXXX"),
+    ("--identity", "identity", str, "how pods get the role: irsa (default) or pod-identity"),
 )
 DEST = "profile__"
 
@@ -378,7 +379,11 @@ def register(subparsers) -> None:
     _add_flags(p, CLUSTER_FLAGS[:1], JOB_FLAGS, IAM_FLAGS)
     p.set_defaults(func=_iam_policy)
 
-    p = sub.add_parser("trust-policy", help="print the job role's IRSA trust policy JSON")
+    p = sub.add_parser("service-accounts", help="print the service accounts EMR runs the job's pods under")
+    _add_flags(p, JOB_FLAGS[:1], IAM_FLAGS[2:])
+    p.set_defaults(func=lambda ns: print("\n".join(emr.service_accounts(profile_from_args(ns)))) or 0)
+
+    p = sub.add_parser("trust-policy", help="print the job role's trust policy JSON (IRSA or EKS Pod Identity)")
     _add_flags(p, JOB_FLAGS[:1], IAM_FLAGS[2:])
     p.add_argument("--merge-with", metavar="FILE", help="the role's current trust policy JSON: print it with "
                    "this statement appended (other clusters' trust kept), as setup.sh applies it")

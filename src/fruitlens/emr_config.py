@@ -35,6 +35,7 @@ MEMORY_RE = re.compile(r"^\d+[kmgtKMGT]?$")
 LOG_GROUP_RE = re.compile(r"^[.\-_/#A-Za-z0-9]{1,512}$")
 IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*(:\d+)?(/[a-z0-9._\-]+)+(:[\w.\-]{1,128})?(@sha256:[0-9a-f]{64})?$")
 ARCH_RE = re.compile(r"^(amd64|arm64)$")
+IDENTITIES = ("irsa", "pod-identity")
 
 
 def api_string_problem(operation: str, member: str, value: str) -> str | None:
@@ -97,6 +98,9 @@ class EmrProfile:
     namespace, oidc_provider
         EKS namespace of the virtual cluster and the cluster's OIDC issuer (no ``https://``): only
         for ``fruitlens emr trust-policy``.
+    identity
+        How the job's pods get the role: ``irsa`` (IAM roles for service accounts: the OIDC trust) or
+        ``pod-identity`` (EKS Pod Identity: ``aws emr-containers create-role-associations``, no OIDC).
     """
 
     region: str | None = None
@@ -126,6 +130,7 @@ class EmrProfile:
     output_grant: str | None = None
     namespace: str = "fruitlens"
     oidc_provider: str | None = None
+    identity: str = "irsa"
     tags: dict[str, str] = field(default_factory=dict)
     spark_conf: dict[str, str] = field(default_factory=dict)
 
@@ -151,6 +156,8 @@ class EmrProfile:
                       f"123456789012.dkr.ecr.us-east-1.amazonaws.com/fruitlens:0.1.0, got {self.image!r}")
         if not self.python.startswith("/"):
             raise bad("python", f"must be an absolute path inside the image, got {self.python!r}")
+        if self.identity not in IDENTITIES:
+            raise bad("identity", f"must be one of {', '.join(IDENTITIES)}, got {self.identity!r}")
         if not ARCH_RE.match(self.node_arch):
             raise bad("node_arch", f"must be amd64 or arm64 (the image must be built for it), got {self.node_arch!r}")
         if self.log_retention_days not in LOG_RETENTION_DAYS:
