@@ -392,3 +392,12 @@ def test_log_keys_are_classified_by_pod_name(key, expected):
     from fruitlens.s3 import classify_log_key
 
     assert classify_log_key(key)[0] == expected
+
+
+def test_a_uri_outside_the_grant_is_refused_before_any_call(moto_emr, capsys, tmp_path):
+    _, calls = moto_emr
+    prof = tmp_path / "p.yaml"
+    prof.write_text("input: s3://fruit-data/fruits-360\noutput: s3://fruit-out/runs/latest\n")
+    assert main([*SUBMIT, "--virtual-cluster-name", "fruitlens", "--profile", str(prof)]) == 2
+    assert "OUTPUT s3://fruit-out/run1 is outside s3://fruit-out/runs/latest" in capsys.readouterr().err
+    assert calls == []

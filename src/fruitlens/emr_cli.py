@@ -134,19 +134,24 @@ def _wait_and_check(client, vc: str, job_id: str, ns: argparse.Namespace, namesp
     def interrupted(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, interrupted)  # also when SIGINT was ignored (nohup, CI)
+    try:
+        previous = signal.signal(signal.SIGINT, interrupted)  # also when SIGINT was ignored (nohup, CI)
+    except ValueError:  # not the main thread: Ctrl-C is not ours to handle
+        previous = None
     try:
         run = emr.wait(client, vc, job_id, on_change=_on_change, poll=ns.poll, max_poll=ns.max_poll,
                        timeout=ns.timeout, stuck_after=ns.stuck_hint_after, on_stuck=_stuck_hint(namespace))
-    except emr.WaitTimeout as exc:
+    except emr.WaitTimeout:
         _stop_waiting(client, vc, job_id, ns, f"timeout after {ns.timeout:g}s")
-        raise exc
+        raise
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C while asking ends at once
+        if previous is not None:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C while asking ends at once
         _stop_waiting(client, vc, job_id, ns, "interrupted")
         return 130
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     print(json.dumps(emr.summary(run)))
     emr.check_outcome(run)
     return 0
@@ -158,6 +163,16 @@ def _submit(ns: argparse.Namespace) -> int:
     output_uri = ns.output or profile.output
     if not input_uri or not output_uri:
         raise ConfigError("emr submit: give INPUT and OUTPUT (s3://...) or set input/output in the EMR profile")
+    # Before any call: a URI outside what the role's policy grants would fail on AWS with a 403.
+    outside = emr.granted_prefix_problems(profile, input_uri, output_uri)
+    if outside and not ns.outside_grant:
+        raise ConfigError("; ".join(outside) + ". Use a URI under the granted prefix, or widen the grant to a "
+                          "parent prefix (output_grant, or input) and re-apply the policy (`fruitlens emr "
+                          "iam-policy`, deploy/emr-on-eks/setup.sh); --outside-grant submits anyway (the role "
+                          "grants more)")
+    if not (profile.input and profile.granted_output):
+        _note("the profile has no input/output, so whether the job role may read INPUT and write OUTPUT is not "
+              "checked here (`fruitlens emr iam-policy` grants exactly those prefixes)")
     if ns.dry_run:
         if not profile.virtual_cluster_id:
             raise ConfigError("emr submit --dry-run calls nothing, so it cannot resolve a virtual cluster name: "
@@ -166,14 +181,6 @@ def _submit(ns: argparse.Namespace) -> int:
     else:
         profile.require("execution_role_arn", "image")
         client, vc = _cluster(profile)
-    outside = emr.granted_prefix_problems(profile, input_uri, output_uri)
-    if outside and not ns.outside_grant:
-        raise ConfigError("; ".join(outside) + ". Use a URI under the granted prefix, or widen the profile's "
-                          "input/output to a parent prefix and re-apply the policy (`fruitlens emr iam-policy`, "
-                          "deploy/emr-on-eks/setup.sh); --outside-grant submits anyway (the role grants more)")
-    if not (profile.input and profile.granted_output):
-        _note("the profile has no input/output, so whether the job role may read INPUT and write OUTPUT is not "
-              "checked here (`fruitlens emr iam-policy` grants exactly those prefixes)")
     request = emr.build_request(profile, virtual_cluster_id=vc, input_uri=input_uri, output_uri=output_uri,
                                 pipeline_args=pipeline_args(ns), run_key=ns.run_key, client_token=ns.client_token)
     for note in emr.request_notes(profile):
