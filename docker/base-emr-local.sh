@@ -13,6 +13,6 @@ mirror=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d
   | grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v security | head -1 | tr -d ' ' || true)
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
-docker build --network host -f docker/Dockerfile.base-emr-local --build-arg LOCAL_BASE="$LOCAL_BASE" \
+docker build --network host -f docker/Dockerfile.base-emr-local --build-arg BASE_IMAGE="$LOCAL_BASE" \
   --build-arg DEBIAN_MIRROR="${MIRROR:-${mirror:-http://deb.debian.org/debian}}" -t "$IMAGE" "$ctx"
 echo "base-emr-local: built $IMAGE on $LOCAL_BASE"
