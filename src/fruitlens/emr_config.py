@@ -8,6 +8,7 @@ the environment again; boto3 alone still reads the standard AWS variables (crede
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -29,7 +30,6 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 
 # Patterns of the StartJobRun API reference (and of IAM for the ARN); the release label is checked
 # against botocore's model of the API (api_string_problem), which is what the service enforces.
 ROLE_ARN_RE = re.compile(r"^arn:(aws[a-zA-Z0-9-]*):iam::(\d{12})?:role((/)|(/[\u0021-\u007F]+/))([\w+=,.@-]+)$")
-VIRTUAL_CLUSTER_ID_RE = re.compile(r"^[0-9a-z]{1,64}$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 MEMORY_RE = re.compile(r"^\d+[kmgtKMGT]?$")
 LOG_GROUP_RE = re.compile(r"^[.\-_/#A-Za-z0-9]{1,512}$")
@@ -38,13 +38,17 @@ ARCH_RE = re.compile(r"^(amd64|arm64)$")
 IDENTITIES = ("irsa", "pod-identity")
 
 
-def api_string_problem(operation: str, member: str, value: str) -> str | None:
-    """Why ``value`` breaks the length or pattern botocore's emr-containers model gives ``member``, or None."""
+@functools.lru_cache(maxsize=None)
+def _api_limits(operation: str, member: str) -> dict[str, Any]:
     import botocore.session
 
-    shape = botocore.session.get_session().get_service_model("emr-containers").operation_model(
-        operation).input_shape.members[member]
-    md = shape.metadata
+    return dict(botocore.session.get_session().get_service_model("emr-containers").operation_model(
+        operation).input_shape.members[member].metadata)
+
+
+def api_string_problem(operation: str, member: str, value: str) -> str | None:
+    """Why ``value`` breaks the length or pattern botocore's emr-containers model gives ``member``, or None."""
+    md = _api_limits(operation, member)
     if not md.get("min", 0) <= len(value) <= md.get("max", len(value)):
         return f"must be {md.get('min', 0)} to {md.get('max')} characters (the {operation} API), got {len(value)}"
     if "pattern" in md and not re.fullmatch(md["pattern"], value):
@@ -81,7 +85,8 @@ class EmrProfile:
         Fixed executor fleet (dynamic allocation off: a model per Python worker is costly to start).
     executor_memory_overhead, memory_overhead_factor
         Off-heap room for the Python workers (ONNX Runtime / TensorFlow live outside the JVM heap):
-        an explicit size (``2g``) wins, else the factor (default 0.4 instead of Spark's 0.1).
+        an explicit size (``2g``) wins, else the factor (default 0.4: what Spark on Kubernetes already
+        gives non-JVM jobs, sent explicitly so it shows in the request and is changed here).
     log_uri, log_group, log_stream_prefix
         Where EMR ships the pods' logs: S3 and/or CloudWatch (``fruitlens emr logs`` reads either).
     log_retention_days
@@ -141,7 +146,8 @@ class EmrProfile:
 
         if self.region is not None and not REGION_RE.match(self.region):
             raise bad("region", f"must look like us-east-1, got {self.region!r}")
-        if self.virtual_cluster_id is not None and not VIRTUAL_CLUSTER_ID_RE.match(self.virtual_cluster_id):
+        if self.virtual_cluster_id is not None and api_string_problem("StartJobRun", "virtualClusterId",
+                                                                      self.virtual_cluster_id):
             raise bad("virtual_cluster_id", f"must be 1-64 lower-case letters and digits, got "
                       f"{self.virtual_cluster_id!r} (a name goes in virtual_cluster_name)")
         if self.execution_role_arn is not None and not ROLE_ARN_RE.match(self.execution_role_arn):
