@@ -236,11 +236,24 @@ def test_iam_policy_grants_the_prefixes_and_nothing_else():
                                                  "arn:aws:s3:::fruit-out/run1_$folder$"]
     assert "s3:PutObject" in by_sid["WriteOutput"]["Action"]
     assert "arn:aws:s3:::fruit-logs/emr/*" in by_sid["WriteLogs"]["Resource"]
+    assert "ReadInputParents" not in by_sid  # fruits-360 sits at the bucket's root
     assert by_sid["ReadEntryPoint"]["Resource"] == ["arn:aws:s3:::fruit-code/job.py"]
     every_action = {a for s in policy["Statement"] for a in s["Action"]}
     assert every_action <= {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket",
                             "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"}
     assert all("*" != r for s in policy["Statement"] for r in s["Resource"])
+
+
+def test_iam_policy_lets_a_mkdirs_walk_up_the_output_path():
+    """S3A's mkdirs HEADs every parent of OUTPUT; EMRFS removes its parents' _$folder$ markers."""
+    by_sid = {s["Sid"]: s for s in emr.iam_policy(profile(output="s3://fruit-out/team/runs/r1"))["Statement"]}
+    assert by_sid["WriteOutputParents"] == {
+        "Sid": "WriteOutputParents", "Effect": "Allow", "Action": ["s3:GetObject"],
+        "Resource": ["arn:aws:s3:::fruit-out/team", "arn:aws:s3:::fruit-out/team_$folder$",
+                     "arn:aws:s3:::fruit-out/team/runs", "arn:aws:s3:::fruit-out/team/runs_$folder$"]}
+    assert by_sid["WriteOutputParentMarkers"]["Action"] == ["s3:DeleteObject"]
+    assert by_sid["WriteOutputParentMarkers"]["Resource"] == ["arn:aws:s3:::fruit-out/team_$folder$",
+                                                              "arn:aws:s3:::fruit-out/team/runs_$folder$"]
 
 
 def test_trust_policy_matches_what_the_aws_cli_writes():

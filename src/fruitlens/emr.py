@@ -333,6 +333,24 @@ def _prefix_statements(sid: str, uri: str, actions: list[str], partition: str) -
     return [{"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": objects}, listing]
 
 
+def _parent_statements(sid: str, uri: str, partition: str, *, write: bool) -> list[dict[str, Any]]:
+    """The prefix's ancestors, as keys: a mkdirs walks up the path HEADing each (``runs`` for ``runs/r1``),
+    and EMRFS deletes its ``_$folder$`` markers of parents once something is written below them.
+    Reading a key literally named ``runs`` is all this allows; nothing below the ancestors."""
+    bucket, prefix = _s3_parts(uri)
+    parts = prefix.split("/")[:-1] if prefix else []
+    ancestors = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    if not ancestors:
+        return []
+    arn = f"arn:{partition}:s3:::{bucket}"
+    statements = [{"Sid": f"{sid}Parents", "Effect": "Allow", "Action": ["s3:GetObject"],
+                   "Resource": [r for a in ancestors for r in (f"{arn}/{a}", f"{arn}/{a}_$folder$")]}]
+    if write:
+        statements.append({"Sid": f"{sid}ParentMarkers", "Effect": "Allow", "Action": ["s3:DeleteObject"],
+                           "Resource": [f"{arn}/{a}_$folder$" for a in ancestors]})
+    return statements
+
+
 def iam_policy(profile: EmrProfile) -> dict[str, Any]:
     """Least privilege for the job role: read INPUT, write OUTPUT and the logs; nothing else."""
     profile.require("input", "execution_role_arn")
@@ -340,10 +358,12 @@ def iam_policy(profile: EmrProfile) -> dict[str, Any]:
         profile.require("output")
     partition, account, _ = _role_parts(profile)
     statements = _prefix_statements("ReadInput", profile.input or "", ["s3:GetObject"], partition)
+    statements += _parent_statements("ReadInput", profile.input or "", partition, write=False)
     # Spark's committer writes then renames (copy + delete) and an overwrite deletes the old output.
     statements += _prefix_statements("WriteOutput", profile.granted_output or "", [
         "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
         "s3:ListMultipartUploadParts"], partition)
+    statements += _parent_statements("WriteOutput", profile.granted_output or "", partition, write=True)
     if profile.log_uri:
         statements += _prefix_statements("WriteLogs", profile.log_uri, ["s3:PutObject", "s3:GetObject"], partition)
     if profile.entry_point.startswith("s3://"):
