@@ -401,3 +401,40 @@ def test_a_uri_outside_the_grant_is_refused_before_any_call(moto_emr, capsys, tm
     assert main([*SUBMIT, "--virtual-cluster-name", "fruitlens", "--profile", str(prof)]) == 2
     assert "OUTPUT s3://fruit-out/run1 is outside s3://fruit-out/runs/latest" in capsys.readouterr().err
     assert calls == []
+
+
+# --- IAM's policy simulator (Stubber) -----------------------------------------------------------------
+
+def test_check_access_asks_for_the_bare_key_the_marker_and_the_listing(aws_env, monkeypatch, capsys):
+    """Finding 2 on a real account: SimulatePrincipalPolicy for the job's first S3 calls."""
+    from fruitlens import emr_access
+
+    iam = boto3.client("iam", region_name=REGION)
+    monkeypatch.setattr(emr_access, "client", lambda region=None: iam)
+
+    def answer(params, decisions):
+        return {"EvaluationResults": [
+            {"EvalActionName": action, "EvalResourceName": resource, "EvalDecision": decisions.get(resource, "allowed")}
+            for action in params["ActionNames"] for resource in params["ResourceArns"]], "IsTruncated": False}
+
+    expected = [*emr_access.access_checks("aws", "s3://fruit-data/fruits-360", False),
+                *emr_access.access_checks("aws", "s3://fruit-out/runs/r1", True)]
+    assert expected[0]["ResourceArns"] == ["arn:aws:s3:::fruit-data/fruits-360",
+                                           "arn:aws:s3:::fruit-data/fruits-360_$folder$",
+                                           "arn:aws:s3:::fruit-data/fruits-360/fruitlens-access-check"]
+    assert expected[1]["ContextEntries"][0]["ContextKeyValues"] == ["fruits-360/"]
+    args = ["emr", "check-access", "s3://fruit-data/fruits-360", "s3://fruit-out/runs/r1",
+            "--execution-role-arn", ROLE, "--region", REGION]
+    with Stubber(iam) as stub:
+        for check in expected:  # a policy granting only fruits-360/*: the bare key is an implicit deny
+            stub.add_response("simulate_principal_policy", answer(check, {
+                "arn:aws:s3:::fruit-data/fruits-360": "implicitDeny"}), {"PolicySourceArn": ROLE, **check})
+        assert main(args) == 1
+        out = capsys.readouterr()
+        assert "implicitDeny\ts3:GetObject\tarn:aws:s3:::fruit-data/fruits-360\n" in out.out
+        assert "may not make 1 of the job's first S3 calls (s3:GetObject arn:aws:s3:::fruit-data/fruits-360)" in out.err
+        for check in expected:
+            stub.add_response("simulate_principal_policy", answer(check, {}), {"PolicySourceArn": ROLE, **check})
+        assert main(args) == 0
+        assert "allow the job's first S3 calls" in capsys.readouterr().err
+        stub.assert_no_pending_responses()

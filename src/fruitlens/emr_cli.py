@@ -287,6 +287,27 @@ def _iam_policy(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _check_access(ns: argparse.Namespace) -> int:
+    from fruitlens import emr_access
+
+    profile = profile_from_args(ns)
+    profile.require("execution_role_arn")
+    input_uri, output_uri = ns.input_uri or profile.input, ns.output_uri or profile.output
+    if not input_uri or not output_uri:
+        raise ConfigError("emr check-access: give INPUT and OUTPUT (s3://...) or set input/output in the EMR profile")
+    results = emr_access.check_access(emr_access.client(profile.region), profile, input_uri, output_uri)
+    for decision, action, resource in results:
+        print(f"{decision}\t{action}\t{resource}")
+    denied = [f"{action} {resource}" for decision, action, resource in results if decision != "allowed"]
+    if denied:
+        raise emr.EmrError(f"the role {profile.execution_role_arn} may not make {len(denied)} of the job's first S3 "
+                           f"calls ({'; '.join(denied)}): the job would stop on a 403. Apply `fruitlens emr "
+                           "iam-policy` to it (deploy/emr-on-eks/setup.sh)")
+    _note(f"the role's own policies allow the job's first S3 calls on {input_uri} and {output_uri} (bucket "
+          "policies, SCPs and KMS keys are not simulated)")
+    return 0
+
+
 def _trust_policy(ns: argparse.Namespace) -> int:
     policy = emr.trust_policy(profile_from_args(ns))
     if ns.merge_with:
@@ -385,6 +406,13 @@ def register(subparsers) -> None:
     p = sub.add_parser("iam-policy", help="print the job role's least-privilege policy JSON")
     _add_flags(p, CLUSTER_FLAGS[:1], JOB_FLAGS, IAM_FLAGS)
     p.set_defaults(func=_iam_policy)
+
+    p = sub.add_parser("check-access", help="ask IAM (policy simulator) whether the job role may make the "
+                       "job's first S3 calls on INPUT and OUTPUT")
+    p.add_argument("input_uri", nargs="?", metavar="INPUT", help="default: the profile's input")
+    p.add_argument("output_uri", nargs="?", metavar="OUTPUT", help="default: the profile's output")
+    _add_flags(p, CLUSTER_FLAGS[:1], JOB_FLAGS[:1], IAM_FLAGS[:2])
+    p.set_defaults(func=_check_access)
 
     p = sub.add_parser("service-accounts", help="print the service accounts EMR runs the job's pods under")
     _add_flags(p, JOB_FLAGS[:1], IAM_FLAGS[2:])
