@@ -138,4 +138,4 @@ else
     --container-provider "{\"id\": \"$cluster\", \"type\": \"EKS\", \"info\": {\"eksInfo\": {\"namespace\": \"$namespace\"}}}" \
     --query id --output text
 fi
-echo "setup: done. Next: fruitlens emr submit --profile $profile --dry-run, then make run EMR_PROFILE=$profile"
+echo "setup: done. Next: fruitlens emr check-access --profile $profile, fruitlens emr submit --profile $profile --dry-run, then make run EMR_PROFILE=$profile"
