@@ -438,3 +438,15 @@ def test_check_access_asks_for_the_bare_key_the_marker_and_the_listing(aws_env, 
         assert main(args) == 0
         assert "allow the job's first S3 calls" in capsys.readouterr().err
         stub.assert_no_pending_responses()
+
+
+def test_logs_of_a_run_submitted_without_log_settings_say_what_to_pass(moto_emr, capsys):
+    vc, _ = moto_emr
+    args = [a for a in SUBMIT if a not in ("--log-uri", "s3://fruit-logs/emr")]
+    assert main([*args, "--virtual-cluster-id", vc]) == 0
+    job = capsys.readouterr().out.strip()
+    assert main(["emr", "logs", job, "--virtual-cluster-id", vc, "--region", REGION]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert f"job run {job} was submitted without logs and none is given: pass --log-uri or --log-group" in err
+    assert main(["emr", "logs", job, "--virtual-cluster-id", vc, "--region", REGION, "--source", "cloudwatch"]) == 2
+    assert "submitted without a CloudWatch log group" in capsys.readouterr().err

@@ -254,9 +254,9 @@ def _logs(ns: argparse.Namespace) -> int:
             group, prefix = run_group, run_prefix or prefix
     source = ns.source if ns.source != "auto" else ("s3" if log_uri else "cloudwatch" if group else None)
     if source is None or (source == "s3" and not log_uri) or (source == "cloudwatch" and not group):
-        raise ConfigError(f"job run {ns.job_run_id} was submitted without "
-                          f"{ {'s3': 'an S3 log URI', 'cloudwatch': 'a CloudWatch log group'}.get(source or '', 'logs') } "
-                          "and none is given: pass --log-uri or --log-group")
+        what = {"s3": "an S3 log URI", "cloudwatch": "a CloudWatch log group"}.get(source or "", "logs")
+        raise ConfigError(f"job run {ns.job_run_id} was submitted without {what} and none is given: "
+                          "pass --log-uri or --log-group")
     if source == "s3":
         client_s3 = s3.client(profile.region)
         where = s3.job_log_prefix(log_uri, vc, ns.job_run_id)
