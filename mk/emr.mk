@@ -26,3 +26,7 @@ emr-iam-policy: ## print the job role's least-privilege policy and IRSA trust po
 emr-setup: setup ## create namespace, RBAC, role and virtual cluster (EKS_CLUSTER=name, EMR_PROFILE=file)
 	@[ -n "$(EKS_CLUSTER)" ] && [ -n "$(EMR_PROFILE)" ] || { echo "emr-setup: give EKS_CLUSTER=... and EMR_PROFILE=... (or export FRUITLENS_EMR_PROFILE)"; exit 2; }
 	bash deploy/emr-on-eks/setup.sh "$(EKS_CLUSTER)" "$(EMR_PROFILE)"
+
+.PHONY: emr-check-access
+emr-check-access: ## ask IAM's policy simulator whether the job role may make the job's first S3 calls
+	$(VENV)/bin/fruitlens emr check-access $(EMR_INPUT) $(EMR_OUTPUT) $(EMR_FLAGS)
