@@ -172,3 +172,38 @@ def test_make_push_prints_the_digest_to_pin(local_registry, tmp_path):
         assert EmrProfile(image=pinned[0]).image == pinned[0]
     finally:
         subprocess.run(["docker", "rmi", "-f", f"{name}:{tag}", f"{local_registry}/{name}:{tag}"], capture_output=True)
+
+
+def test_the_submitted_request_runs_the_job_in_the_emr_image(emr_image, tmp_path, capsys):
+    """What EMR's job runner does with our request, played locally: spark-submit of the request's entry
+    point with its spark-defaults and arguments, in the emr image, as hadoop, with tmpfs over EMR's mounted
+    folders and no network. Local folders stand in for the S3 URIs (EMR's S3 connector is not here)."""
+    from fruitlens.cli import main
+
+    sample = Path(__file__).resolve().parents[2] / "shared" / "data" / "fruits-360-sample" / "Test"
+    data = tmp_path / "in" / "Test"
+    for label in ("Plum 5", "apple_golden_1"):
+        (data / label).mkdir(parents=True)
+        for image in sorted((sample / label).glob("*.jpg"))[:12]:
+            shutil.copyfile(image, data / label / image.name)
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+
+    assert main(["emr", "submit", "s3://b/in", "s3://b/out", "--dry-run", "--virtual-cluster-id", "abc",
+                 "--execution-role-arn", "arn:aws:iam::123456789012:role/r", "--pca-k", "4",
+                 "--image", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/fruitlens@sha256:" + "0" * 64]) == 0
+    request = json.loads(capsys.readouterr().out)
+    driver = request["jobDriver"]["sparkSubmitJobDriver"]
+    props = request["configurationOverrides"]["applicationConfiguration"][0]["properties"]
+    args = [{"s3://b/in": "/data/in", "s3://b/out": "/data/out/run"}.get(a, a) for a in driver["entryPointArguments"]]
+    conf = [x for key, value in props.items() for x in ("--conf", f"{key}={value}")]
+    mounts = [x for path in ("/tmp", "/home/hadoop", "/mnt", "/var/log/spark/user", "/var/log/spark/apps",
+                             "/var/log/fluentd") for x in ("--tmpfs", f"{path}:rw,exec,mode=1777")]
+    done = subprocess.run(["docker", "run", "--rm", *NO_NET, *mounts, "-v", f"{data.parent}:/data/in:ro",
+                           "-v", f"{out}:/data/out", emr_image, "spark-submit", "--master", "local[2]", *conf,
+                           driver["entryPoint"], *args], capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    manifest = json.loads((out / "run" / "manifest.json").read_text())
+    assert manifest["counts"] == {"matched": 24, "features": 24, "errors": 0}
+    assert manifest["pca"]["k"] == 4
