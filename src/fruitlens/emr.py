@@ -153,8 +153,8 @@ def granted_prefix_problems(profile: EmrProfile, input_uri: str, output_uri: str
 
 def within_prefix(uri: str, granted: str) -> bool:
     """``s3://b/runs/r1`` is within ``s3://b/runs``; ``s3://b/runs2`` is not (s3 and s3a alike)."""
-    bucket, prefix = _s3_parts(uri)
-    gbucket, gprefix = _s3_parts(granted)
+    bucket, prefix = s3_parts(uri)
+    gbucket, gprefix = s3_parts(granted)
     return bucket == gbucket and (not gprefix or prefix == gprefix or prefix.startswith(gprefix + "/"))
 
 
@@ -298,7 +298,7 @@ def validate_request(request: dict[str, Any]) -> None:
 
 # --- IAM, generated from the profile (pure) -------------------------------------------------------
 
-def _role_parts(profile: EmrProfile) -> tuple[str, str, str]:
+def role_parts(profile: EmrProfile) -> tuple[str, str, str]:
     """(partition, account id, role name) of the execution role ARN."""
     profile.require("execution_role_arn")
     match = ROLE_ARN_RE.match(profile.execution_role_arn or "")
@@ -308,7 +308,7 @@ def _role_parts(profile: EmrProfile) -> tuple[str, str, str]:
     return match.group(1), match.group(2), match.group(6)
 
 
-def _s3_parts(uri: str) -> tuple[str, str]:
+def s3_parts(uri: str) -> tuple[str, str]:
     from fruitlens.s3 import split_uri
 
     bucket, prefix = split_uri(uri)
@@ -323,7 +323,7 @@ def _prefix_statements(sid: str, uri: str, actions: list[str], partition: str) -
     on a 403 before any work. S3 answers a HEAD of a missing key 404 only to a caller allowed
     s3:ListBucket, and that check carries no s3:prefix, hence ``StringLikeIfExists``.
     """
-    bucket, prefix = _s3_parts(uri)
+    bucket, prefix = s3_parts(uri)
     arn = f"arn:{partition}:s3:::{bucket}"
     objects = [f"{arn}/{prefix}", f"{arn}/{prefix}/*", f"{arn}/{prefix}_$folder$"] if prefix else [f"{arn}/*"]
     listing: dict[str, Any] = {"Sid": f"{sid}List", "Effect": "Allow", "Action": ["s3:ListBucket"],
@@ -337,7 +337,7 @@ def _parent_statements(sid: str, uri: str, partition: str, *, write: bool) -> li
     """The prefix's ancestors, as keys: a mkdirs walks up the path HEADing each (``runs`` for ``runs/r1``),
     and EMRFS deletes its ``_$folder$`` markers of parents once something is written below them.
     Reading a key literally named ``runs`` is all this allows; nothing below the ancestors."""
-    bucket, prefix = _s3_parts(uri)
+    bucket, prefix = s3_parts(uri)
     parts = prefix.split("/")[:-1] if prefix else []
     ancestors = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
     if not ancestors:
@@ -356,7 +356,7 @@ def iam_policy(profile: EmrProfile) -> dict[str, Any]:
     profile.require("input", "execution_role_arn")
     if not profile.granted_output:
         profile.require("output")
-    partition, account, _ = _role_parts(profile)
+    partition, account, _ = role_parts(profile)
     statements = _prefix_statements("ReadInput", profile.input or "", ["s3:GetObject"], partition)
     statements += _parent_statements("ReadInput", profile.input or "", partition, write=False)
     # Spark's committer writes then renames (copy + delete) and an overwrite deletes the old output.
@@ -367,7 +367,7 @@ def iam_policy(profile: EmrProfile) -> dict[str, Any]:
     if profile.log_uri:
         statements += _prefix_statements("WriteLogs", profile.log_uri, ["s3:PutObject", "s3:GetObject"], partition)
     if profile.entry_point.startswith("s3://"):
-        bucket, key = _s3_parts(profile.entry_point)
+        bucket, key = s3_parts(profile.entry_point)
         statements.append({"Sid": "ReadEntryPoint", "Effect": "Allow", "Action": ["s3:GetObject"],
                            "Resource": [f"arn:{partition}:s3:::{bucket}/{key}"]})
     if profile.log_group:
@@ -415,7 +415,7 @@ def merge_trust_policy(existing: dict[str, Any] | None, ours: dict[str, Any]) ->
 
 def service_accounts(profile: EmrProfile) -> list[str]:
     """The service accounts EMR on EKS runs a Spark job's pods under, for this execution role."""
-    _, account, role = _role_parts(profile)
+    _, account, role = role_parts(profile)
     return [f"emr-containers-sa-spark-{part}-{account}-{base36(role)}" for part in ("client", "driver", "executor")]
 
 
@@ -432,7 +432,7 @@ def trust_policy(profile: EmrProfile) -> dict[str, Any]:
             "Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"},
             "Action": ["sts:AssumeRole", "sts:TagSession"]}]}
     profile.require("oidc_provider", "execution_role_arn")
-    partition, account, role = _role_parts(profile)
+    partition, account, role = role_parts(profile)
     oidc = (profile.oidc_provider or "").removeprefix("https://").rstrip("/")
     subject = f"system:serviceaccount:{profile.namespace}:emr-containers-sa-*-*-{account}-{base36(role)}"
     return {"Version": "2012-10-17", "Statement": [{

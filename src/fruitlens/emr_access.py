@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fruitlens.emr import EmrError, _role_parts, _s3_parts, explain
+from fruitlens.emr import EmrError, role_parts, s3_parts, explain
 from fruitlens.emr_config import EmrProfile
 
 PROBE = "fruitlens-access-check"  # a key name below the prefix: the simulator needs a concrete resource
@@ -19,7 +19,7 @@ PROBE = "fruitlens-access-check"  # a key name below the prefix: the simulator n
 
 def access_checks(partition: str, uri: str, write: bool) -> list[dict[str, Any]]:
     """SimulatePrincipalPolicy requests (without the role) covering the job's calls on ``uri``."""
-    bucket, prefix = _s3_parts(uri)
+    bucket, prefix = s3_parts(uri)
     arn = f"arn:{partition}:s3:::{bucket}"
     below = f"{arn}/{prefix}/{PROBE}" if prefix else f"{arn}/{PROBE}"
     reads = [f"{arn}/{prefix}", f"{arn}/{prefix}_$folder$", below] if prefix else [below]
@@ -34,7 +34,7 @@ def access_checks(partition: str, uri: str, write: bool) -> list[dict[str, Any]]
 
 def check_access(iam, profile: EmrProfile, input_uri: str, output_uri: str) -> list[tuple[str, str, str]]:
     """``(decision, action, resource)`` for every call the job makes first on INPUT and OUTPUT."""
-    partition, _, _ = _role_parts(profile)
+    partition, _, _ = role_parts(profile)
     role = profile.execution_role_arn or ""
     results = []
     for uri, write in ((input_uri, False), (output_uri, True)):
