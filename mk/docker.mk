@@ -1,14 +1,19 @@
 # Container images (docs/docker.md): `make build`, `make push`, `make docker-run`, `make base-local`.
 #   FLAVOUR=oss  apache/spark python3 base, Spark on Kubernetes (user 185 `spark`)
 #   FLAVOUR=emr  EMR on EKS Spark base (user hadoop)
-# BASE_IMAGE defaults to the flavour's real base; where it cannot be pulled (no registry reachable) the
-# local Debian-based stand-in (LOCAL_BASE, built by `make base-local`) is used instead.
+# BASE_IMAGE defaults to the flavour's real base; where it cannot be pulled (no registry reachable) a
+# local Debian-based stand-in is used instead: LOCAL_BASE (`make base-local`) for oss, EMR_LOCAL_BASE
+# (`make base-emr-local`: the EMR base's contract, see docker/Dockerfile.base-emr-local) for emr.
+# `make validate-image` checks a built image against its flavour's contract (docker/validate_image.py).
 export DOCKER_BUILDKIT := 0
 
 FLAVOUR ?= oss
 IMAGE ?= fruitlens
 TAG ?= $(FLAVOUR)
 LOCAL_BASE ?= fruitlens-spark-base:local
+EMR_LOCAL_BASE ?= fruitlens-spark-base:emr-local
+FALLBACK_BASE = $(if $(filter emr,$(FLAVOUR)),$(EMR_LOCAL_BASE),$(LOCAL_BASE))
+FALLBACK_SCRIPT = $(if $(filter emr,$(FLAVOUR)),docker/base-emr-local.sh,docker/base-local.sh)
 OSS_BASE ?= apache/spark:4.0.1-scala2.13-java17-python3-ubuntu
 EMR_BASE ?= public.ecr.aws/emr-on-eks/spark/emr-7.5.0:latest
 BASE_IMAGE ?= $(if $(filter emr,$(FLAVOUR)),$(EMR_BASE),$(OSS_BASE))
@@ -30,6 +35,14 @@ endif
 .PHONY: base-local
 base-local: ## build the local Spark base (debootstrap Debian + JRE 17 + Python 3.11 + pyspark) as LOCAL_BASE
 	bash docker/base-local.sh "$(LOCAL_BASE)"
+
+.PHONY: base-emr-local
+base-emr-local: ## build the local EMR on EKS stand-in base (user hadoop, /usr/lib/spark, ...) as EMR_LOCAL_BASE
+	LOCAL_BASE="$(LOCAL_BASE)" bash docker/base-emr-local.sh "$(EMR_LOCAL_BASE)"
+
+.PHONY: validate-image
+validate-image: ## check IMAGE:TAG against its flavour's contract (CONTRACT=emr|oss, NO_APP=1 for a bare base)
+	$(PY) docker/validate_image.py "$(IMAGE):$(TAG)" $(if $(CONTRACT),--contract $(CONTRACT)) $(if $(NO_APP),--no-app)
 
 .PHONY: runtime-lock
 runtime-lock: ## regenerate requirements/runtime.lock (the image's pins) from requirements.lock
@@ -53,10 +66,10 @@ docker-stage: ## stage the build inputs in build/docker: dependency wheels, frui
 build: docker-stage ## build IMAGE:TAG for FLAVOUR (oss|emr) on BASE_IMAGE; prints build time and size
 	@base="$(BASE_IMAGE)"; \
 	if ! docker image inspect "$$base" >/dev/null 2>&1 && ! docker pull -q "$$base" >/dev/null 2>&1; then \
-	  if [ "$(origin BASE_IMAGE)" != file ] && [ "$$base" != "$(LOCAL_BASE)" ]; then \
+	  if [ "$(origin BASE_IMAGE)" != file ] && [ "$$base" != "$(FALLBACK_BASE)" ]; then \
 	    echo "build: BASE_IMAGE $$base cannot be found or pulled"; exit 1; fi; \
-	  echo "build: $$base cannot be pulled here: using the local base $(LOCAL_BASE)"; base="$(LOCAL_BASE)"; \
-	  docker image inspect "$$base" >/dev/null 2>&1 || bash docker/base-local.sh "$$base"; \
+	  echo "build: $$base cannot be pulled here: using the local stand-in base $(FALLBACK_BASE)"; base="$(FALLBACK_BASE)"; \
+	  docker image inspect "$$base" >/dev/null 2>&1 || LOCAL_BASE="$(LOCAL_BASE)" bash $(FALLBACK_SCRIPT) "$$base"; \
 	fi; \
 	start=$$(date +%s); \
 	docker build -f docker/Dockerfile.$(FLAVOUR) --build-arg BASE_IMAGE="$$base" \
@@ -67,14 +80,18 @@ build: docker-stage ## build IMAGE:TAG for FLAVOUR (oss|emr) on BASE_IMAGE; prin
 	echo "build: $(IMAGE):$(TAG) (FLAVOUR=$(FLAVOUR), base $$base) in $$(( $$(date +%s) - start )) s, size $$size bytes ($$(( size / 1048576 )) MiB)"
 
 .PHONY: push
-push: ## push IMAGE:TAG (to REGISTRY/IMAGE:TAG if REGISTRY is set); logs in to ECR registries via boto3/aws
+push: ## push IMAGE:TAG (to REGISTRY/IMAGE:TAG if REGISTRY is set), then print the pushed repo@sha256 digest
 	@ref="$(IMAGE):$(TAG)"; target="$(if $(REGISTRY),$(REGISTRY)/$(IMAGE):$(TAG),$(IMAGE):$(TAG))"; \
 	[ "$$ref" = "$$target" ] || docker tag "$$ref" "$$target"; \
 	registry="$${target%%/*}"; \
 	if [[ "$$registry" =~ ^[0-9]+\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$$ ]]; then \
 	  $(PY) docker/ecr_login.py "$$registry"; \
 	fi; \
-	docker push "$$target"
+	mkdir -p build; docker push "$$target" | tee build/push.log; \
+	digest=$$(sed -nE 's/.*digest: (sha256:[0-9a-f]{64}).*/\1/p' build/push.log | tail -1); \
+	[ -n "$$digest" ] || { echo "push: no digest in docker push's output (build/push.log)"; exit 1; }; \
+	echo "push: pushed $${target%:*}@$$digest"; \
+	echo "push: pin it in the EMR profile (a tag can move, a digest cannot): image: $${target%:*}@$$digest"
 
 .PHONY: docker-run
 docker-run: ## run the whole job in the container (Spark local mode, no network) on INPUT into OUTPUT

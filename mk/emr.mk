@@ -2,7 +2,7 @@
 #   EMR_PROFILE  the YAML profile (default: $FRUITLENS_EMR_PROFILE; start from examples/emr-profile.yaml)
 #   EMR_INPUT / EMR_OUTPUT  s3:// URIs (default: the profile's input/output)
 #   ARGS         more `fruitlens emr submit` options, e.g. ARGS="--pca-k 50 --executors 4"
-EMR_PROFILE ?=
+EMR_PROFILE ?= $(FRUITLENS_EMR_PROFILE)
 EMR_INPUT ?=
 EMR_OUTPUT ?=
 EMR_FLAGS = $(if $(EMR_PROFILE),--profile "$(EMR_PROFILE)")
@@ -24,5 +24,9 @@ emr-iam-policy: ## print the job role's least-privilege policy and IRSA trust po
 
 .PHONY: emr-setup
 emr-setup: setup ## create namespace, RBAC, role and virtual cluster (EKS_CLUSTER=name, EMR_PROFILE=file)
-	@[ -n "$(EKS_CLUSTER)" ] && [ -n "$(EMR_PROFILE)" ] || { echo "emr-setup: give EKS_CLUSTER=... EMR_PROFILE=..."; exit 2; }
+	@[ -n "$(EKS_CLUSTER)" ] && [ -n "$(EMR_PROFILE)" ] || { echo "emr-setup: give EKS_CLUSTER=... and EMR_PROFILE=... (or export FRUITLENS_EMR_PROFILE)"; exit 2; }
 	bash deploy/emr-on-eks/setup.sh "$(EKS_CLUSTER)" "$(EMR_PROFILE)"
+
+.PHONY: emr-check-access
+emr-check-access: ## ask IAM's policy simulator whether the job role may make the job's first S3 calls
+	$(VENV)/bin/fruitlens emr check-access $(EMR_INPUT) $(EMR_OUTPUT) $(EMR_FLAGS)

@@ -184,6 +184,8 @@ def test_emr_logs_finds_the_driver_logs_in_emrs_layout(s3env, capsys):
         f"{containers}/{app}/{job}-driver/stdout.gz": '{"output": "s3://out", "counts": {"images": 4367}}\n',
         f"{containers}/{app}/{job}-driver/stderr.gz": "INFO SparkContext: Running Spark version 3.5\n",
         f"{containers}/{app}/{job}-exec-1/stderr.gz": "INFO Executor: started\n",
+        # With a retry policy every attempt's driver pod gets a suffix (finding 4): still a driver.
+        f"{containers}/{app}/spark-{job}-driver-x7k2p/stdout.gz": "attempt 2 resumed the run\n",
         f"emr-logs/{vc}/jobs/otherjob0000000000/containers/{app}/x-driver/stdout.gz": "not this job\n",
     }
     for key, text in objects.items():
@@ -193,6 +195,7 @@ def test_emr_logs_finds_the_driver_logs_in_emrs_layout(s3env, capsys):
     assert main(base) == 0
     out = capsys.readouterr().out
     assert '"counts": {"images": 4367}' in out and "Running Spark version" in out
+    assert "attempt 2 resumed the run" in out
     assert "spark-submit said hello" not in out and "Executor: started" not in out and "not this job" not in out
     assert out.index("driver stderr") < out.index("driver stdout")  # key order: stderr.gz < stdout.gz
 

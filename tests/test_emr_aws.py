@@ -1,10 +1,9 @@
 """`fruitlens emr` against moto's emr-containers (mock_aws) and botocore's Stubber.
 
 What moto checks: the virtual cluster exists, the release label looks like emr-X.Y.0-latest|date, job
-run ids; it keeps jobs RUNNING until cancelled. What it does not: clientToken (every start_job_run makes
-a new job), roles, images, retry policies, field limits. So the idempotence of a repeated submit is
-shown twice: fruitlens sends the same token (the real API's guarantee) and finds the unfinished job
-run carrying it before starting another (which is what makes moto return the same job).
+run ids; it keeps jobs RUNNING until cancelled, and keeps their tags. What it does not: clientToken
+(every start_job_run makes a new job), roles, images, retry policies, field limits. EMR's own answer to
+a repeated clientToken (the old job run, even a FAILED one) is played by the Stubber.
 """
 from __future__ import annotations
 
@@ -62,6 +61,12 @@ def moto_emr(aws_env, monkeypatch):
         yield vc_id, calls
 
 
+def error_line(err: str) -> str:
+    """The one error line (notes about the request come before it on their own lines)."""
+    (line,) = [x for x in err.splitlines() if x.startswith("fruitlens: error:")]
+    return line
+
+
 def named(calls, operation):
     return [params for name, params in calls if name == operation]
 
@@ -77,7 +82,10 @@ def test_submit_sends_exactly_the_built_request(moto_emr, capsys):
         virtual_cluster_id=vc, input_uri="s3://fruit-data/fruits-360", output_uri="s3://fruit-out/run1",
         pipeline_args=["--pca-k", "50"])
     assert named(calls, "ListVirtualClusters") == [{"states": ["RUNNING"]}]
-    assert named(calls, "StartJobRun") == [expected]
+    (sent,) = named(calls, "StartJobRun")
+    assert sent.pop("clientToken") != expected.pop("clientToken")  # fresh per invocation
+    assert sent == expected
+    assert named(calls, "DescribeJobRun") == [{"virtualClusterId": vc, "id": job_id}]  # checked not finished
     sent = expected["configurationOverrides"]["applicationConfiguration"][0]["properties"]
     assert sent["spark.kubernetes.container.image"] == IMAGE
 
@@ -98,7 +106,7 @@ def test_moto_ignores_the_client_token():
         assert client.start_job_run(**kwargs)["id"] != client.start_job_run(**kwargs)["id"]
 
 
-def test_resubmitting_the_same_job_returns_the_same_job_run(moto_emr, capsys):
+def test_resubmitting_while_the_same_job_is_active_returns_it(moto_emr, capsys):
     vc, calls = moto_emr
     args = [*SUBMIT, "--virtual-cluster-id", vc]
     assert main(args) == 0
@@ -106,22 +114,34 @@ def test_resubmitting_the_same_job_returns_the_same_job_run(moto_emr, capsys):
     assert main(args) == 0
     out = capsys.readouterr()
     assert out.out.strip() == first
-    assert "already job run" in out.err
-    starts = named(calls, "StartJobRun")
-    assert len(starts) == 1
-    tokens = {p["clientToken"] for p in starts}
-    assert len(tokens) == 1 and len(tokens.pop()) == 64
+    assert f"an identical job run {first} is still RUNNING: nothing new started" in out.err
+    assert len(named(calls, "StartJobRun")) == 1
 
-    assert main([*args, "--run-key", "2"]) == 0  # a deliberate re-run is a new token, a new job run
+    assert main([*args, "--run-key", "2"]) == 0  # a deliberate second run beside it
     assert capsys.readouterr().out.strip() != first
-    assert len({p["clientToken"] for p in named(calls, "StartJobRun")}) == 2
+    assert len(named(calls, "StartJobRun")) == 2
+
+
+def test_resubmitting_after_the_run_ended_sends_a_new_token_and_starts_again(moto_emr, capsys):
+    """Finding 1: after a FAILED/CANCELLED run (IAM fixed, image re-pushed) `make run` must start anew."""
+    vc, calls = moto_emr
+    args = [*SUBMIT, "--virtual-cluster-id", vc]
+    assert main(args) == 0
+    first = capsys.readouterr().out.strip()
+    assert main(["emr", "cancel", first, "--virtual-cluster-id", vc, "--region", REGION]) == 0
+    assert main(args) == 0
+    second = capsys.readouterr().out.strip().splitlines()[-1]
+    assert second != first
+    tokens = [p["clientToken"] for p in named(calls, "StartJobRun")]
+    assert len(tokens) == 2 and tokens[0] != tokens[1]
+    hashes = {p["tags"][emr.REQUEST_TAG] for p in named(calls, "StartJobRun")}
+    assert len(hashes) == 1  # the same request, deliberately not matched once it has ended
 
 
 def test_unknown_virtual_cluster_is_one_clear_line(moto_emr, capsys):
     _, calls = moto_emr
     assert main([*SUBMIT, "--virtual-cluster-id", "doesnotexist0000"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0
+    err = error_line(capsys.readouterr().err)
     assert "StartJobRun virtual cluster doesnotexist0000" in err
     assert "ResourceNotFoundException" in err and "fruitlens emr clusters" in err
 
@@ -138,7 +158,7 @@ def test_unknown_cluster_name_lists_the_running_ones(moto_emr, capsys):
     (["--execution-role-arn", "arn:aws:iam::123456789012:user/bob"], "execution_role_arn must be an IAM role ARN"),
     (["--name", "n" * 65], "name: 65 characters, the API allows at most 64"),
     (["--spark-default", "spark.x=" + "v" * 1025], "1025 characters, the API allows at most 1024"),
-    (["--release-label", "7.5"], "release_label must look like"),
+    (["--release-label", "emr 7.5"], "release_label must match the StartJobRun API pattern"),
 ])
 def test_bad_requests_fail_before_any_call(moto_emr, capsys, extra, message):
     vc, calls = moto_emr
@@ -216,14 +236,19 @@ def test_wait_backs_off_and_resets_on_a_change(stubbed):
 
 
 def test_wait_times_out(stubbed, capsys):
-    clock = iter([0.0, 0.0, 20.0])
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
     add_states(stubbed, "RUNNING", "RUNNING")
-    with pytest.raises(emr.WaitTimeout, match="still RUNNING after 10s"):
-        emr.wait(emr.client(), VC, JOB, poll=5, timeout=10, sleep=lambda s: None, clock=lambda: next(clock))
+    with pytest.raises(emr.WaitTimeout, match="still RUNNING after 9s"):
+        emr.wait(emr.client(), VC, JOB, poll=5, backoff=1, timeout=9, sleep=sleep, clock=lambda: now[0])
 
 
 @pytest.mark.parametrize("code, message, expect", [
-    ("AccessDeniedException", "User is not authorized to perform: iam:PassRole", "iam:PassRole on the execution role"),
+    ("AccessDeniedException", "User is not authorized to perform: emr-containers:StartJobRun",
+     "emr-containers:ExecutionRoleArn condition key"),
     ("ValidationException", "Role arn:aws:iam::123456789012:role/fruitlens-job is not assumable: check trust",
      "IRSA: `fruitlens emr trust-policy`"),
     ("ValidationException", "Virtual cluster abc is not in a valid state", "is RUNNING (`fruitlens emr clusters`)"),
@@ -232,7 +257,196 @@ def test_aws_errors_come_back_as_one_actionable_line(stubbed, capsys, code, mess
     stubbed.add_response("list_job_runs", {"jobRuns": []})
     stubbed.add_client_error("start_job_run", service_error_code=code, service_message=message, http_status_code=400)
     assert main([*SUBMIT, "--virtual-cluster-id", VC]) == 1
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err
+    err = error_line(capsys.readouterr().err)
     assert err.startswith(f"fruitlens: error: StartJobRun virtual cluster {VC} role {ROLE}: {code}: {message}")
     assert expect in err
+
+
+def test_a_start_answered_with_an_old_finished_run_is_an_error(stubbed, capsys):
+    """Finding 1: EMR answers a clientToken it has seen with that token's job run, however old."""
+    stubbed.add_response("list_job_runs", {"jobRuns": []})
+    stubbed.add_response("start_job_run", {"id": JOB, "virtualClusterId": VC})
+    add_states(stubbed, "FAILED", failureReason="USER_ERROR", stateDetails="exit 1",
+               finishedAt=dt.datetime(2026, 1, 1, 1, tzinfo=dt.timezone.utc))
+    assert main([*SUBMIT, "--virtual-cluster-id", VC, "--client-token", "ci-build-41"]) == 1
+    err = capsys.readouterr().err
+    assert f"StartJobRun answered with job run {JOB}, which already ended FAILED at 2026-01-01T01:00:00+00:00" in err
+    assert "nothing new was started" in err and "ci-build-41" in err
+
+
+def test_wait_hints_at_kubectl_events_when_submitted_too_long(stubbed, capsys):
+    """Finding 13: a run stuck in SUBMITTED (pods unschedulable, image not pullable) gets one hint."""
+    add_states(stubbed, "SUBMITTED", "SUBMITTED", "SUBMITTED", "SUBMITTED", "RUNNING", "COMPLETED")
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    hints = []
+    run = emr.wait(emr.client(), VC, JOB, poll=120, max_poll=120, backoff=1, stuck_after=300,
+                   on_stuck=lambda r, s: hints.append((r["state"], s)), sleep=sleep, clock=lambda: now[0])
+    assert run["state"] == "COMPLETED"
+    assert hints == [("SUBMITTED", 360.0)]  # once (at the first poll past 300 s), not on every poll
+
+
+def test_wait_cli_prints_the_stuck_hint_with_the_namespace(stubbed, capsys):
+    add_states(stubbed, "SUBMITTED", "SUBMITTED", "COMPLETED")
+    assert main(["emr", "wait", JOB, "--virtual-cluster-id", VC, "--poll", "0", "--max-poll", "0",
+                 "--stuck-hint-after", "0", "--namespace", "spark-jobs"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("kubectl get events -n spark-jobs --sort-by=.lastTimestamp") == 1
+
+
+def test_timeout_with_cancel_on_timeout_cancels_the_run(stubbed, capsys):
+    add_states(stubbed, "RUNNING")
+    stubbed.add_response("cancel_job_run", {"id": JOB, "virtualClusterId": VC}, {"virtualClusterId": VC, "id": JOB})
+    assert main(["emr", "wait", JOB, "--virtual-cluster-id", VC, "--poll", "5", "--timeout", "1",
+                 "--cancel-on-timeout"]) == 124
+    err = capsys.readouterr().err
+    assert f"timeout after 1s: cancel requested for job run {JOB}" in err
+
+
+def test_timeout_without_it_says_the_run_goes_on(stubbed, capsys):
+    add_states(stubbed, "RUNNING")
+    assert main(["emr", "wait", JOB, "--virtual-cluster-id", VC, "--poll", "5", "--timeout", "1"]) == 124
+    err = capsys.readouterr().err
+    assert f"job run {JOB} goes on running (and billing) on EMR: `fruitlens emr cancel {JOB}`" in err
+
+
+def _interrupt_on_first_sleep(monkeypatch):
+    def sleep(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(emr.time, "sleep", sleep)
+
+
+@pytest.mark.parametrize("tty, answer, cancels", [(True, "y", True), (True, "n", False), (False, None, False)])
+def test_ctrl_c_asks_in_a_terminal_and_otherwise_leaves_the_run(stubbed, capsys, monkeypatch, tty, answer, cancels):
+    _interrupt_on_first_sleep(monkeypatch)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: tty)
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda q: asked.append(q) or answer)
+    add_states(stubbed, "RUNNING")
+    if cancels:
+        stubbed.add_response("cancel_job_run", {"id": JOB, "virtualClusterId": VC}, {"virtualClusterId": VC, "id": JOB})
+    assert main(["emr", "wait", JOB, "--virtual-cluster-id", VC]) == 130
+    err = capsys.readouterr().err
+    assert bool(asked) == tty
+    assert (f"interrupted: cancel requested for job run {JOB}" in err) == cancels
+    assert (f"interrupted: stopped waiting, but job run {JOB} goes on running" in err) == (not cancels)
+
+
+def test_ctrl_c_with_cancel_on_timeout_cancels_without_asking(stubbed, capsys, monkeypatch):
+    _interrupt_on_first_sleep(monkeypatch)
+    monkeypatch.setattr("builtins.input", lambda q: pytest.fail("must not ask"))
+    add_states(stubbed, "RUNNING")
+    stubbed.add_response("cancel_job_run", {"id": JOB, "virtualClusterId": VC}, {"virtualClusterId": VC, "id": JOB})
+    assert main(["emr", "wait", JOB, "--virtual-cluster-id", VC, "--cancel-on-timeout"]) == 130
+    assert f"interrupted: cancel requested for job run {JOB}" in capsys.readouterr().err
+
+
+# --- CloudWatch logs (moto's logs) ------------------------------------------------------------------
+
+def test_emr_logs_reads_cloudwatch_streams_including_a_retried_driver(aws_env, capsys):
+    """Findings 13 and 4: CloudWatch is read too; a retry's driver pod `...-driver-<suffix>` is a driver."""
+    group, prefix, vc, job, app = "/fruitlens/emr", "fruitlens", VC, JOB, "spark-" + JOB
+    now_ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000) - 60_000  # moto drops events > 14 days old
+    with mock_aws():
+        logs = boto3.client("logs", region_name=REGION)
+        logs.create_log_group(logGroupName=group)
+        base = f"{prefix}/{vc}/jobs/{job}/containers"
+        streams = {
+            f"{base}/{job}-runner-abcde/stdout": ["spark-submit said hello"],
+            f"{base}/{app}/{app}-driver/stdout": ["attempt 1 started"],
+            f"{base}/{app}/{app}-driver-7f2k9/stdout": ['{"counts": {"images": 4367}}'],
+            f"{base}/{app}/fruitlens-1a2b-exec-1/stderr": ["INFO Executor: started"],
+            f"{prefix}/{vc}/jobs/0000000otherjob0000/containers/{app}/x-driver/stdout": ["not this job"],
+        }
+        for i, (name, lines) in enumerate(streams.items()):
+            logs.create_log_stream(logGroupName=group, logStreamName=name)
+            logs.put_log_events(logGroupName=group, logStreamName=name, logEvents=[
+                {"timestamp": now_ms + i * 1000 + k, "message": line} for k, line in enumerate(lines)])
+        args = ["emr", "logs", job, "--virtual-cluster-id", vc, "--log-group", group, "--region", REGION]
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "attempt 1 started" in out and '"counts": {"images": 4367}' in out
+        assert "said hello" not in out and "Executor: started" not in out and "not this job" not in out
+        assert main([*args, "--component", "executor"]) == 0
+        assert "Executor: started" in capsys.readouterr().out
+        assert main(["emr", "logs", "0000000nologs000000", "--virtual-cluster-id", vc, "--log-group", group,
+                     "--region", REGION]) == 1
+        assert "no driver logs yet under CloudWatch /fruitlens/emr:fruitlens/" in capsys.readouterr().err
+        assert main([*args[:-4], "--log-group", "/no/such/group", "--region", REGION]) == 1
+        assert "ResourceNotFoundException" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("spark-0000000abcdefghijkl/spark-0000000abcdefghijkl-driver/stdout.gz", "driver"),
+    ("spark-0000000abcdefghijkl/spark-0000000abcdefghijkl-driver-x7k2p/stderr.gz", "driver"),
+    ("spark-0000000abcdefghijkl/fruitlens-8c1d-exec-12/stderr.gz.1", "executor"),
+    ("spark-0000000abcdefghijkl/spark-0000000abcdefghijkl-driver-svc/stdout", "driver"),
+    ("spark-0000000abcdefghijkl/some-sidecar/stdout", "other"),
+    ("0000000abcdefghijkl-runner-x7k2p/stdout.gz", "job-runner"),
+])
+def test_log_keys_are_classified_by_pod_name(key, expected):
+    from fruitlens.s3 import classify_log_key
+
+    assert classify_log_key(key)[0] == expected
+
+
+def test_a_uri_outside_the_grant_is_refused_before_any_call(moto_emr, capsys, tmp_path):
+    _, calls = moto_emr
+    prof = tmp_path / "p.yaml"
+    prof.write_text("input: s3://fruit-data/fruits-360\noutput: s3://fruit-out/runs/latest\n")
+    assert main([*SUBMIT, "--virtual-cluster-name", "fruitlens", "--profile", str(prof)]) == 2
+    assert "OUTPUT s3://fruit-out/run1 is outside s3://fruit-out/runs/latest" in capsys.readouterr().err
+    assert calls == []
+
+
+# --- IAM's policy simulator (Stubber) -----------------------------------------------------------------
+
+def test_check_access_asks_for_the_bare_key_the_marker_and_the_listing(aws_env, monkeypatch, capsys):
+    """Finding 2 on a real account: SimulatePrincipalPolicy for the job's first S3 calls."""
+    from fruitlens import emr_access
+
+    iam = boto3.client("iam", region_name=REGION)
+    monkeypatch.setattr(emr_access, "client", lambda region=None: iam)
+
+    def answer(params, decisions):
+        return {"EvaluationResults": [
+            {"EvalActionName": action, "EvalResourceName": resource, "EvalDecision": decisions.get(resource, "allowed")}
+            for action in params["ActionNames"] for resource in params["ResourceArns"]], "IsTruncated": False}
+
+    expected = [*emr_access.access_checks("aws", "s3://fruit-data/fruits-360", False),
+                *emr_access.access_checks("aws", "s3://fruit-out/runs/r1", True)]
+    assert expected[0]["ResourceArns"] == ["arn:aws:s3:::fruit-data/fruits-360",
+                                           "arn:aws:s3:::fruit-data/fruits-360_$folder$",
+                                           "arn:aws:s3:::fruit-data/fruits-360/fruitlens-access-check"]
+    assert expected[1]["ContextEntries"][0]["ContextKeyValues"] == ["fruits-360/"]
+    args = ["emr", "check-access", "s3://fruit-data/fruits-360", "s3://fruit-out/runs/r1",
+            "--execution-role-arn", ROLE, "--region", REGION]
+    with Stubber(iam) as stub:
+        for check in expected:  # a policy granting only fruits-360/*: the bare key is an implicit deny
+            stub.add_response("simulate_principal_policy", answer(check, {
+                "arn:aws:s3:::fruit-data/fruits-360": "implicitDeny"}), {"PolicySourceArn": ROLE, **check})
+        assert main(args) == 1
+        out = capsys.readouterr()
+        assert "implicitDeny\ts3:GetObject\tarn:aws:s3:::fruit-data/fruits-360\n" in out.out
+        assert "may not make 1 of the job's first S3 calls (s3:GetObject arn:aws:s3:::fruit-data/fruits-360)" in out.err
+        for check in expected:
+            stub.add_response("simulate_principal_policy", answer(check, {}), {"PolicySourceArn": ROLE, **check})
+        assert main(args) == 0
+        assert "allow the job's first S3 calls" in capsys.readouterr().err
+        stub.assert_no_pending_responses()
+
+
+def test_logs_of_a_run_submitted_without_log_settings_say_what_to_pass(moto_emr, capsys):
+    vc, _ = moto_emr
+    args = [a for a in SUBMIT if a not in ("--log-uri", "s3://fruit-logs/emr")]
+    assert main([*args, "--virtual-cluster-id", vc]) == 0
+    job = capsys.readouterr().out.strip()
+    assert main(["emr", "logs", job, "--virtual-cluster-id", vc, "--region", REGION]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert f"job run {job} was submitted without logs and none is given: pass --log-uri or --log-group" in err
+    assert main(["emr", "logs", job, "--virtual-cluster-id", vc, "--region", REGION, "--source", "cloudwatch"]) == 2
+    assert "submitted without a CloudWatch log group" in capsys.readouterr().err

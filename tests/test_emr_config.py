@@ -54,7 +54,7 @@ def test_a_cluster_name_on_the_command_line_replaces_an_id_from_the_profile(tmp_
 @pytest.mark.parametrize("settings, message", [
     ({"execution_role_arn": "arn:aws:iam::12:role/x"}, "execution_role_arn must be an IAM role ARN"),
     ({"execution_role_arn": "fruitlens-job"}, "FRUITLENS_EMR_EXECUTION_ROLE_ARN"),
-    ({"release_label": "7.5.0"}, "release_label must look like emr-7.5.0-latest"),
+    ({"release_label": "emr 7.5.0"}, "release_label must match the StartJobRun API pattern"),
     ({"virtual_cluster_id": "My Cluster"}, "virtual_cluster_id must be 1-64 lower-case"),
     ({"image": "not an image"}, "image must be a container image URI"),
     ({"entry_point": "/opt/x.py"}, "entry_point must be local:///"),
@@ -64,6 +64,10 @@ def test_a_cluster_name_on_the_command_line_replaces_an_id_from_the_profile(tmp_
     ({"log_uri": "/var/log"}, "log_uri must be an s3:// URI"),
     ({"input": "data/fruits-360"}, "input must be an s3:// URI"),
     ({"region": "Europe"}, "region must look like us-east-1"),
+    ({"identity": "oidc"}, "identity must be one of irsa, pod-identity"),
+    ({"log_retention_days": 10}, "log_retention_days must be one of CloudWatch's values"),
+    ({"python": "python3"}, "python must be an absolute path"),
+    ({"output": "s3://b/runs/r1", "output_grant": "s3://b/other"}, "output_grant must contain output"),
 ])
 def test_bad_settings_fail_with_the_setting_and_where_to_fix_it(settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -84,3 +88,13 @@ def test_require_names_every_missing_setting_and_how_to_give_it():
         EmrProfile().require("execution_role_arn", "image")
     text = str(info.value)
     assert "execution_role_arn, image" in text and "--image or FRUITLENS_EMR_IMAGE" in text
+
+
+def test_pod_identity_trust_and_service_accounts():
+    from fruitlens import emr
+
+    profile = load_profile({"execution_role_arn": "arn:aws:iam::123456789012:role/fruitlens-job",
+                            "identity": "pod-identity"}, env={})
+    (statement,) = emr.trust_policy(profile)["Statement"]  # no OIDC provider needed
+    assert statement["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+    assert emr.service_accounts(profile)[1] == f"emr-containers-sa-spark-driver-123456789012-{emr.base36('fruitlens-job')}"

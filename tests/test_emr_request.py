@@ -49,7 +49,13 @@ def test_request_shape():
         "logUri": "s3://fruit-logs/emr"}
     assert request["retryPolicyConfiguration"] == {"maxAttempts": 1}
     assert request["releaseLabel"] == "emr-7.5.0-latest" and request["executionRoleArn"] == ROLE
-    assert "tags" not in request
+    assert request["tags"] == {emr.REQUEST_TAG: emr.request_hash(request)}
+    # The job's interpreter wins over whatever the base's spark-defaults or environment name (finding 10).
+    assert props["spark.pyspark.python"] == props["spark.pyspark.driver.python"] == "/opt/fruitlens/venv/bin/python"
+    # The image is amd64 only (finding 12); a tag is pulled on every pod start (finding 7).
+    assert props["spark.kubernetes.node.selector.kubernetes.io/arch"] == "amd64"
+    assert props["spark.kubernetes.container.image.pullPolicy"] == "Always"
+    assert emr.POD_NAME_PREFIX not in props
 
 
 def test_explicit_overhead_and_cloudwatch_and_extra_spark_settings():
@@ -61,15 +67,75 @@ def test_explicit_overhead_and_cloudwatch_and_extra_spark_settings():
     assert props["spark.executor.cores"] == "4"  # the profile's spark_conf wins
     assert request["configurationOverrides"]["monitoringConfiguration"]["cloudWatchMonitoringConfiguration"] == {
         "logGroupName": "/fruitlens/jobs", "logStreamNamePrefix": "fruitlens"}
-    assert request["retryPolicyConfiguration"] == {"maxAttempts": 3} and request["tags"] == {"team": "ml"}
+    assert request["retryPolicyConfiguration"] == {"maxAttempts": 3}
+    assert request["tags"] == {"team": "ml", emr.REQUEST_TAG: emr.request_hash(request)}
 
 
-def test_client_token_is_a_deterministic_hash_of_the_request():
+def test_each_build_gets_a_fresh_client_token_but_the_same_request_hash():
+    """Finding 1: a token is per invocation; only the hash (a tag) says "the same job"."""
     a, b = build(), build()
-    assert a["clientToken"] == b["clientToken"] and len(a["clientToken"]) == 64
-    assert build(args=("--pca-k", "20"))["clientToken"] != a["clientToken"]
-    assert build(run_key="again")["clientToken"] != a["clientToken"]
-    assert emr.client_token(a) == a["clientToken"]  # the token does not hash itself
+    assert a["clientToken"] != b["clientToken"] and 1 <= len(a["clientToken"]) <= 64
+    assert a["tags"][emr.REQUEST_TAG] == b["tags"][emr.REQUEST_TAG] == emr.request_hash(a) == emr.request_hash(b)
+    assert len(a["tags"][emr.REQUEST_TAG]) == 64
+    assert build(args=("--pca-k", "20"))["tags"][emr.REQUEST_TAG] != a["tags"][emr.REQUEST_TAG]
+    assert build(run_key="again")["tags"][emr.REQUEST_TAG] != a["tags"][emr.REQUEST_TAG]
+    assert build(client_token="ci-build-42")["clientToken"] == "ci-build-42"  # the caller's own, if given
+
+
+def test_a_digest_pinned_image_is_not_pulled_again():
+    pinned = IMAGE.split(":0.1.0")[0] + "@sha256:" + "a" * 64
+    props = build(profile(image=pinned))["configurationOverrides"]["applicationConfiguration"][0]["properties"]
+    assert props["spark.kubernetes.container.image"] == pinned
+    assert props["spark.kubernetes.container.image.pullPolicy"] == "IfNotPresent"
+    assert emr.request_notes(profile(image=pinned)) == []
+    assert "pin the digest" in " ".join(emr.request_notes(profile()))
+
+
+def test_arm_nodes_and_another_interpreter_are_one_setting_each():
+    props = build(profile(node_arch="arm64", python="/usr/local/bin/python3.12"))[
+        "configurationOverrides"]["applicationConfiguration"][0]["properties"]
+    assert props["spark.kubernetes.node.selector.kubernetes.io/arch"] == "arm64"
+    assert props["spark.pyspark.driver.python"] == "/usr/local/bin/python3.12"
+    with pytest.raises(Exception, match="node_arch must be amd64 or arm64"):
+        profile(node_arch="x86")
+
+
+@pytest.mark.parametrize("label", ["emr-7.5.0-latest", "emr-6.12.0-java17-latest", "emr-7.2.0-20240610",
+                                   "emr-7.0.0-spark-rapids-latest", "emr-6.15.0-java11-20240112"])
+def test_every_release_label_the_api_accepts_is_accepted(label):
+    """Finding 14: the pattern and length come from botocore's model ([\\.\\-_/A-Za-z0-9]+, 1..64)."""
+    assert build(profile(release_label=label))["releaseLabel"] == label
+
+
+@pytest.mark.parametrize("label, message", [("emr 7", "API pattern"), ("e" * 65, "1 to 64 characters")])
+def test_release_labels_the_api_refuses_are_refused(label, message):
+    with pytest.raises(Exception, match=f"release_label must .*{message}"):
+        profile(release_label=label)
+
+
+def test_the_spark_submit_parameters_limit_is_the_models():
+    """Finding 15: 102,400 characters (botocore's model), not 1,024."""
+    import botocore.session
+
+    limit = botocore.session.get_session().get_service_model("emr-containers").shape_for(
+        "SparkSubmitParameters").metadata["max"]
+    assert limit == 102400
+    request = build()
+    request["jobDriver"]["sparkSubmitJobDriver"]["sparkSubmitParameters"] = "--conf a=b " * 1000
+    emr.validate_request(request)  # 11,000 characters: fine
+    request["jobDriver"]["sparkSubmitJobDriver"]["sparkSubmitParameters"] = "x" * (limit + 1)
+    with pytest.raises(emr.EmrRequestError, match=f"{limit + 1} characters, the API allows at most {limit}.*spark_conf"):
+        emr.validate_request(request)
+
+
+def test_overwrite_is_refused_with_a_retry_policy_and_never_added():
+    """Finding 5: a retry re-runs the same arguments; with --overwrite attempt 2 would delete attempt 1's work."""
+    args = build(profile(max_attempts=3), args=())["jobDriver"]["sparkSubmitJobDriver"]["entryPointArguments"]
+    assert "--overwrite" not in args  # a retry then continues the interrupted OUTPUT (`fruitlens run` resumes)
+    with pytest.raises(emr.EmrRequestError, match="--overwrite with max_attempts=3.*attempt 2 would delete"):
+        build(profile(max_attempts=3), args=("--overwrite",))
+    assert "--overwrite" in build(profile(max_attempts=1), args=("--overwrite",))[
+        "jobDriver"]["sparkSubmitJobDriver"]["entryPointArguments"]
 
 
 def test_the_request_is_what_botocore_would_send():
@@ -91,12 +157,10 @@ def test_the_request_is_what_botocore_would_send():
     (lambda r: r.update(releaseLabel="emr 7"), r"releaseLabel: 'emr 7' does not match"),
     (lambda r: r["jobDriver"]["sparkSubmitJobDriver"].update(entryPoint="s3://b/" + "k" * 256),
      r"entryPoint: 263 characters, the API allows at most 256"),
-    (lambda r: r["jobDriver"]["sparkSubmitJobDriver"].update(sparkSubmitParameters="--conf a=b " * 100),
-     r"sparkSubmitParameters: 1100 characters, keep it under 1024"),
     (lambda r: r["jobDriver"]["sparkSubmitJobDriver"]["entryPointArguments"].append(" "),
      r"entryPointArguments\[6\]: ' ' does not match"),
     (lambda r: r["configurationOverrides"]["applicationConfiguration"][0]["properties"].update(
-        {f"spark.x{i}": "1" for i in range(100)}), r"properties: 109 entries, the API allows 0 to 100"),
+        {f"spark.x{i}": "1" for i in range(100)}), r"properties: 11\d entries, the API allows 0 to 100"),
     (lambda r: r["configurationOverrides"]["applicationConfiguration"][0]["properties"].update(
         {"spark.long": "v" * 1025}), r"\['spark.long'\]: 1025 characters, the API allows at most 1024"),
     (lambda r: r.update(tags={"k": "v" * 257}), r"tags\['k'\]: 257 characters"),
@@ -133,7 +197,9 @@ def test_dry_run_prints_the_exact_request_and_calls_nothing(monkeypatch, capsys)
                  "--log-uri", "s3://fruit-logs/emr", "--region", "eu-west-1", "--pca-k", "50"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == build()
+    expected = build()
+    assert printed.pop("clientToken") != expected.pop("clientToken")  # fresh per invocation
+    assert printed == expected
 
 
 def test_dry_run_with_only_a_cluster_name_says_why_it_cannot(capsys):
@@ -159,17 +225,35 @@ def test_pipeline_options_are_forwarded(capsys):
 def test_iam_policy_grants_the_prefixes_and_nothing_else():
     policy = emr.iam_policy(profile(entry_point="s3://fruit-code/job.py"))
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    # Finding 2: Hadoop's first look at s3://b/p HEADs the bare key p and EMRFS's p_$folder$ marker.
     assert by_sid["ReadInput"] == {"Sid": "ReadInput", "Effect": "Allow", "Action": ["s3:GetObject"],
-                                   "Resource": ["arn:aws:s3:::fruit-data/fruits-360/*"]}
-    assert by_sid["ReadInputList"]["Condition"] == {"StringLike": {"s3:prefix": ["fruits-360", "fruits-360/*"]}}
-    assert by_sid["WriteOutput"]["Resource"] == ["arn:aws:s3:::fruit-out/run1/*"]
+                                   "Resource": ["arn:aws:s3:::fruit-data/fruits-360",
+                                                "arn:aws:s3:::fruit-data/fruits-360/*",
+                                                "arn:aws:s3:::fruit-data/fruits-360_$folder$"]}
+    assert by_sid["ReadInputList"]["Condition"] == {"StringLikeIfExists": {
+        "s3:prefix": ["fruits-360", "fruits-360/*", "fruits-360_$folder$"]}}
+    assert by_sid["WriteOutput"]["Resource"] == ["arn:aws:s3:::fruit-out/run1", "arn:aws:s3:::fruit-out/run1/*",
+                                                 "arn:aws:s3:::fruit-out/run1_$folder$"]
     assert "s3:PutObject" in by_sid["WriteOutput"]["Action"]
-    assert by_sid["WriteLogs"]["Resource"] == ["arn:aws:s3:::fruit-logs/emr/*"]
+    assert "arn:aws:s3:::fruit-logs/emr/*" in by_sid["WriteLogs"]["Resource"]
+    assert "ReadInputParents" not in by_sid  # fruits-360 sits at the bucket's root
     assert by_sid["ReadEntryPoint"]["Resource"] == ["arn:aws:s3:::fruit-code/job.py"]
     every_action = {a for s in policy["Statement"] for a in s["Action"]}
     assert every_action <= {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket",
                             "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"}
     assert all("*" != r for s in policy["Statement"] for r in s["Resource"])
+
+
+def test_iam_policy_lets_a_mkdirs_walk_up_the_output_path():
+    """S3A's mkdirs HEADs every parent of OUTPUT; EMRFS removes its parents' _$folder$ markers."""
+    by_sid = {s["Sid"]: s for s in emr.iam_policy(profile(output="s3://fruit-out/team/runs/r1"))["Statement"]}
+    assert by_sid["WriteOutputParents"] == {
+        "Sid": "WriteOutputParents", "Effect": "Allow", "Action": ["s3:GetObject"],
+        "Resource": ["arn:aws:s3:::fruit-out/team", "arn:aws:s3:::fruit-out/team_$folder$",
+                     "arn:aws:s3:::fruit-out/team/runs", "arn:aws:s3:::fruit-out/team/runs_$folder$"]}
+    assert by_sid["WriteOutputParentMarkers"]["Action"] == ["s3:DeleteObject"]
+    assert by_sid["WriteOutputParentMarkers"]["Resource"] == ["arn:aws:s3:::fruit-out/team_$folder$",
+                                                              "arn:aws:s3:::fruit-out/team/runs_$folder$"]
 
 
 def test_trust_policy_matches_what_the_aws_cli_writes():
@@ -191,3 +275,79 @@ def test_iam_commands_print_json(capsys, tmp_path):
     assert json.loads(capsys.readouterr().out)["Version"] == "2012-10-17"
     assert main(["emr", "trust-policy", "--profile", str(prof), "--namespace", "ns1"]) == 0
     assert ":ns1:emr-containers-sa-" in capsys.readouterr().out
+
+
+DRY = ["emr", "submit", "--dry-run", "--virtual-cluster-id", VC, "--execution-role-arn", ROLE, "--image", IMAGE]
+
+
+def test_submit_refuses_uris_outside_the_granted_prefixes(tmp_path, capsys):
+    """Finding 3: the policy grants the profile's input/output; a URI outside them would get 403 on AWS."""
+    prof = tmp_path / "p.yaml"
+    prof.write_text("input: s3://fruit-data/fruits-360\noutput: s3://fruit-out/runs/latest\noutput_grant: s3://fruit-out/runs\n")
+    ok = main([*DRY, "--profile", str(prof), "s3://fruit-data/fruits-360/Test", "s3://fruit-out/runs/r1"])
+    assert ok == 0
+    capsys.readouterr()
+    assert main([*DRY, "--profile", str(prof), "s3://fruit-data/fruits-360", "s3://fruit-out/runs2"]) == 2
+    err = capsys.readouterr().err
+    assert "OUTPUT s3://fruit-out/runs2 is outside s3://fruit-out/runs, the prefix the job role's policy grants (the profile's `output_grant:`)" in err and "403" in err
+    assert "INPUT" not in err.split("outside")[0].split("error:")[1]
+    assert main([*DRY, "--profile", str(prof), "s3a://other/x", "s3://fruit-out/runs/r1"]) == 2
+    assert "INPUT s3a://other/x is outside" in capsys.readouterr().err
+    assert main([*DRY, "--profile", str(prof), "s3://other/x", "s3://fruit-out/x", "--outside-grant"]) == 0
+    assert main([*DRY, "s3://any/in", "s3://any/out"]) == 0  # no profile prefixes: said, not refused
+    assert "not checked here" in capsys.readouterr().err
+
+
+def test_within_prefix():
+    assert emr.within_prefix("s3://b/runs/r1", "s3://b/runs") and emr.within_prefix("s3a://b/runs", "s3://b/runs/")
+    assert emr.within_prefix("s3://b/anything", "s3://b")
+    assert not emr.within_prefix("s3://b/runs2", "s3://b/runs") and not emr.within_prefix("s3://c/runs", "s3://b/runs")
+
+
+def test_a_fixed_executor_pod_name_prefix_is_warned_about(capsys):
+    """Finding 6: two runs in one namespace would both name their executors fruitlens-exec-1."""
+    assert main([*DRY, "s3://a/in", "s3://a/out", "--spark-default", f"{emr.POD_NAME_PREFIX}=fruitlens"]) == 0
+    assert f"spark_conf sets {emr.POD_NAME_PREFIX}=fruitlens: two job runs in one namespace" in capsys.readouterr().err
+
+
+def test_the_example_profile_has_no_fixed_pod_name_prefix():
+    from pathlib import Path
+
+    import yaml
+
+    example = yaml.safe_load((Path(__file__).parents[1] / "examples" / "emr-profile.yaml").read_text())
+    assert emr.POD_NAME_PREFIX not in (example.get("spark_conf") or {})
+
+
+def test_trust_policy_is_merged_into_a_shared_roles_existing_trust():
+    """Finding 9: setup.sh appends, as `aws emr-containers update-role-trust-policy` does."""
+    ours = emr.trust_policy(profile(oidc_provider="oidc.eks.eu-west-1.amazonaws.com/id/ABC", namespace="fruitlens"))
+    other = {"Effect": "Allow", "Principal": {"Federated": "arn:aws:iam::123456789012:oidc-provider/x/id/OTHER"},
+             "Action": "sts:AssumeRoleWithWebIdentity", "Condition": {"StringLike": {"x/id/OTHER:sub": "sa"}}}
+    existing = {"Version": "2012-10-17", "Statement": [other]}
+    merged = emr.merge_trust_policy(existing, ours)
+    assert merged["Statement"] == [other, *ours["Statement"]]
+    assert emr.merge_trust_policy(merged, ours) == merged  # idempotent: a re-run adds nothing
+    single = {"Version": "2012-10-17", "Statement": {**ours["Statement"][0], "Sid": "X"}}
+    assert emr.merge_trust_policy(single, ours)["Statement"] == [single["Statement"]]
+    assert emr.merge_trust_policy(None, ours) == ours
+
+
+def test_trust_policy_merge_with_on_the_command_line(tmp_path, capsys):
+    current = tmp_path / "current.json"
+    current.write_text(json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {
+        "Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}))
+    base = ["emr", "trust-policy", "--execution-role-arn", ROLE, "--oidc-provider", "oidc.x/id/1"]
+    assert main([*base, "--merge-with", str(current)]) == 0
+    statements = json.loads(capsys.readouterr().out)["Statement"]
+    assert [s["Action"] for s in statements] == ["sts:AssumeRole", "sts:AssumeRoleWithWebIdentity"]
+    current.write_text("not json")
+    assert main([*base, "--merge-with", str(current)]) == 2
+    assert "not a readable JSON policy" in capsys.readouterr().err
+
+
+def test_access_denied_points_at_the_execution_role_condition_key():
+    from botocore.exceptions import ClientError
+
+    error = ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}, "StartJobRun")
+    assert "emr-containers:ExecutionRoleArn condition key" in str(emr.explain(error, "StartJobRun", "vc"))

@@ -1,11 +1,16 @@
 """EMR on EKS: building the StartJobRun request (pure functions), then submit/status/wait/cancel/list.
 
 The request is a plain dict, built from the :class:`~fruitlens.emr_config.EmrProfile` and the job's own
-arguments, checked against the API's documented limits (:func:`validate_request`, from botocore's own
-service model) before anything is sent. Every Spark setting goes into ``spark-defaults`` — not
-``sparkSubmitParameters``, which some EMR releases cap at 1,024 characters. The ``clientToken`` is a
-hash of the request, so a retried submit of the same job is the same request to EMR and starts nothing
-new. AWS errors come back as :class:`EmrError`: one line naming the call, the resource and what to check.
+arguments, checked against the API's limits (:func:`validate_request`, read from botocore's own service
+model) before anything is sent. Every Spark setting goes into ``spark-defaults`` (one place, one
+classification), none into ``sparkSubmitParameters``.
+
+Idempotency: each ``fruitlens emr submit`` sends a fresh ``clientToken`` (botocore re-sends the same one
+on its own retries of the call), because EMR answers a token it has seen with that token's job run,
+even a FAILED one: a re-run after fixing IAM or re-pushing the image would otherwise get the old failure
+back. A hash of the request, carried as the job run tag ``fruitlens/request-sha256``, only serves to
+find an identical job run that is still *active*, which is then reused rather than doubled.
+AWS errors come back as :class:`EmrError`: one line naming the call, the resource and what to check.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import hashlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,8 +28,12 @@ from fruitlens.errors import FruitlensError
 
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
 ACTIVE_STATES = ("PENDING", "SUBMITTED", "RUNNING", "CANCEL_PENDING")
-#: Kept under the oldest documented cap; fruitlens itself sends no sparkSubmitParameters.
-MAX_SPARK_SUBMIT_PARAMETERS = 1024
+#: States in which no driver runs yet: staying there for minutes means the pods cannot be scheduled or pulled.
+WAITING_STATES = ("PENDING", "SUBMITTED")
+#: The job run tag carrying the hash of the request (an identical *active* run is reused, not doubled).
+REQUEST_TAG = "fruitlens/request-sha256"
+#: The executor pod-name prefix setting: a fixed one makes two runs in a namespace collide on pod names.
+POD_NAME_PREFIX = "spark.kubernetes.executor.podNamePrefix"
 
 
 class EmrError(FruitlensError, RuntimeError):
@@ -51,10 +61,24 @@ class WaitTimeout(EmrError):
 
 # --- the request (pure) ---------------------------------------------------------------------------
 
+def image_is_pinned(image: str | None) -> bool:
+    """A ``repo@sha256:...`` reference: it always names the same image, unlike a tag."""
+    return bool(image) and "@sha256:" in (image or "")
+
+
 def spark_defaults(profile: EmrProfile) -> dict[str, str]:
-    """The ``spark-defaults`` classification: image, fixed executor fleet, memory overhead for Python."""
+    """The ``spark-defaults`` classification: image, interpreter, node arch, fixed fleet, memory overhead."""
     settings = {
         "spark.kubernetes.container.image": profile.image or "",
+        # A tag can move (`make push` of a new build) while nodes keep the copy they pulled first under
+        # Spark's IfNotPresent: a tag is pulled on every pod start, a digest never changes.
+        "spark.kubernetes.container.image.pullPolicy": "IfNotPresent" if image_is_pinned(profile.image) else "Always",
+        # The base's spark-defaults or environment may name its own old system python3; these settings
+        # win over PYSPARK_PYTHON / PYSPARK_DRIVER_PYTHON wherever those come from.
+        "spark.pyspark.python": profile.python,
+        "spark.pyspark.driver.python": profile.python,
+        # The image is built for one architecture (amd64): keep the pods off other nodes.
+        "spark.kubernetes.node.selector.kubernetes.io/arch": profile.node_arch,
         "spark.executor.instances": str(profile.executor_instances),
         "spark.executor.cores": str(profile.executor_cores),
         "spark.executor.memory": profile.executor_memory,
@@ -62,8 +86,9 @@ def spark_defaults(profile: EmrProfile) -> dict[str, str]:
         "spark.driver.memory": profile.driver_memory,
         # Each executor holds one model per Python worker; scaling executors up and down would rebuild them.
         "spark.dynamicAllocation.enabled": "false",
-        # ONNX Runtime / TensorFlow and the decoded images live in the Python workers, outside the JVM heap:
-        # the pod needs far more than Spark's default 10% on top of the heap, or Kubernetes OOM-kills it.
+        # ONNX Runtime / TensorFlow and the decoded images live in the Python workers, outside the JVM heap.
+        # Spark on Kubernetes already gives non-JVM (PySpark) jobs 0.4 instead of 0.1; it is sent
+        # explicitly so the figure is visible in the request and changed in one place (the profile).
         "spark.driver.memoryOverheadFactor": str(profile.memory_overhead_factor),
     }
     if profile.executor_memory_overhead:
@@ -94,15 +119,56 @@ def monitoring_configuration(profile: EmrProfile) -> dict[str, Any]:
     return monitoring
 
 
-def client_token(request: dict[str, Any], run_key: str | None = None) -> str:
-    """sha256 of the request's canonical JSON (without its token) and ``run_key``: 64 hex characters.
+def request_hash(request: dict[str, Any], run_key: str | None = None) -> str:
+    """sha256 of the request's canonical JSON (without its token and this hash's tag) and ``run_key``.
 
-    The same job submitted twice is the same token, so EMR returns the first job run; a different
-    ``run_key`` deliberately starts the same job again.
+    Identical arguments give the same hash: it finds an identical job run still active. A different
+    ``run_key`` makes it a different request on purpose.
     """
     body = {k: v for k, v in request.items() if k != "clientToken"}
+    tags = {k: v for k, v in (body.get("tags") or {}).items() if k != REQUEST_TAG}
+    body.pop("tags", None)
+    if tags:
+        body["tags"] = tags
     text = json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n" + (run_key or "")
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def new_client_token() -> str:
+    """A token used by one invocation only (botocore re-sends it on its own retries of the call)."""
+    return uuid.uuid4().hex
+
+
+def granted_prefix_problems(profile: EmrProfile, input_uri: str, output_uri: str) -> list[str]:
+    """INPUT/OUTPUT outside the prefixes the role's policy grants (``fruitlens emr iam-policy``)."""
+    problems = []
+    for what, uri, granted, key in (("INPUT", input_uri, profile.input, "input"),
+                                    ("OUTPUT", output_uri, profile.granted_output,
+                                     "output_grant" if profile.output_grant else "output")):
+        if granted and not within_prefix(uri, granted):
+            problems.append(f"{what} {uri} is outside {granted}, the prefix the job role's policy grants "
+                            f"(the profile's `{key}:`), so the job would get 403 from S3")
+    return problems
+
+
+def within_prefix(uri: str, granted: str) -> bool:
+    """``s3://b/runs/r1`` is within ``s3://b/runs``; ``s3://b/runs2`` is not (s3 and s3a alike)."""
+    bucket, prefix = s3_parts(uri)
+    gbucket, gprefix = s3_parts(granted)
+    return bucket == gbucket and (not gprefix or prefix == gprefix or prefix.startswith(gprefix + "/"))
+
+
+def request_notes(profile: EmrProfile) -> list[str]:
+    """Things about a valid request worth telling the submitter (printed to stderr, not refused)."""
+    notes = []
+    if profile.spark_conf.get(POD_NAME_PREFIX):
+        notes.append(f"spark_conf sets {POD_NAME_PREFIX}={profile.spark_conf[POD_NAME_PREFIX]}: two job runs in "
+                     "one namespace then collide on their executor pod names; leave it unset (Spark derives "
+                     "a unique prefix per application)")
+    if profile.image and not image_is_pinned(profile.image):
+        notes.append(f"image {profile.image} is a tag, so every pod pulls it again (pullPolicy Always); pin the "
+                     "digest `make push` prints (image: repo@sha256:...) to run exactly the image you built")
+    return notes
 
 
 def build_request(
@@ -113,9 +179,19 @@ def build_request(
     output_uri: str,
     pipeline_args: Sequence[str] = (),
     run_key: str | None = None,
+    client_token: str | None = None,
 ) -> dict[str, Any]:
-    """The exact ``start_job_run`` keyword arguments for this job, validated."""
+    """The exact ``start_job_run`` keyword arguments for this job, validated.
+
+    ``client_token``: a token of the caller's (idempotent across invocations); default a fresh one.
+    """
     profile.require("execution_role_arn", "image")
+    if "--overwrite" in pipeline_args and profile.max_attempts > 1:
+        raise EmrRequestError(
+            f"--overwrite with max_attempts={profile.max_attempts}: EMR starts a retry with the same arguments, "
+            "so attempt 2 would delete everything attempt 1 wrote (and both are billed). Without --overwrite a "
+            "retry continues the interrupted OUTPUT. Drop --overwrite, or set max_attempts: 1 (--max-attempts 1) "
+            "to replace an OUTPUT once")
     request: dict[str, Any] = {
         "name": profile.job_name,
         "virtualClusterId": virtual_cluster_id,
@@ -133,7 +209,8 @@ def build_request(
     }
     if profile.tags:
         request["tags"] = dict(profile.tags)
-    request["clientToken"] = client_token(request, run_key)
+    request["tags"] = {**request.get("tags", {}), REQUEST_TAG: request_hash(request, run_key)}
+    request["clientToken"] = client_token or new_client_token()
     validate_request(request)
     return request
 
@@ -210,21 +287,18 @@ def validate_request(request: dict[str, Any]) -> None:
     """
     problems: list[str] = []
     _check(_start_job_run_shape(), request, "StartJobRun", problems)
-    driver = request.get("jobDriver", {}).get("sparkSubmitJobDriver", {})
-    params = driver.get("sparkSubmitParameters")
-    if params is not None and len(params) > MAX_SPARK_SUBMIT_PARAMETERS:
-        problems.append(f"sparkSubmitParameters: {len(params)} characters, keep it under "
-                        f"{MAX_SPARK_SUBMIT_PARAMETERS}: put Spark settings in spark_conf (spark-defaults) instead")
     if problems:
         hint = ""
         if any(".executionRoleArn" in p for p in problems):
-            hint = " (an IAM role ARN: arn:aws:iam::<12-digit account>:role/<name>)"
+            hint += " (an IAM role ARN: arn:aws:iam::<12-digit account>:role/<name>)"
+        if any(".sparkSubmitParameters" in p for p in problems):
+            hint += " (put Spark settings in spark_conf: they go to the spark-defaults classification)"
         raise EmrRequestError("invalid StartJobRun request: " + "; ".join(problems) + hint)
 
 
 # --- IAM, generated from the profile (pure) -------------------------------------------------------
 
-def _role_parts(profile: EmrProfile) -> tuple[str, str, str]:
+def role_parts(profile: EmrProfile) -> tuple[str, str, str]:
     """(partition, account id, role name) of the execution role ARN."""
     profile.require("execution_role_arn")
     match = ROLE_ARN_RE.match(profile.execution_role_arn or "")
@@ -234,7 +308,7 @@ def _role_parts(profile: EmrProfile) -> tuple[str, str, str]:
     return match.group(1), match.group(2), match.group(6)
 
 
-def _s3_parts(uri: str) -> tuple[str, str]:
+def s3_parts(uri: str) -> tuple[str, str]:
     from fruitlens.s3 import split_uri
 
     bucket, prefix = split_uri(uri)
@@ -242,28 +316,58 @@ def _s3_parts(uri: str) -> tuple[str, str]:
 
 
 def _prefix_statements(sid: str, uri: str, actions: list[str], partition: str) -> list[dict[str, Any]]:
-    bucket, prefix = _s3_parts(uri)
-    objects = f"arn:{partition}:s3:::{bucket}/{prefix + '/' if prefix else ''}*"
+    """Objects under the prefix, and what Hadoop's first look at the prefix touches.
+
+    A FileSystem's getFileStatus of ``s3://b/p`` (S3A and EMRFS alike) first HEADs the bare key ``p``,
+    then EMRFS the directory marker ``p_$folder$``, then LISTs ``p/``: without the first two the job dies
+    on a 403 before any work. S3 answers a HEAD of a missing key 404 only to a caller allowed
+    s3:ListBucket, and that check carries no s3:prefix, hence ``StringLikeIfExists``.
+    """
+    bucket, prefix = s3_parts(uri)
+    arn = f"arn:{partition}:s3:::{bucket}"
+    objects = [f"{arn}/{prefix}", f"{arn}/{prefix}/*", f"{arn}/{prefix}_$folder$"] if prefix else [f"{arn}/*"]
     listing: dict[str, Any] = {"Sid": f"{sid}List", "Effect": "Allow", "Action": ["s3:ListBucket"],
-                               "Resource": [f"arn:{partition}:s3:::{bucket}"]}
+                               "Resource": [arn]}
     if prefix:
-        listing["Condition"] = {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}
-    return [{"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": [objects]}, listing]
+        listing["Condition"] = {"StringLikeIfExists": {"s3:prefix": [prefix, f"{prefix}/*", f"{prefix}_$folder$"]}}
+    return [{"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": objects}, listing]
+
+
+def _parent_statements(sid: str, uri: str, partition: str, *, write: bool) -> list[dict[str, Any]]:
+    """The prefix's ancestors, as keys: a mkdirs walks up the path HEADing each (``runs`` for ``runs/r1``),
+    and EMRFS deletes its ``_$folder$`` markers of parents once something is written below them.
+    Reading a key literally named ``runs`` is all this allows; nothing below the ancestors."""
+    bucket, prefix = s3_parts(uri)
+    parts = prefix.split("/")[:-1] if prefix else []
+    ancestors = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    if not ancestors:
+        return []
+    arn = f"arn:{partition}:s3:::{bucket}"
+    statements = [{"Sid": f"{sid}Parents", "Effect": "Allow", "Action": ["s3:GetObject"],
+                   "Resource": [r for a in ancestors for r in (f"{arn}/{a}", f"{arn}/{a}_$folder$")]}]
+    if write:
+        statements.append({"Sid": f"{sid}ParentMarkers", "Effect": "Allow", "Action": ["s3:DeleteObject"],
+                           "Resource": [f"{arn}/{a}_$folder$" for a in ancestors]})
+    return statements
 
 
 def iam_policy(profile: EmrProfile) -> dict[str, Any]:
     """Least privilege for the job role: read INPUT, write OUTPUT and the logs; nothing else."""
-    profile.require("input", "output", "execution_role_arn")
-    partition, account, _ = _role_parts(profile)
+    profile.require("input", "execution_role_arn")
+    if not profile.granted_output:
+        profile.require("output")
+    partition, account, _ = role_parts(profile)
     statements = _prefix_statements("ReadInput", profile.input or "", ["s3:GetObject"], partition)
+    statements += _parent_statements("ReadInput", profile.input or "", partition, write=False)
     # Spark's committer writes then renames (copy + delete) and an overwrite deletes the old output.
-    statements += _prefix_statements("WriteOutput", profile.output or "", [
+    statements += _prefix_statements("WriteOutput", profile.granted_output or "", [
         "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
         "s3:ListMultipartUploadParts"], partition)
+    statements += _parent_statements("WriteOutput", profile.granted_output or "", partition, write=True)
     if profile.log_uri:
         statements += _prefix_statements("WriteLogs", profile.log_uri, ["s3:PutObject", "s3:GetObject"], partition)
     if profile.entry_point.startswith("s3://"):
-        bucket, key = _s3_parts(profile.entry_point)
+        bucket, key = s3_parts(profile.entry_point)
         statements.append({"Sid": "ReadEntryPoint", "Effect": "Allow", "Action": ["s3:GetObject"],
                            "Resource": [f"arn:{partition}:s3:::{bucket}/{key}"]})
     if profile.log_group:
@@ -290,13 +394,45 @@ def base36(text: str) -> str:
     return out or "0"
 
 
-def trust_policy(profile: EmrProfile) -> dict[str, Any]:
-    """IRSA trust: the cluster's OIDC provider may hand the role to EMR's job pods in the namespace.
+def merge_trust_policy(existing: dict[str, Any] | None, ours: dict[str, Any]) -> dict[str, Any]:
+    """``existing`` with ``ours``' statements appended where not already there (compared by content).
 
-    The same document ``aws emr-containers update-role-trust-policy`` writes.
+    A shared role keeps the trust of other clusters/namespaces, as ``aws emr-containers
+    update-role-trust-policy`` does (it appends); replacing the document would drop them.
     """
+    if not existing:
+        return ours
+    statements = existing.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else list(statements)
+
+    def canonical(statement: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in statement.items() if k != "Sid"}, sort_keys=True)
+
+    have = {canonical(s) for s in statements}
+    added = [s for s in ours["Statement"] if canonical(s) not in have]
+    return {**existing, "Version": existing.get("Version", ours["Version"]), "Statement": statements + added}
+
+
+def service_accounts(profile: EmrProfile) -> list[str]:
+    """The service accounts EMR on EKS runs a Spark job's pods under, for this execution role."""
+    _, account, role = role_parts(profile)
+    return [f"emr-containers-sa-spark-{part}-{account}-{base36(role)}" for part in ("client", "driver", "executor")]
+
+
+def trust_policy(profile: EmrProfile) -> dict[str, Any]:
+    """Who may hand the role to EMR's job pods in the namespace.
+
+    IRSA: the cluster's OIDC provider, for EMR's service accounts (the document ``aws emr-containers
+    update-role-trust-policy`` writes). EKS Pod Identity: the ``pods.eks.amazonaws.com`` service; the
+    pods are then tied to the role by ``aws emr-containers create-role-associations``.
+    """
+    if profile.identity == "pod-identity":
+        profile.require("execution_role_arn")
+        return {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"},
+            "Action": ["sts:AssumeRole", "sts:TagSession"]}]}
     profile.require("oidc_provider", "execution_role_arn")
-    partition, account, role = _role_parts(profile)
+    partition, account, role = role_parts(profile)
     oidc = (profile.oidc_provider or "").removeprefix("https://").rstrip("/")
     subject = f"system:serviceaccount:{profile.namespace}:emr-containers-sa-*-*-{account}-{base36(role)}"
     return {"Version": "2012-10-17", "Statement": [{
@@ -313,8 +449,9 @@ _HINTS = {
     "ResourceNotFoundException": "not found in this region: check the id and --region "
                                  "(`fruitlens emr clusters` lists the RUNNING virtual clusters)",
     "AccessDeniedException": "these AWS credentials may not make this call: check the caller's IAM policy "
-                             "(submitting also needs iam:PassRole on the execution role)",
-    "InternalServerException": "an error on AWS' side: retry; the same request has the same clientToken",
+                             "(which execution roles a caller may submit with is decided by the "
+                             "emr-containers:ExecutionRoleArn condition key on emr-containers:StartJobRun)",
+    "InternalServerException": "an error on AWS' side: retry (botocore already retried with the same clientToken)",
     "ThrottlingException": "throttled by AWS: wait a little and retry",
 }
 
@@ -393,18 +530,21 @@ def resolve_virtual_cluster(emr, profile: EmrProfile) -> str:
 
 
 def find_same_request(emr, request: dict[str, Any]) -> dict[str, Any] | None:
-    """An unfinished job run of this cluster carrying this request's clientToken, if any.
+    """An *active* job run of this cluster for this same request (its hash tag, or its clientToken), if any.
 
-    EMR itself answers a repeated token with the first job run; this look-up also covers an endpoint
-    that does not (and costs one list call).
+    Finished runs are never matched: re-submitting after a failure must start a new run.
     """
+    digest = (request.get("tags") or {}).get(REQUEST_TAG)
     try:
         pages = emr.get_paginator("list_job_runs").paginate(
             virtualClusterId=request["virtualClusterId"], name=request["name"], states=list(ACTIVE_STATES),
             PaginationConfig={"MaxItems": 500})
         for page in pages:
             for run in page.get("jobRuns", []):
-                if run.get("clientToken") == request["clientToken"]:
+                if run.get("state") not in ACTIVE_STATES:
+                    continue
+                if (digest and (run.get("tags") or {}).get(REQUEST_TAG) == digest) \
+                        or run.get("clientToken") == request["clientToken"]:
                     return run
     except Exception as exc:
         raise explain(exc, "ListJobRuns", f"virtual cluster {request['virtualClusterId']}") from None
@@ -412,18 +552,32 @@ def find_same_request(emr, request: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def submit(emr, request: dict[str, Any]) -> dict[str, Any]:
-    """Start the job run (or find the one this same request already started): ``{id, name, arn, ..., reused}``."""
+    """Start the job run, or find an identical one still active: ``{id, name, arn, ..., state, reused}``.
+
+    After StartJobRun the run is described once: EMR answers a clientToken it has already seen with that
+    token's job run, which may have finished long ago; that is an error, not a started job.
+    """
     validate_request(request)
+    vc = request["virtualClusterId"]
     same = find_same_request(emr, request)
     if same is not None:
         return {"id": same["id"], "name": same.get("name"), "arn": same.get("arn"),
-                "virtualClusterId": request["virtualClusterId"], "reused": True}
+                "virtualClusterId": vc, "state": same.get("state"), "reused": True}
     try:
         response = emr.start_job_run(**request)
     except Exception as exc:
-        raise explain(exc, "StartJobRun", f"virtual cluster {request['virtualClusterId']} "
-                      f"role {request.get('executionRoleArn')}") from None
-    return {k: response.get(k) for k in ("id", "name", "arn", "virtualClusterId")} | {"reused": False}
+        raise explain(exc, "StartJobRun", f"virtual cluster {vc} role {request.get('executionRoleArn')}") from None
+    run = describe(emr, vc, response["id"])
+    if run.get("state") in TERMINAL_STATES:
+        finished = run.get("finishedAt")
+        raise EmrError(
+            f"StartJobRun answered with job run {response['id']}, which already ended {run.get('state')}"
+            f"{' at ' + finished.isoformat() if hasattr(finished, 'isoformat') else ''} "
+            f"({run.get('failureReason') or run.get('stateDetails') or 'no details'}): EMR returns the earlier job "
+            f"run of a clientToken it has seen ({request['clientToken']}); nothing new was started. Submit "
+            "again without --client-token (each submit sends a fresh one)")
+    return {k: response.get(k) for k in ("id", "name", "arn", "virtualClusterId")} | {
+        "state": run.get("state"), "reused": False}
 
 
 def describe(emr, virtual_cluster_id: str, job_run_id: str) -> dict[str, Any]:
@@ -466,24 +620,34 @@ def wait(
     max_poll: float = 60.0,
     backoff: float = 1.5,
     timeout: float | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
+    stuck_after: float | None = 300.0,
+    on_stuck: Callable[[dict[str, Any], float], None] | None = None,
+    sleep: Callable[[float], None] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """Poll until a terminal state, backing off from ``poll`` to ``max_poll`` seconds (reset on each change).
 
-    ``on_change(job_run, previous_state)`` sees every state change. Returns the final job run; raises
-    :class:`WaitTimeout` past ``timeout`` seconds.
+    ``on_change(job_run, previous_state)`` sees every state change; ``on_stuck(job_run, seconds)`` is
+    called once when the run has stayed PENDING/SUBMITTED for ``stuck_after`` seconds. Returns the final
+    job run; raises :class:`WaitTimeout` past ``timeout`` seconds.
     """
+    sleep, clock = sleep or time.sleep, clock or time.monotonic
     start, delay, last = clock(), poll, None
+    since, hinted = start, False
     while True:
         run = describe(emr, virtual_cluster_id, job_run_id)
         state = run.get("state")
         if state != last:
             if on_change:
                 on_change(run, last)
-            last, delay = state, poll
+            last, delay, since, hinted = state, poll, clock(), False
         if state in TERMINAL_STATES:
             return run
+        waited = clock() - since
+        if state in WAITING_STATES and stuck_after is not None and waited >= stuck_after and not hinted:
+            hinted = True
+            if on_stuck:
+                on_stuck(run, waited)
         if timeout is not None and clock() - start + delay > timeout:
             raise WaitTimeout(f"job run {job_run_id} still {state} after {timeout:g}s; "
                               f"`fruitlens emr wait {job_run_id}` goes on waiting")
@@ -506,3 +670,10 @@ def log_uri_of(run: dict[str, Any]) -> str | None:
     """The S3 log URI the job run was submitted with, if any."""
     monitoring = (run.get("configurationOverrides") or {}).get("monitoringConfiguration") or {}
     return (monitoring.get("s3MonitoringConfiguration") or {}).get("logUri")
+
+
+def log_group_of(run: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The CloudWatch (log group, stream prefix) the job run was submitted with, if any."""
+    monitoring = (run.get("configurationOverrides") or {}).get("monitoringConfiguration") or {}
+    cw = monitoring.get("cloudWatchMonitoringConfiguration") or {}
+    return cw.get("logGroupName"), cw.get("logStreamNamePrefix")

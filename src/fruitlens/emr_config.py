@@ -8,6 +8,7 @@ the environment again; boto3 alone still reads the standard AWS variables (crede
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -20,15 +21,39 @@ ENV_PREFIX = "FRUITLENS_EMR_"
 #: The script the container image must provide: it runs ``fruitlens.cli.main(sys.argv[1:])``.
 DEFAULT_ENTRY_POINT = "local:///opt/fruitlens/job.py"
 DEFAULT_RELEASE_LABEL = "emr-7.5.0-latest"
+#: The interpreter of the image's venv (docker/Dockerfile.emr): sent as spark.pyspark.python.
+DEFAULT_PYTHON = "/opt/fruitlens/venv/bin/python"
+#: The values CloudWatch Logs' PutRetentionPolicy accepts (its API reference; not in botocore's model).
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
+                      2557, 2922, 3288, 3653)
 
-# Patterns of the StartJobRun API reference (and of IAM for the ARN).
+# Patterns of the StartJobRun API reference (and of IAM for the ARN); the release label is checked
+# against botocore's model of the API (api_string_problem), which is what the service enforces.
 ROLE_ARN_RE = re.compile(r"^arn:(aws[a-zA-Z0-9-]*):iam::(\d{12})?:role((/)|(/[\u0021-\u007F]+/))([\w+=,.@-]+)$")
-RELEASE_LABEL_RE = re.compile(r"^emr-\d+\.\d+\.\d+-(latest|\d{8})$")
-VIRTUAL_CLUSTER_ID_RE = re.compile(r"^[0-9a-z]{1,64}$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 MEMORY_RE = re.compile(r"^\d+[kmgtKMGT]?$")
 LOG_GROUP_RE = re.compile(r"^[.\-_/#A-Za-z0-9]{1,512}$")
 IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*(:\d+)?(/[a-z0-9._\-]+)+(:[\w.\-]{1,128})?(@sha256:[0-9a-f]{64})?$")
+ARCH_RE = re.compile(r"^(amd64|arm64)$")
+IDENTITIES = ("irsa", "pod-identity")
+
+
+@functools.lru_cache(maxsize=None)
+def _api_limits(operation: str, member: str) -> dict[str, Any]:
+    import botocore.session
+
+    return dict(botocore.session.get_session().get_service_model("emr-containers").operation_model(
+        operation).input_shape.members[member].metadata)
+
+
+def api_string_problem(operation: str, member: str, value: str) -> str | None:
+    """Why ``value`` breaks the length or pattern botocore's emr-containers model gives ``member``, or None."""
+    md = _api_limits(operation, member)
+    if not md.get("min", 0) <= len(value) <= md.get("max", len(value)):
+        return f"must be {md.get('min', 0)} to {md.get('max')} characters (the {operation} API), got {len(value)}"
+    if "pattern" in md and not re.fullmatch(md["pattern"], value):
+        return f"must match the {operation} API pattern {md['pattern']}, got {value!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -44,25 +69,43 @@ class EmrProfile:
     execution_role_arn
         IAM role the driver and executors assume (IRSA); its policy: ``fruitlens emr iam-policy``.
     release_label
-        EMR release, e.g. ``emr-7.5.0-latest``; the custom image must be built on the same release.
+        EMR release, e.g. ``emr-7.5.0-latest``, ``emr-6.12.0-java17-latest``, ``emr-7.2.0-20240610``; the
+        custom image must be built on the same release.
     image
         Container image URI (ECR) with fruitlens installed; set as ``spark.kubernetes.container.image``.
+        Best pinned by digest (``repo@sha256:...``, printed by ``make push``): a tag is pulled ``Always``.
+    python
+        The image's interpreter with fruitlens: ``spark.pyspark.python`` and ``spark.pyspark.driver.python``.
+    node_arch
+        CPU architecture of the nodes the pods may run on (``kubernetes.io/arch`` node selector): the
+        image is built for amd64 only.
     entry_point
         ``local://`` path of the job script inside the image, or an ``s3://`` script.
     executor_instances, executor_cores, executor_memory
         Fixed executor fleet (dynamic allocation off: a model per Python worker is costly to start).
     executor_memory_overhead, memory_overhead_factor
         Off-heap room for the Python workers (ONNX Runtime / TensorFlow live outside the JVM heap):
-        an explicit size (``2g``) wins, else the factor (default 0.4 instead of Spark's 0.1).
+        an explicit size (``2g``) wins, else the factor (default 0.4: what Spark on Kubernetes already
+        gives non-JVM jobs, sent explicitly so it shows in the request and is changed here).
     log_uri, log_group, log_stream_prefix
-        Where EMR ships the pods' logs: S3 (``fruitlens emr logs`` reads it) and/or CloudWatch.
+        Where EMR ships the pods' logs: S3 and/or CloudWatch (``fruitlens emr logs`` reads either).
+    log_retention_days
+        Retention deploy/emr-on-eks/setup.sh sets on the log group (CloudWatch keeps logs forever otherwise).
     max_attempts
-        Retry policy: how many times EMR starts the job in all (1 = no retry).
+        Retry policy: how many times EMR starts the job in all (1 = no retry). A retry runs the same
+        arguments again, so it continues the interrupted OUTPUT; ``--overwrite`` is refused with it.
     input, output
-        Default job INPUT/OUTPUT (S3 URIs); also the prefixes the IAM policy grants.
+        Default job INPUT/OUTPUT (S3 URIs); also the prefixes the IAM policy grants, so a submit whose
+        INPUT/OUTPUT lies outside them is refused.
+    output_grant
+        The prefix the role may write, when it should be wider than ``output``: a parent
+        (``s3://b/runs``) lets several runs (``s3://b/runs/r1``, ``.../r2``) share one grant.
     namespace, oidc_provider
         EKS namespace of the virtual cluster and the cluster's OIDC issuer (no ``https://``): only
         for ``fruitlens emr trust-policy``.
+    identity
+        How the job's pods get the role: ``irsa`` (IAM roles for service accounts: the OIDC trust) or
+        ``pod-identity`` (EKS Pod Identity: ``aws emr-containers create-role-associations``, no OIDC).
     """
 
     region: str | None = None
@@ -72,6 +115,8 @@ class EmrProfile:
     release_label: str = DEFAULT_RELEASE_LABEL
     image: str | None = None
     entry_point: str = DEFAULT_ENTRY_POINT
+    python: str = DEFAULT_PYTHON
+    node_arch: str = "amd64"
     job_name: str = "fruitlens"
     executor_instances: int = 2
     executor_cores: int = 2
@@ -83,11 +128,14 @@ class EmrProfile:
     log_uri: str | None = None
     log_group: str | None = None
     log_stream_prefix: str = "fruitlens"
+    log_retention_days: int = 30
     max_attempts: int = 1
     input: str | None = None
     output: str | None = None
+    output_grant: str | None = None
     namespace: str = "fruitlens"
     oidc_provider: str | None = None
+    identity: str = "irsa"
     tags: dict[str, str] = field(default_factory=dict)
     spark_conf: dict[str, str] = field(default_factory=dict)
 
@@ -98,18 +146,29 @@ class EmrProfile:
 
         if self.region is not None and not REGION_RE.match(self.region):
             raise bad("region", f"must look like us-east-1, got {self.region!r}")
-        if self.virtual_cluster_id is not None and not VIRTUAL_CLUSTER_ID_RE.match(self.virtual_cluster_id):
+        if self.virtual_cluster_id is not None and api_string_problem("StartJobRun", "virtualClusterId",
+                                                                      self.virtual_cluster_id):
             raise bad("virtual_cluster_id", f"must be 1-64 lower-case letters and digits, got "
                       f"{self.virtual_cluster_id!r} (a name goes in virtual_cluster_name)")
         if self.execution_role_arn is not None and not ROLE_ARN_RE.match(self.execution_role_arn):
             raise bad("execution_role_arn", f"must be an IAM role ARN such as "
                       f"arn:aws:iam::123456789012:role/fruitlens-job, got {self.execution_role_arn!r}")
-        if not RELEASE_LABEL_RE.match(self.release_label):
-            raise bad("release_label", f"must look like emr-7.5.0-latest or emr-7.5.0-20241011, "
-                      f"got {self.release_label!r}")
+        problem = api_string_problem("StartJobRun", "releaseLabel", self.release_label)
+        if problem:
+            raise bad("release_label", f"{problem}; e.g. emr-7.5.0-latest, emr-7.2.0-20240610, "
+                      "emr-6.12.0-java17-latest")
         if self.image is not None and not IMAGE_RE.match(self.image):
             raise bad("image", f"must be a container image URI such as "
                       f"123456789012.dkr.ecr.us-east-1.amazonaws.com/fruitlens:0.1.0, got {self.image!r}")
+        if not self.python.startswith("/"):
+            raise bad("python", f"must be an absolute path inside the image, got {self.python!r}")
+        if self.identity not in IDENTITIES:
+            raise bad("identity", f"must be one of {', '.join(IDENTITIES)}, got {self.identity!r}")
+        if not ARCH_RE.match(self.node_arch):
+            raise bad("node_arch", f"must be amd64 or arm64 (the image must be built for it), got {self.node_arch!r}")
+        if self.log_retention_days not in LOG_RETENTION_DAYS:
+            raise bad("log_retention_days", f"must be one of CloudWatch's values {LOG_RETENTION_DAYS}, "
+                      f"got {self.log_retention_days}")
         if not self.entry_point.startswith(("local:///", "s3://")):
             raise bad("entry_point", f"must be local:///path/in/image.py or s3://bucket/key.py, "
                       f"got {self.entry_point!r}")
@@ -128,10 +187,17 @@ class EmrProfile:
             raise bad("log_uri", f"must be an s3:// URI, got {self.log_uri!r}")
         if self.log_group is not None and not LOG_GROUP_RE.match(self.log_group):
             raise bad("log_group", f"must be a CloudWatch log group name, got {self.log_group!r}")
-        for name in ("input", "output"):
+        for name in ("input", "output", "output_grant"):
             value = getattr(self, name)
             if value is not None and not value.startswith(("s3://", "s3a://")):
                 raise bad(name, f"must be an s3:// URI on EMR, got {value!r}")
+        if self.output_grant and self.output and not _within(self.output, self.output_grant):
+            raise bad("output_grant", f"must contain output {self.output}, got {self.output_grant!r}")
+
+    @property
+    def granted_output(self) -> str | None:
+        """The prefix the job role may write: ``output_grant``, else ``output``."""
+        return self.output_grant or self.output
 
     def require(self, *names: str) -> None:
         """Fail with one message naming every missing setting and where to give it."""
@@ -143,6 +209,12 @@ class EmrProfile:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _within(uri: str, granted: str) -> bool:
+    from fruitlens.emr import within_prefix
+
+    return within_prefix(uri, granted)
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(EmrProfile))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -178,12 +179,19 @@ def job_log_prefix(log_uri: str, virtual_cluster_id: str, job_run_id: str) -> st
     return f"s3://{bucket}/{_dir_prefix(prefix)}{virtual_cluster_id}/jobs/{job_run_id}/containers/"
 
 
-def classify_log_key(relative: str) -> tuple[str, str, str] | None:
-    """A key below ``containers/`` → ``(component, container, stream)``, or None if not a log file.
+#: Driver pods are ``spark-<job run id>-driver``, or with a retry policy ``spark-<job run id>-driver-<suffix>``
+#: (one per attempt); executors ``<prefix>-exec-<n>``.
+DRIVER_POD_RE = re.compile(r"-driver(-[a-z0-9]+)?$")
+EXECUTOR_POD_RE = re.compile(r"-exec-\d+$")
 
-    ``<runnerPod>/stdout.gz`` is the job runner (spark-submit); ``<sparkAppId>/<pod>-driver/stderr.gz``
-    the driver; ``<sparkAppId>/<pod>-exec-N/stderr.gz`` an executor. Rotated logs (``stderr.gz.1``...)
-    and files still being written (no ``.gz``) count too.
+
+def classify_log_key(relative: str) -> tuple[str, str, str] | None:
+    """A key (or CloudWatch stream name) below ``containers/`` → ``(component, container, stream)``, or None.
+
+    ``<runnerPod>/stdout.gz`` is the job runner (spark-submit); ``<sparkAppId>/<pod>-driver[-<attempt>]/
+    stderr.gz`` a driver; ``<sparkAppId>/<pod>-exec-N/stderr.gz`` an executor; any other pod is "other"
+    (shown with ``--component all``). Rotated logs (``stderr.gz.1``...) and files still being written
+    (no ``.gz``) count too.
     """
     parts = relative.split("/")
     name = parts[-1]
@@ -193,7 +201,9 @@ def classify_log_key(relative: str) -> tuple[str, str, str] | None:
     if len(parts) == 2:
         return "job-runner", parts[0], stream
     if len(parts) == 3:
-        return ("driver" if parts[1].endswith("-driver") else "executor"), "/".join(parts[:2]), stream
+        pod = parts[1]
+        kind = "driver" if DRIVER_POD_RE.search(pod) else "executor" if EXECUTOR_POD_RE.search(pod) else "other"
+        return kind, "/".join(parts[:2]), stream
     return None
 
 
