@@ -450,3 +450,43 @@ def test_logs_of_a_run_submitted_without_log_settings_say_what_to_pass(moto_emr,
     assert f"job run {job} was submitted without logs and none is given: pass --log-uri or --log-group" in err
     assert main(["emr", "logs", job, "--virtual-cluster-id", vc, "--region", REGION, "--source", "cloudwatch"]) == 2
     assert "submitted without a CloudWatch log group" in capsys.readouterr().err
+
+
+# --- emr ui: EMR's persistent application UI (botocore Stubber for both APIs) -------------------------
+
+def test_emr_ui_prints_the_persistent_spark_ui_link_once_ready(aws_env, monkeypatch, capsys):
+    containers = boto3.client("emr-containers", region_name=REGION)
+    api = boto3.client("emr", region_name=REGION)
+    arn = f"arn:aws:emr-containers:{REGION}:123456789012:/virtualclusters/{VC}"
+    url = "https://p-abc.emrappui-prod.eu-west-1.amazonaws.com/shs/?authToken=x"
+    with Stubber(containers) as cs, Stubber(api) as es:
+        cs.add_response("describe_virtual_cluster", {"virtualCluster": {"id": VC, "arn": arn}}, {"id": VC})
+        cs.add_response("describe_job_run", {"jobRun": {"id": JOB, "virtualClusterId": VC, "state": "COMPLETED"}},
+                        {"id": JOB, "virtualClusterId": VC})
+        es.add_response("create_persistent_app_ui", {"PersistentAppUIId": "p-abc"},
+                        {"TargetResourceArn": arn, "EMRContainersConfig": {"JobRunId": JOB}})
+        es.add_response("get_persistent_app_ui_presigned_url", {"PresignedURLReady": False},
+                        {"PersistentAppUIId": "p-abc", "PersistentAppUIType": "SHS"})
+        es.add_response("get_persistent_app_ui_presigned_url", {"PresignedURLReady": True, "PresignedURL": url},
+                        {"PersistentAppUIId": "p-abc", "PersistentAppUIType": "SHS"})
+        monkeypatch.setattr(emr, "client", lambda region=None: containers)
+        monkeypatch.setattr(emr, "ui_client", lambda region=None: api)
+        monkeypatch.setattr(emr.time, "sleep", lambda s: None)
+        assert main(["emr", "ui", JOB, "--virtual-cluster-id", VC, "--region", REGION]) == 0
+        cs.assert_no_pending_responses()
+        es.assert_no_pending_responses()
+    assert capsys.readouterr().out.strip() == url
+
+
+def test_emr_ui_of_an_unknown_job_says_so_before_creating_a_ui(aws_env, monkeypatch, capsys):
+    containers = boto3.client("emr-containers", region_name=REGION)
+    api = boto3.client("emr", region_name=REGION)
+    with Stubber(containers) as cs, Stubber(api):
+        cs.add_response("describe_virtual_cluster", {"virtualCluster": {"id": VC, "arn": f"arn:aws:emr-containers:{REGION}:123456789012:/virtualclusters/{VC}"}},
+                        {"id": VC})
+        cs.add_client_error("describe_job_run", "ResourceNotFoundException", "Job run not found")
+        monkeypatch.setattr(emr, "client", lambda region=None: containers)
+        monkeypatch.setattr(emr, "ui_client", lambda region=None: api)
+        assert main(["emr", "ui", JOB, "--virtual-cluster-id", VC, "--region", REGION]) != 0
+    err = capsys.readouterr().err
+    assert "DescribeJobRun" in err and JOB in err

@@ -677,3 +677,50 @@ def log_group_of(run: dict[str, Any]) -> tuple[str | None, str | None]:
     monitoring = (run.get("configurationOverrides") or {}).get("monitoringConfiguration") or {}
     cw = monitoring.get("cloudWatchMonitoringConfiguration") or {}
     return cw.get("logGroupName"), cw.get("logStreamNamePrefix")
+
+
+def ui_client(region: str | None = None):
+    """An ``emr`` client: the persistent application UI lives in EMR's API, not in emr-containers'."""
+    import boto3
+    from botocore.config import Config
+
+    try:
+        return boto3.client("emr", region_name=region, config=Config(retries={"mode": "standard"}))
+    except Exception as exc:
+        raise explain(exc, "client", "emr") from None
+
+
+def persistent_ui_url(
+    containers, emr_api, virtual_cluster_id: str, job_run_id: str, *, poll: float = 2.0, timeout: float = 120.0,
+    sleep: Callable[[float], None] | None = None,
+) -> str:
+    """The Spark UI of a job run, running or finished, as EMR's persistent application UI.
+
+    EMR on EKS keeps the event logs of job runs submitted with ``persistentAppUI: ENABLED`` (fruitlens
+    always sends it), so the history server is EMR's: no event-log bucket or server of our own. The
+    link is presigned and short-lived: ask again for a fresh one.
+    """
+    sleep = sleep or time.sleep
+    try:
+        arn = containers.describe_virtual_cluster(id=virtual_cluster_id)["virtualCluster"]["arn"]
+    except Exception as exc:
+        raise explain(exc, "DescribeVirtualCluster", virtual_cluster_id) from None
+    describe(containers, virtual_cluster_id, job_run_id)  # an unknown job id fails here, clearly
+    try:
+        ui_id = emr_api.create_persistent_app_ui(
+            TargetResourceArn=arn, EMRContainersConfig={"JobRunId": job_run_id})["PersistentAppUIId"]
+    except Exception as exc:
+        raise explain(exc, "CreatePersistentAppUI", f"job run {job_run_id}") from None
+    waited = 0.0
+    while True:
+        try:
+            answer = emr_api.get_persistent_app_ui_presigned_url(PersistentAppUIId=ui_id, PersistentAppUIType="SHS")
+        except Exception as exc:
+            raise explain(exc, "GetPersistentAppUIPresignedURL", ui_id) from None
+        if answer.get("PresignedURLReady") and answer.get("PresignedURL"):
+            return answer["PresignedURL"]
+        if waited >= timeout:
+            raise EmrError(f"the persistent UI {ui_id} of job run {job_run_id} was not ready after {timeout:g}s; "
+                           "try `fruitlens emr ui` again in a minute")
+        sleep(poll)
+        waited += poll

@@ -221,6 +221,18 @@ def _cancel(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(ns: argparse.Namespace) -> int:
+    profile = profile_from_args(ns)
+    client, vc = _cluster(profile)
+    url = emr.persistent_ui_url(client, emr.ui_client(profile.region), vc, ns.job_run_id)
+    print(url)
+    if ns.open:
+        import webbrowser
+
+        webbrowser.open(url)
+    return 0
+
+
 def _list(ns: argparse.Namespace) -> int:
     client, vc = _cluster(profile_from_args(ns))
     for run in emr.list_job_runs(client, vc, states=ns.state or (), limit=ns.limit):
@@ -385,6 +397,16 @@ def register(subparsers) -> None:
             p.add_argument("--source", choices=("auto", "s3", "cloudwatch"), default="auto",
                            help="where to read them (default: S3 if the run has a log URI, else CloudWatch)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("ui", help="print a link to a job run's Spark UI (EMR's persistent application UI)",
+                       description="Print a presigned link to the Spark UI of a job run, running or finished "
+                                   "(EMR's persistent application UI; the link expires: ask again).\n\n"
+                                   "example:\n  fruitlens emr ui 0000000abcdefghijkl --open",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("job_run_id", metavar="JOB_RUN_ID")
+    p.add_argument("--open", action="store_true", help="also open it in the default browser")
+    _add_flags(p, CLUSTER_FLAGS)
+    p.set_defaults(func=_ui)
 
     p = sub.add_parser("list", help="list the virtual cluster's job runs")
     _add_flags(p, CLUSTER_FLAGS)
