@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fruitlens import s3
+from fruitlens.emr import staging as s3
 from fruitlens.cli import main
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -16,9 +16,9 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from fruitlens import emr
+from fruitlens.emr import jobs as emr
 from fruitlens.cli import main
-from fruitlens.emr_config import load_profile
+from fruitlens.emr.profile import load_profile
 
 REGION = "eu-west-1"
 ROLE = "arn:aws:iam::123456789012:role/fruitlens-job"
@@ -389,7 +389,7 @@ def test_emr_logs_reads_cloudwatch_streams_including_a_retried_driver(aws_env, c
     ("0000000abcdefghijkl-runner-x7k2p/stdout.gz", "job-runner"),
 ])
 def test_log_keys_are_classified_by_pod_name(key, expected):
-    from fruitlens.s3 import classify_log_key
+    from fruitlens.emr.staging import classify_log_key
 
     assert classify_log_key(key)[0] == expected
 
@@ -407,7 +407,7 @@ def test_a_uri_outside_the_grant_is_refused_before_any_call(moto_emr, capsys, tm
 
 def test_check_access_asks_for_the_bare_key_the_marker_and_the_listing(aws_env, monkeypatch, capsys):
     """Finding 2 on a real account: SimulatePrincipalPolicy for the job's first S3 calls."""
-    from fruitlens import emr_access
+    from fruitlens.emr import access as emr_access
 
     iam = boto3.client("iam", region_name=REGION)
     monkeypatch.setattr(emr_access, "client", lambda region=None: iam)
@@ -482,8 +482,8 @@ def test_emr_ui_of_an_unknown_job_says_so_before_creating_a_ui(aws_env, monkeypa
     containers = boto3.client("emr-containers", region_name=REGION)
     api = boto3.client("emr", region_name=REGION)
     with Stubber(containers) as cs, Stubber(api):
-        cs.add_response("describe_virtual_cluster", {"virtualCluster": {"id": VC, "arn": f"arn:aws:emr-containers:{REGION}:123456789012:/virtualclusters/{VC}"}},
-                        {"id": VC})
+        arn = f"arn:aws:emr-containers:{REGION}:123456789012:/virtualclusters/{VC}"
+        cs.add_response("describe_virtual_cluster", {"virtualCluster": {"id": VC, "arn": arn}}, {"id": VC})
         cs.add_client_error("describe_job_run", "ResourceNotFoundException", "Job run not found")
         monkeypatch.setattr(emr, "client", lambda region=None: containers)
         monkeypatch.setattr(emr, "ui_client", lambda region=None: api)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from fruitlens.config import ConfigError
-from fruitlens.emr_config import DEFAULT_ENTRY_POINT, EmrProfile, load_profile
+from fruitlens.emr.profile import DEFAULT_ENTRY_POINT, EmrProfile, load_profile
 
 ROLE = "arn:aws:iam::123456789012:role/fruitlens-job"
 
@@ -91,7 +91,7 @@ def test_require_names_every_missing_setting_and_how_to_give_it():
 
 
 def test_pod_identity_trust_and_service_accounts():
-    from fruitlens import emr
+    from fruitlens.emr import jobs as emr
 
     profile = load_profile({"execution_role_arn": "arn:aws:iam::123456789012:role/fruitlens-job",
                             "identity": "pod-identity"}, env={})

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from fruitlens.cli import main
-from fruitlens.emr import base36
-from fruitlens.emr_config import load_profile
+from fruitlens.emr.jobs import base36
+from fruitlens.emr.profile import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "emr-on-eks"

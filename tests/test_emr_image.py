@@ -167,7 +167,7 @@ def test_make_push_prints_the_digest_to_pin(local_registry, tmp_path):
                                              f"{local_registry}/{name}:{tag}"],
                                             capture_output=True, text=True, check=True).stdout)
         assert pinned == [d for d in digests if d.startswith(f"{local_registry}/{name}@sha256:")]
-        from fruitlens.emr_config import EmrProfile
+        from fruitlens.emr.profile import EmrProfile
 
         assert EmrProfile(image=pinned[0]).image == pinned[0]
     finally:

@@ -6,9 +6,9 @@ import json
 import pytest
 from botocore.stub import Stubber
 
-from fruitlens import emr
+from fruitlens.emr import jobs as emr
 from fruitlens.cli import main
-from fruitlens.emr_config import EmrProfile
+from fruitlens.emr.profile import EmrProfile
 
 ROLE = "arn:aws:iam::123456789012:role/fruitlens-job"
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/fruitlens:0.1.0"

@@ -186,7 +186,7 @@ def check_emr_profile(profile: str | None = None) -> Check:
         return Check("emr profile", WARN, "none given (--emr-profile or FRUITLENS_EMR_PROFILE)",
                      "cp examples/emr-profile.yaml my-profile.yaml and fill it in (only for fruitlens emr)")
     from fruitlens.errors import FruitlensError
-    from fruitlens.emr_config import load_profile
+    from fruitlens.emr.profile import load_profile
 
     try:
         loaded = load_profile(profile_file=profile)

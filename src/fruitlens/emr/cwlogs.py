@@ -2,13 +2,13 @@
 
 EMR on EKS names the streams as it names the S3 log keys, without ``.gz``:
 ``<logStreamNamePrefix>/<virtual cluster id>/jobs/<job run id>/containers/<spark app id>/<pod>/stdout``
-(the job runner's directly under ``containers/``), so :func:`fruitlens.s3.classify_log_key` sorts both.
+(the job runner's directly under ``containers/``), so :func:`fruitlens.emr.staging.classify_log_key` sorts both.
 boto3 reads the standard AWS settings (credentials, region, ``AWS_ENDPOINT_URL_LOGS``).
 """
 from __future__ import annotations
 
-from fruitlens.emr import EmrError
-from fruitlens.s3 import COMPONENTS, classify_log_key
+from fruitlens.emr.jobs import EmrError
+from fruitlens.emr.staging import COMPONENTS, classify_log_key
 
 
 def client(region: str | None = None):

@@ -212,7 +212,7 @@ class EmrProfile:
 
 
 def _within(uri: str, granted: str) -> bool:
-    from fruitlens.emr import within_prefix
+    from fruitlens.emr.jobs import within_prefix
 
     return within_prefix(uri, granted)
 

@@ -1,6 +1,6 @@
 """EMR on EKS: building the StartJobRun request (pure functions), then submit/status/wait/cancel/list.
 
-The request is a plain dict, built from the :class:`~fruitlens.emr_config.EmrProfile` and the job's own
+The request is a plain dict, built from the :class:`~fruitlens.emr.profile.EmrProfile` and the job's own
 arguments, checked against the API's limits (:func:`validate_request`, read from botocore's own service
 model) before anything is sent. Every Spark setting goes into ``spark-defaults`` (one place, one
 classification), none into ``sparkSubmitParameters``.
@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fruitlens.emr_config import ROLE_ARN_RE, EmrProfile
+from fruitlens.emr.profile import ROLE_ARN_RE, EmrProfile
 from fruitlens.errors import FruitlensError
 
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
@@ -309,7 +309,7 @@ def role_parts(profile: EmrProfile) -> tuple[str, str, str]:
 
 
 def s3_parts(uri: str) -> tuple[str, str]:
-    from fruitlens.s3 import split_uri
+    from fruitlens.emr.staging import split_uri
 
     bucket, prefix = split_uri(uri)
     return bucket, prefix.strip("/")

@@ -1,7 +1,7 @@
 """`fruitlens emr ...`: submit the job to EMR on EKS, follow it, read its logs, print its IAM documents.
 
-Parsing only: the profile comes from :func:`fruitlens.emr_config.load_profile`, the work from
-:mod:`fruitlens.emr` and :mod:`fruitlens.s3`. Progress and notes go to stderr, results to stdout.
+Parsing only: the profile comes from :func:`fruitlens.emr.profile.load_profile`, the work from
+:mod:`fruitlens.emr.jobs` and :mod:`fruitlens.emr.staging`. Progress and notes go to stderr, results to stdout.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import sys
 import time
 from typing import Any
 
-from fruitlens import emr
+from fruitlens.emr import jobs as emr
 from fruitlens.cli import _conf_pair, add_pipeline_options, pipeline_args
 from fruitlens.config import ConfigError
-from fruitlens.emr_config import EmrProfile, load_profile
+from fruitlens.emr.profile import EmrProfile, load_profile
 
 # (flag, profile field, type, help); grouped by the commands that use them.
 CLUSTER_FLAGS = (
@@ -250,7 +250,8 @@ def _clusters(ns: argparse.Namespace) -> int:
 
 
 def _logs(ns: argparse.Namespace) -> int:
-    from fruitlens import cwlogs, s3
+    from fruitlens.emr import cwlogs
+    from fruitlens.emr import staging as s3
 
     profile = profile_from_args(ns)
     log_uri, group, prefix = profile.log_uri, profile.log_group, profile.log_stream_prefix
@@ -300,7 +301,7 @@ def _iam_policy(ns: argparse.Namespace) -> int:
 
 
 def _check_access(ns: argparse.Namespace) -> int:
-    from fruitlens import emr_access
+    from fruitlens.emr import access as emr_access
 
     profile = profile_from_args(ns)
     profile.require("execution_role_arn")
@@ -390,7 +391,7 @@ def register(subparsers) -> None:
         if name == "wait":
             _wait_options(p)
         if name == "logs":
-            from fruitlens.s3 import COMPONENTS
+            from fruitlens.emr.staging import COMPONENTS
 
             p.add_argument("--component", choices=COMPONENTS, default="driver", help="whose logs (default driver)")
             p.add_argument("--stream", choices=("stdout", "stderr", "both"), default="both")

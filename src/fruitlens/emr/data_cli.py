@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from fruitlens import s3
+from fruitlens.emr import staging as s3
 from fruitlens.config import ConfigError
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fruitlens.emr import EmrError, role_parts, s3_parts, explain
-from fruitlens.emr_config import EmrProfile
+from fruitlens.emr.jobs import EmrError, role_parts, s3_parts, explain
+from fruitlens.emr.profile import EmrProfile
 
 PROBE = "fruitlens-access-check"  # a key name below the prefix: the simulator needs a concrete resource
 
