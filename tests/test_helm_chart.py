@@ -5,6 +5,7 @@ No cluster is involved; see tests/test_k8s_spark_submit.py for what Spark makes 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fake_k8s import CHART, by_kind, executor_template, helm, one, render, spark_confs
+from fake_k8s import CHART, REPO, by_kind, executor_template, helm, one, render, spark_confs
 
 K8S_VERSION = "1.33.0"  # the kubectl shipped beside helm is v1.33; kubernetes-validate bundles it
 VALIDATE = Path(sys.executable).with_name("kubernetes-validate")
@@ -200,17 +201,28 @@ def test_renders_the_specified_image(custom_docs):
     assert executor_template(custom_docs)["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
 
 
-def test_image_tag_defaults_to_the_chart_app_version(default_docs):
+def test_default_image_is_the_one_make_build_tags(default_docs):
+    """Finding 10: the chart's default image must be one the Makefile builds (`make build`: IMAGE:TAG)."""
+    done = subprocess.run(["make", "-s", "--no-print-directory", "--eval", "print-image: ; @echo $(IMAGE):$(TAG)",
+                           "print-image"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MAKEFLAGS": ""})
+    assert done.returncode == 0, done.stderr
+    assert driver_container(default_docs)["image"] == done.stdout.strip() == "fruitlens:oss"
+
+
+def test_image_tag_falls_back_to_the_chart_app_version():
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
-    assert driver_container(default_docs)["image"] == f"fruitlens:{app_version}"
+    docs, _ = render({"image": {"tag": ""}})
+    assert driver_container(docs)["image"] == f"fruitlens:{app_version}"
 
 
 def test_runs_spark_submit_in_client_mode_through_the_image_entrypoint(default_docs):
     c = driver_container(default_docs)
-    assert "command" not in c  # /opt/entrypoint.sh (tini, passwd entry) stays the entrypoint
+    assert "command" not in c  # /opt/entrypoint.sh stays the entrypoint
     args = c["args"]
-    assert args[:5] == ["/opt/spark/bin/spark-submit", "--master", "k8s://https://kubernetes.default.svc:443",
-                        "--deploy-mode", "client"]
+    # `driver`: the entrypoint runs spark-submit --deploy-mode client under tini (finding 10: any other first
+    # argument is exec'd by apache/spark's entrypoint, the JVM then being PID 1).
+    assert args[:3] == ["driver", "--master", "k8s://https://kubernetes.default.svc:443"]
     conf = spark_confs(args)
     assert conf["spark.driver.host"] == "demo-fruitlens-driver.jobs.svc"
     assert conf["spark.kubernetes.driver.pod.name"] == "$(SPARK_DRIVER_POD_NAME)"
@@ -268,7 +280,8 @@ def test_renders_executor_sizing_and_driver_resources(custom_docs):
     assert conf["spark.kubernetes.executor.request.cores"] == "1500m"
     assert conf["spark.kubernetes.executor.limit.cores"] == "2"
     assert conf["spark.kubernetes.executor.deleteOnTermination"] == "false"
-    assert c["resources"] == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+    assert c["resources"] == {"requests": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "1Gi"},
+                              "limits": {"cpu": "2", "memory": "4Gi"}}  # explicit memory wins
 
 
 def test_spark_conf_values_override_the_charts_settings(custom_docs):
@@ -290,7 +303,7 @@ def test_renders_a_hardened_driver_pod(default_docs):
     assert sc["capabilities"] == {"drop": ["ALL"]}
     mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    for path in ("/tmp", "/var/data/spark-local"):
+    for path in ("/tmp", "/var/data/spark-local", "/opt/spark/work-dir"):
         assert "emptyDir" in volumes[mounts[path]], f"{path} must be a writable emptyDir"
     conf = spark_confs(pod["containers"][0]["args"])
     assert conf["spark.local.dir"] == "/var/data/spark-local"
