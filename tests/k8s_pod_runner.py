@@ -134,6 +134,7 @@ class PodRunner:
         self._thread = threading.Thread(target=self._loop, name="pod-runner", daemon=True)
         self.containers: dict[str, str] = {}  # pod uid → container name
         self.started: list[str] = []  # pod names, in start order
+        self.commands: dict[str, list[str]] = {}  # pod name → its `docker run` command
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def __enter__(self) -> PodRunner:
@@ -276,6 +277,7 @@ class PodRunner:
                 return
             self.containers[meta["uid"]] = cmd[cmd.index("--name") + 1]
             self.started.append(meta["name"])
+            self.commands[meta["name"]] = cmd
 
     def _set_waiting(self, pod: dict, reason: str, message: str) -> None:
         with self.kube.lock:
