@@ -29,12 +29,14 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
+import hashlib
 import ipaddress
 import json
 import os
 import re
 import secrets
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -223,14 +225,35 @@ class PodRunner:
             proc.wait()
 
     def watch(self, handler, ns: str, coll: str, req) -> None:
-        """A watch: ADDED for what matches now, then MODIFIED/DELETED as the store changes, until timeout."""
+        """A watch: ADDED for what matches now, then MODIFIED/DELETED as the store changes, until timeout.
+        Over a WebSocket when the client asks for one (fabric8, Spark's client), else a chunked HTTP stream."""
         selector = (req.query.get("labelSelector") or [None])[0]
         field = (req.query.get("fieldSelector") or [""])[0]
         timeout = float((req.query.get("timeoutSeconds") or ["300"])[0])
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Transfer-Encoding", "chunked")
-        handler.end_headers()
+        websocket = handler.headers.get("Upgrade", "").lower() == "websocket"
+        if websocket:
+            accept = base64.b64encode(hashlib.sha1((handler.headers["Sec-WebSocket-Key"] +
+                                                    "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+            handler.send_response(101)
+            handler.send_header("Upgrade", "websocket")
+            handler.send_header("Connection", "Upgrade")
+            handler.send_header("Sec-WebSocket-Accept", accept)
+            handler.end_headers()
+            handler.close_connection = True
+        else:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+
+        def send(data: bytes) -> None:
+            if websocket:  # one unmasked text frame per event (RFC 6455)
+                n = len(data)
+                head = bytes([0x81, n]) if n < 126 else (bytes([0x81, 126]) + n.to_bytes(2, "big") if n < 65536
+                                                         else bytes([0x81, 127]) + n.to_bytes(8, "big"))
+                handler.wfile.write(head + data)
+            else:
+                handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         seen: dict[str, str] = {}
 
         def current() -> dict[str, dict]:
@@ -249,11 +272,10 @@ class PodRunner:
                                         "apiVersion": KINDS[coll][0]}) for n in seen if n not in now]
                 seen = {n: o["metadata"]["resourceVersion"] for n, o in now.items()}
                 for kind, obj in events:
-                    data = (json.dumps({"type": kind, "object": obj}) + "\n").encode()
-                    handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    send((json.dumps({"type": kind, "object": obj}) + "\n").encode())
                 handler.wfile.flush()
                 time.sleep(0.5)
-            handler.wfile.write(b"0\r\n\r\n")
+            handler.wfile.write(b"\x88\x00" if websocket else b"0\r\n\r\n")  # close frame / last chunk
             handler.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, OSError):
             pass
@@ -393,7 +415,10 @@ class PodRunner:
         cmd = ["docker", "run", "-d", "--name", name, "--label", f"{LABEL}={self.run_id}",
                "--label", f"{LABEL}.pod={meta['namespace']}/{meta['name']}", "--network", "host",
                "--pull", "never"]
-        hosts = {"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}
+        # The kubelet writes the pod's own hostname into its /etc/hosts; on the host network that name is
+        # the host's, which the container could not resolve otherwise (Spark looks itself up at start).
+        hosts = {"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
+                 socket.gethostname()}
         for svc in self.kube.of("services"):
             s, n = svc["metadata"]["name"], svc["metadata"]["namespace"]
             hosts |= {s, f"{s}.{n}", f"{s}.{n}.svc", f"{s}.{n}.svc.cluster.local"}

@@ -79,7 +79,10 @@ def _values(image: str, runner: PodRunner, data: Path, input: str, output: str, 
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "job": {"input": input, "output": output, "master": f"k8s://{runner.url}"},
         "pipeline": pipeline,
-        "spark": {"driverPort": driver_port, "blockManagerPort": block_port},
+        # All pods share the host's IP here, so Spark would take executors for neighbours on one node and read
+        # each other's shuffle files from disk; on a cluster every pod has its own IP and this stays on.
+        "spark": {"driverPort": driver_port, "blockManagerPort": block_port,
+                  "conf": {"spark.shuffle.readHostLocalDisk": "false"}},
         "extraVolumes": [{"name": "data", "hostPath": {"path": str(data), "type": "Directory"}}],
         "extraVolumeMounts": [{"name": "data", "mountPath": "/data"}],
     }
@@ -157,6 +160,7 @@ def test_runner_honours_the_pod_spec(runner, image):
 def data(tmp_path_factory) -> Path:
     """The shared volume (a hostPath): the Test photos in, the outputs out (written by uid 185)."""
     root = tmp_path_factory.mktemp("k8s-data")
+    root.chmod(0o755)  # pytest makes it 0700: uid 185 in the pods must get in
     shutil.copytree(SAMPLE / "Test", root / "in" / "Test")  # the shared folder may be a symlink elsewhere
     (root / "out").mkdir()
     (root / "out").chmod(0o777)
@@ -185,8 +189,9 @@ def test_chart_run_completes_with_driver_and_two_executor_containers(chart_run, 
     job, _, executors_seen = chart_run
     (driver,) = runner.pods(NAMESPACE, "job-name=demo-fruitlens")
     if job["status"].get("succeeded") != 1:
-        print(subprocess.run(["docker", "logs", runner.containers.get(driver["metadata"]["uid"], "?")],
-                             capture_output=True, text=True).stderr[-6000:])
+        log = subprocess.run(["docker", "logs", runner.containers.get(driver["metadata"]["uid"], "?")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+        print("\n".join(line for line in log.splitlines() if not line.startswith(("\tat ", "\t... ")))[-12000:])
     assert job["status"]["succeeded"] == 1, json.dumps(job["status"])
     assert driver["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
     executors = sorted(n for n in runner.started if "-exec-" in n)
