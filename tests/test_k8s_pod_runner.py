@@ -258,3 +258,30 @@ def test_bad_input_fails_the_job_with_the_real_reason(chart_run, runner, image, 
     assert info["reason"].startswith("fruitlens: error:") and "no-such-folder" in info["reason"], info["reason"]
     wait_for(lambda: not runner.pods(NAMESPACE, "app.kubernetes.io/instance=bad,spark-role=executor"), 60,
              what="the bad run's executors to go")
+
+
+# -- finding 7: the local base's entrypoint ----------------------------------------------------------------------
+
+def test_entrypoint_executor_mode_passes_sparks_java_options(image, tmp_path):
+    """The driver hands executors their JVM options (Java 17's --add-opens for Arrow) as SPARK_JAVA_OPT_<n>;
+    the `executor` mode must put them on the java command line, in index order. Checked on the repository's
+    docker/entrypoint.sh in the image, with a java that prints its arguments."""
+    stub = tmp_path / "jdk"
+    (stub / "bin").mkdir(parents=True)
+    (stub / "bin" / "java").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+    (stub / "bin" / "java").chmod(0o755)
+    stub.chmod(0o755)
+    tmp_path.chmod(0o755)
+    env = {"JAVA_HOME": "/jdk", "SPARK_JAVA_OPT_0": "-Dspark.driver.port=7078", "SPARK_JAVA_OPT_1":
+           "--add-opens=java.base/java.nio=ALL-UNNAMED", "SPARK_JAVA_OPT_10": "-Dlast=1", "SPARK_EXECUTOR_MEMORY": "1g",
+           "SPARK_DRIVER_URL": "spark://d:1", "SPARK_EXECUTOR_ID": "1", "SPARK_EXECUTOR_CORES": "1",
+           "SPARK_APPLICATION_ID": "app", "SPARK_EXECUTOR_POD_IP": "10.0.0.9", "SPARK_EXECUTOR_POD_NAME": "p"}
+    cmd = ["docker", "run", "--rm", "--network", "none", "-v", f"{REPO / 'docker' / 'entrypoint.sh'}:/opt/entrypoint.sh:ro",
+           "-v", f"{stub}:/jdk:ro", *(a for k, v in env.items() for a in ("-e", f"{k}={v}")), image, "executor"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    args = done.stdout.split("\n")
+    opts = args[: args.index("-Xms1g")]
+    assert opts == ["-Dspark.driver.port=7078", "--add-opens=java.base/java.nio=ALL-UNNAMED", "-Dlast=1"]
+    assert "org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend" in args
+    assert args[args.index("--hostname") + 1] == "10.0.0.9"
