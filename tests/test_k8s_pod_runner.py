@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "fruits"
+PROBE_NS = "probe"
 ORDER = ["ServiceAccount", "Role", "RoleBinding", "Service", "ConfigMap", "Job"]  # as helm installs them
 
 
@@ -120,9 +121,9 @@ raise SystemExit(3)
 
 def test_runner_honours_the_pod_spec(runner, image):
     runner.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe-cfg"},
-                  "data": {"a.txt": "from a configmap"}}, NAMESPACE)
+                  "data": {"a.txt": "from a configmap"}}, PROBE_NS)
     runner.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "probe-sec"},
-                  "stringData": {"k": "s3cret"}}, NAMESPACE)
+                  "stringData": {"k": "s3cret"}}, PROBE_NS)
     runner.apply({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "probe"}, "spec": {
         "backoffLimit": 0, "template": {"spec": {
             "restartPolicy": "Never", "securityContext": {"runAsUser": 185, "runAsGroup": 185, "fsGroup": 185},
@@ -137,11 +138,11 @@ def test_runner_honours_the_pod_spec(runner, image):
                         {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "probe-sec", "key": "k"}}}],
                 "volumeMounts": [{"name": "s", "mountPath": "/scratch"}, {"name": "cfg", "mountPath": "/etc/cfg"}]}],
             "volumes": [{"name": "s", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "probe-cfg"}}]}}}},
-        NAMESPACE)
+        PROBE_NS)
     job = wait_for(lambda: _job_done(runner, "probe"), 120, what="the probe Job to end")
     assert job["status"]["failed"] == 1
     assert [c["reason"] for c in job["status"]["conditions"] if c["type"] == "Failed"] == ["BackoffLimitExceeded"]
-    (pod,) = runner.pods(NAMESPACE, "job-name=probe")
+    (pod,) = runner.pods(PROBE_NS, "job-name=probe")
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert pod["status"]["phase"] == "Failed" and (term["exitCode"], term["reason"]) == (3, "Error")
     seen = json.loads(term["message"].strip().splitlines()[-1])  # FallbackToLogsOnError: the log's tail
@@ -150,7 +151,7 @@ def test_runner_honours_the_pod_spec(runner, image):
     assert seen["writable"] == {"/": False, "/scratch": True, "/etc/cfg": False}
     assert seen["caps"] == "0000000000000000"
     assert (seen["cfg"], seen["secret"]) == ("from a configmap", "s3cret")
-    host = runner.inspect(pod["metadata"]["name"], NAMESPACE)["HostConfig"]
+    host = runner.inspect(pod["metadata"]["name"], PROBE_NS)["HostConfig"]
     assert host["Memory"] == 256 * 2**20 and host["NanoCpus"] == 500_000_000 and host["NetworkMode"] == "host"
 
 
