@@ -89,8 +89,8 @@ def _values(image: str, runner: PodRunner, data: Path, input: str, output: str, 
     }
 
 
-def _job_done(runner: PodRunner, name: str):
-    job = runner.kube.get("jobs", name, NAMESPACE)
+def _job_done(runner: PodRunner, name: str, namespace: str = NAMESPACE):
+    job = runner.kube.get("jobs", name, namespace)
     conds = (job or {}).get("status", {}).get("conditions") or []
     return job if any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conds) else None
 
@@ -139,7 +139,7 @@ def test_runner_honours_the_pod_spec(runner, image):
                 "volumeMounts": [{"name": "s", "mountPath": "/scratch"}, {"name": "cfg", "mountPath": "/etc/cfg"}]}],
             "volumes": [{"name": "s", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "probe-cfg"}}]}}}},
         PROBE_NS)
-    job = wait_for(lambda: _job_done(runner, "probe"), 120, what="the probe Job to end")
+    job = wait_for(lambda: _job_done(runner, "probe", PROBE_NS), 120, what="the probe Job to end")
     assert job["status"]["failed"] == 1
     assert [c["reason"] for c in job["status"]["conditions"] if c["type"] == "Failed"] == ["BackoffLimitExceeded"]
     (pod,) = runner.pods(PROBE_NS, "job-name=probe")
