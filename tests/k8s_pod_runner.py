@@ -363,7 +363,10 @@ class PodRunner:
             return str(path), False
         base.mkdir(parents=True, exist_ok=True)
         if "emptyDir" in volume:
-            os.chown(base, uid, gid if gid is not None else uid)
+            try:  # as the kubelet: owned by the pod's user and fsGroup (needs root; else world-writable does)
+                os.chown(base, uid, gid if gid is not None else uid)
+            except PermissionError:
+                pass
             base.chmod(0o2777 if gid is not None else 0o777)
             return str(base), False
         files: dict[str, bytes] = {}
