@@ -283,11 +283,14 @@ class PodRunner:
     # -- the kubelet side -----------------------------------------------------------------------------------
     def _start_pod(self, pod: dict) -> None:
         meta = pod["metadata"]
-        try:
-            cmd = self._docker_run(pod)
-        except Exception as exc:  # a spec this runner cannot honour: the pod fails visibly, as a kubelet's would
-            self._set_waiting(pod, "CreateContainerConfigError", str(exc))
-            return
+        while True:  # as the kubelet: a missing ConfigMap/Secret (Spark creates its conf map beside the pods) is retried
+            try:
+                cmd = self._docker_run(pod)
+                break
+            except Exception as exc:
+                self._set_waiting(pod, "CreateContainerConfigError", str(exc))
+                if self._stop.wait(1.0) or self.kube.get("pods", meta["name"], meta["namespace"]) is None:
+                    return
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             reason = "ErrImageNeverPull" if "No such image" in done.stderr else "CreateContainerError"

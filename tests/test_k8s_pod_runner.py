@@ -155,6 +155,24 @@ def test_runner_honours_the_pod_spec(runner, image):
     assert host["Memory"] == 256 * 2**20 and host["NanoCpus"] == 500_000_000 and host["NetworkMode"] == "host"
 
 
+def test_runner_waits_for_a_configmap_created_after_the_pod(runner, image):
+    """As the kubelet: Spark creates its executor conf map beside the pods, not always before them."""
+    runner.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "early"}, "spec": {
+        "restartPolicy": "Never", "containers": [{"name": "c", "image": image, "command": ["cat", "/etc/cfg/a.txt"],
+                                                  "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}]}],
+        "volumes": [{"name": "cfg", "configMap": {"name": "late"}}]}}, PROBE_NS)
+    waiting = wait_for(lambda: (runner.kube.get("pods", "early", PROBE_NS).get("status", {})
+                                .get("containerStatuses") or [{}])[0].get("state", {}).get("waiting"), 30)
+    assert waiting["reason"] == "CreateContainerConfigError" and "late" in waiting["message"]
+    runner.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"}, "data": {"a.txt": "hi"}},
+                 PROBE_NS)
+    wait_for(lambda: runner.kube.get("pods", "early", PROBE_NS)["status"]["phase"] == "Succeeded", 60,
+             what="the pod to run once its ConfigMap exists")
+    log = subprocess.run(["docker", "logs", runner.containers[runner.kube.get("pods", "early", PROBE_NS)["metadata"]["uid"]]],
+                         capture_output=True, text=True).stdout
+    assert log == "hi"
+
+
 # -- 2. the chart's driver and executors on the Test photos -----------------------------------------------------
 
 @pytest.fixture(scope="module")
