@@ -8,8 +8,8 @@ the kubelet and the API server, NOT a cluster (what only a real cluster shows: d
    executor pod is left, and `fruitlens k8s status` / `logs` read the run.
 3. A bad INPUT ends with the Job failed and the real reason in `fruitlens k8s status`.
 
-The image: $K8S_TEST_IMAGE when set (already built, e.g. `fruitlens-i9:oss`), else `make build` (as
-tests/test_docker.py does, IMAGE=$FRUITLENS_TEST_IMAGE, default fruitlens).
+The image: $K8S_TEST_IMAGE when set (already built, e.g. `fruitlens-i9:oss`), else the one `make build`
+makes for tests/test_docker.py (IMAGE=$FRUITLENS_TEST_IMAGE, default fruitlens; built once per session).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import pytest
 from conftest import SAMPLE
 from fake_k8s import render
 from k8s_pod_runner import PodRunner, memory_bytes, wait_for
-from test_docker import build, docker_engine, rel_key  # noqa: F401 (docker_engine: a fixture)
+from test_docker import docker_engine, oss_image, rel_key  # noqa: F401 (fixtures, shared with test_docker)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -39,8 +39,9 @@ ORDER = ["ServiceAccount", "Role", "RoleBinding", "Service", "ConfigMap", "Job"]
 
 
 @pytest.fixture(scope="module")
-def image(docker_engine) -> str:  # noqa: F811
-    return os.environ.get("K8S_TEST_IMAGE") or build("oss")
+def image(docker_engine, request) -> str:  # noqa: F811
+    """$K8S_TEST_IMAGE as is, else the session's `make build` image (one build with tests/test_docker.py)."""
+    return os.environ.get("K8S_TEST_IMAGE") or request.getfixturevalue("oss_image")
 
 
 @pytest.fixture(scope="module")
