@@ -432,3 +432,17 @@ def test_unschedulable_executors_show_why(kube, jobs):
     assert executor.reason == ("Unschedulable: 0/1 nodes are available: 1 Insufficient memory. "
                                "preemption: 0/1 nodes are available.")
     assert "Unschedulable" in executor.line() and "Insufficient memory" in executor.line()
+
+
+def test_upgrading_a_release_with_a_job_says_what_to_do():
+    """Issue 9, finding 10: a second `helm upgrade --install` with new values hits the Job's immutable template."""
+    import subprocess as sp
+
+    from fruitlens.k8s import Helm, K8sError
+
+    def run(cmd, **kwargs):
+        return sp.CompletedProcess(cmd, 1, "", 'Error: UPGRADE FAILED: cannot patch "demo-fruitlens" with kind Job: '
+                                   'Job.batch "demo-fruitlens" is invalid: spec.template: Invalid value: ...: '
+                                   "field is immutable\n")
+    with pytest.raises(K8sError, match=r"field is immutable; release demo already has a Job.*k8s delete demo"):
+        Helm(binary="helm", run=run).upgrade_install("demo", "chart", {})

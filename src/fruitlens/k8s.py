@@ -200,7 +200,14 @@ class Helm:
                 cmd.append("--create-namespace")
             for item in sets or []:
                 cmd += ["--set", item]
-            return self._call(cmd, f"helm upgrade --install {release}")
+            try:
+                return self._call(cmd, f"helm upgrade --install {release}")
+            except K8sError as exc:
+                if "field is immutable" in str(exc):  # a Job's pod template cannot change in place
+                    raise K8sError(f"{exc}; release {release} already has a Job, which cannot be changed: "
+                                   f"`fruitlens k8s delete {release}` first (or `k8s submit --replace` once it "
+                                   "has finished), or use another --release") from None
+                raise
 
     def uninstall(self, release: str) -> bool:
         """True if a release was removed, False if there was none."""
