@@ -26,7 +26,11 @@ case "${1:-}" in
     ;;
   executor)
     shift 1
-    CMD=("${JAVA_HOME:-/usr}/bin/java" "-Xms${SPARK_EXECUTOR_MEMORY:-1g}" "-Xmx${SPARK_EXECUTOR_MEMORY:-1g}"
+    # The driver passes the executor's JVM options as SPARK_JAVA_OPT_0..N (Java 17's --add-opens, which
+    # Arrow needs for mapInArrow, spark.executor.extraJavaOptions); in index order, as apache/spark does.
+    mapfile -t SPARK_EXECUTOR_JAVA_OPTS < <(env | grep '^SPARK_JAVA_OPT_' | sort -t_ -k4 -n | sed 's/[^=]*=\(.*\)/\1/')
+    CMD=("${JAVA_HOME:-/usr}/bin/java" "${SPARK_EXECUTOR_JAVA_OPTS[@]}"
+         "-Xms${SPARK_EXECUTOR_MEMORY:-1g}" "-Xmx${SPARK_EXECUTOR_MEMORY:-1g}"
          -cp "$SPARK_CLASSPATH" org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend
          --driver-url "$SPARK_DRIVER_URL" --executor-id "$SPARK_EXECUTOR_ID" --cores "$SPARK_EXECUTOR_CORES"
          --app-id "$SPARK_APPLICATION_ID" --hostname "${SPARK_EXECUTOR_POD_IP:-$(hostname)}"

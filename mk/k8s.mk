@@ -10,8 +10,7 @@ KIND_CLUSTER ?= fruitlens
 MINIKUBE_PROFILE ?= fruitlens
 MINIKUBE_CPUS ?= 4
 MINIKUBE_MEMORY ?= 12g
-IMAGE ?= fruitlens
-TAG ?= dev
+# IMAGE and TAG come from mk/docker.mk (fruitlens:oss by default, the chart's default image).
 K8S_NAMESPACE ?= fruitlens
 RELEASE ?= fruitlens
 S3_BUCKET ?= fruitlens
@@ -55,8 +54,11 @@ kind-up: helm-tools ## create the kind cluster (if missing) and start the local 
 	$(MAKE) --no-print-directory s3-up K8S_CONTEXT=kind-$(KIND_CLUSTER)
 
 .PHONY: kind-load
+# Through an archive: `kind load docker-image` fails under Docker's containerd image store.
 kind-load: build ## load $(IMAGE):$(TAG) into the kind cluster
-	$(KIND) load docker-image $(IMAGE):$(TAG) --name $(KIND_CLUSTER)
+	@mkdir -p build
+	docker save $(IMAGE):$(TAG) -o build/kind-image.tar
+	$(KIND) load image-archive build/kind-image.tar --name $(KIND_CLUSTER); rc=$$?; rm -f build/kind-image.tar; exit $$rc
 
 .PHONY: kind-run
 kind-run: kind-up kind-load ## upload the sample to the local S3, install the chart, follow the job to its end
@@ -92,7 +94,11 @@ minikube-down: ## delete the minikube profile
 # Shared steps, given K8S_CONTEXT.
 .PHONY: s3-up
 s3-up:
-	$(KUBECTL) --context $(K8S_CONTEXT) apply -f k8s/s3.yaml
+	$(KUBECTL) --context $(K8S_CONTEXT) create namespace $(K8S_NAMESPACE) --dry-run=client -o yaml \
+	  | $(KUBECTL) --context $(K8S_CONTEXT) apply -f -
+	$(KUBECTL) --context $(K8S_CONTEXT) label namespace $(K8S_NAMESPACE) --overwrite \
+	  pod-security.kubernetes.io/enforce=restricted app.kubernetes.io/part-of=fruitlens
+	$(KUBECTL) --context $(K8S_CONTEXT) -n $(K8S_NAMESPACE) apply -f k8s/s3.yaml
 	$(KUBECTL) --context $(K8S_CONTEXT) -n $(K8S_NAMESPACE) rollout status deployment/s3 --timeout 180s
 
 .PHONY: upload-sample

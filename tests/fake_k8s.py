@@ -9,6 +9,8 @@ and answers just enough of the API for two clients:
   ``follow`` streamed in chunks).
 
 Nothing is scheduled, no container runs: tests set pod/job statuses themselves with :meth:`FakeKube.put`.
+tests/k8s_pod_runner.py plugs into its hooks (``runner``) to turn created pods into Docker containers, and
+serves it over HTTPS with a bearer token, as a kubelet + API server TEST DOUBLE.
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ KINDS = {
     "persistentvolumeclaims": ("v1", "PersistentVolumeClaim"),
     "secrets": ("v1", "Secret"),
     "jobs": ("batch/v1", "Job"),
+    "serviceaccounts": ("v1", "ServiceAccount"),
+    "roles": ("rbac.authorization.k8s.io/v1", "Role"),
+    "rolebindings": ("rbac.authorization.k8s.io/v1", "RoleBinding"),
 }
 
 
@@ -54,7 +59,11 @@ class FakeKube:
     logs: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (ns, pod) → chunks
     log_delay: float = 0.0
     url: str = ""
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    #: Bearer token every request must carry (None: no authentication, the plain fake).
+    token: str | None = None
+    #: Plug-in that acts on created/deleted objects and serves logs (tests/k8s_pod_runner.py), or None.
+    runner: Any = None
 
     # -- test-side helpers ------------------------------------------------------------------------------
     def put(self, collection: str, obj: dict) -> dict:
@@ -67,8 +76,9 @@ class FakeKube:
         meta.setdefault("namespace", "default")
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        meta.setdefault("resourceVersion", "1")
         with self.lock:
+            self.version = getattr(self, "version", 1) + 1
+            meta["resourceVersion"] = str(self.version)
             self.objects[(collection, meta["namespace"], meta["name"])] = obj
         return obj
 
@@ -146,6 +156,12 @@ def _make_handler(state: FakeKube):
             self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
                               "reason": reason, "message": message})
 
+        def _authorized(self) -> bool:
+            if state.token is None or self.headers.get("Authorization") == f"Bearer {state.token}":
+                return True
+            self._status(401, "Unauthorized", "the pod runner's API wants the mounted service-account token")
+            return False
+
         def _record(self) -> Request:
             u = urlparse(self.path)
             req = Request(self.command, u.path, parse_qs(u.query), dict(self.headers), self._body())
@@ -155,11 +171,15 @@ def _make_handler(state: FakeKube):
 
         def do_GET(self):
             req = self._record()
+            if not self._authorized():
+                return None
             ns, coll, name, sub = _parse(req.path)
             if coll not in KINDS:
                 return self._status(404, "NotFound", f"the fake knows no {req.path}")
             if name is None:
                 if req.query.get("watch", ["false"])[0] in ("true", "1"):
+                    if state.runner is not None:
+                        return state.runner.watch(self, ns, coll, req)
                     # No watch support: an empty stream that ends (clients re-list or give up).
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
@@ -176,6 +196,8 @@ def _make_handler(state: FakeKube):
             if obj is None:
                 return self._status(404, "NotFound", f'{coll} "{name}" not found')
             if sub == "log":
+                if state.runner is not None:
+                    return state.runner.log(self, ns, name, req)
                 return self._log(ns, name, req)
             return self._send(200, obj)
 
@@ -199,6 +221,8 @@ def _make_handler(state: FakeKube):
 
         def do_POST(self):
             req = self._record()
+            if not self._authorized():
+                return None
             ns, coll, name, _ = _parse(req.path)
             if coll not in KINDS or not isinstance(req.body, dict):
                 return self._status(404, "NotFound", f"the fake cannot create {req.path}")
@@ -208,10 +232,14 @@ def _make_handler(state: FakeKube):
                 return self._status(409, "AlreadyExists", f'{coll} "{body["metadata"]["name"]}" already exists')
             if coll == "pods":
                 body.setdefault("status", {"phase": "Pending"})
+            if state.runner is not None:
+                return self._send(201, state.runner.create(coll, body))
             return self._send(201, state.put(coll, body))
 
         def do_PATCH(self):
             req = self._record()
+            if not self._authorized():
+                return None
             ns, coll, name, _ = _parse(req.path)
             if coll not in KINDS:
                 return self._status(404, "NotFound", f"the fake cannot patch {req.path}")
@@ -233,6 +261,8 @@ def _make_handler(state: FakeKube):
 
         def do_DELETE(self):
             req = self._record()
+            if not self._authorized():
+                return None
             ns, coll, name, _ = _parse(req.path)
             if coll not in KINDS:
                 return self._status(404, "NotFound", f"the fake cannot delete {req.path}")
@@ -242,6 +272,9 @@ def _make_handler(state: FakeKube):
                         and _matches(o["metadata"].get("labels") or {}, selector)]
                 with state.lock:
                     items = [state.objects.pop(k) for k in gone]
+                if state.runner is not None:
+                    for item in items:
+                        state.runner.deleted(coll, item)
                 api_version, kind = KINDS[coll]
                 return self._send(200, {"apiVersion": api_version, "kind": kind + "List", "metadata": {},
                                         "items": items})
@@ -249,6 +282,8 @@ def _make_handler(state: FakeKube):
                 obj = state.objects.pop((coll, ns, name), None)
             if obj is None:
                 return self._status(404, "NotFound", f'{coll} "{name}" not found')
+            if state.runner is not None:
+                state.runner.deleted(coll, obj)
             if coll == "pods":  # the API answers a pod deletion with the pod (now terminating)
                 return self._send(200, obj)
             return self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success",
@@ -260,11 +295,15 @@ def _make_handler(state: FakeKube):
 class FakeKubeServer:
     """Context manager: ``with FakeKubeServer() as kube: ... kube.url``."""
 
-    def __init__(self) -> None:
-        self.state = FakeKube()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self.state))
+    def __init__(self, *, host: str = "127.0.0.1", ssl_context=None, token: str | None = None) -> None:
+        self.state = FakeKube(token=token)
+        self.httpd = ThreadingHTTPServer((host, 0), _make_handler(self.state))
         self.httpd.daemon_threads = True
-        self.state.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        scheme = "http"
+        if ssl_context is not None:
+            self.httpd.socket = ssl_context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.state.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                        name="fake-kube", daemon=True)
 

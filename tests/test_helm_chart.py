@@ -5,6 +5,7 @@ No cluster is involved; see tests/test_k8s_spark_submit.py for what Spark makes 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fake_k8s import CHART, by_kind, executor_template, helm, one, render, spark_confs
+from fake_k8s import CHART, REPO, by_kind, executor_template, helm, one, render, spark_confs
 
 K8S_VERSION = "1.33.0"  # the kubectl shipped beside helm is v1.33; kubernetes-validate bundles it
 VALIDATE = Path(sys.executable).with_name("kubernetes-validate")
@@ -200,17 +201,28 @@ def test_renders_the_specified_image(custom_docs):
     assert executor_template(custom_docs)["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
 
 
-def test_image_tag_defaults_to_the_chart_app_version(default_docs):
+def test_default_image_is_the_one_make_build_tags(default_docs):
+    """Finding 10: the chart's default image must be one the Makefile builds (`make build`: IMAGE:TAG)."""
+    done = subprocess.run(["make", "-s", "--no-print-directory", "--eval", "print-image: ; @echo $(IMAGE):$(TAG)",
+                           "print-image"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MAKEFLAGS": ""})
+    assert done.returncode == 0, done.stderr
+    assert driver_container(default_docs)["image"] == done.stdout.strip() == "fruitlens:oss"
+
+
+def test_image_tag_falls_back_to_the_chart_app_version():
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
-    assert driver_container(default_docs)["image"] == f"fruitlens:{app_version}"
+    docs, _ = render({"image": {"tag": ""}})
+    assert driver_container(docs)["image"] == f"fruitlens:{app_version}"
 
 
 def test_runs_spark_submit_in_client_mode_through_the_image_entrypoint(default_docs):
     c = driver_container(default_docs)
-    assert "command" not in c  # /opt/entrypoint.sh (tini, passwd entry) stays the entrypoint
+    assert "command" not in c  # /opt/entrypoint.sh stays the entrypoint
     args = c["args"]
-    assert args[:5] == ["/opt/spark/bin/spark-submit", "--master", "k8s://https://kubernetes.default.svc:443",
-                        "--deploy-mode", "client"]
+    # `driver`: the entrypoint runs spark-submit --deploy-mode client under tini (finding 10: any other first
+    # argument is exec'd by apache/spark's entrypoint, the JVM then being PID 1).
+    assert args[:3] == ["driver", "--master", "k8s://https://kubernetes.default.svc:443"]
     conf = spark_confs(args)
     assert conf["spark.driver.host"] == "demo-fruitlens-driver.jobs.svc"
     assert conf["spark.kubernetes.driver.pod.name"] == "$(SPARK_DRIVER_POD_NAME)"
@@ -268,7 +280,8 @@ def test_renders_executor_sizing_and_driver_resources(custom_docs):
     assert conf["spark.kubernetes.executor.request.cores"] == "1500m"
     assert conf["spark.kubernetes.executor.limit.cores"] == "2"
     assert conf["spark.kubernetes.executor.deleteOnTermination"] == "false"
-    assert c["resources"] == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+    assert c["resources"] == {"requests": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "1Gi"},
+                              "limits": {"cpu": "2", "memory": "4Gi"}}  # explicit memory wins
 
 
 def test_spark_conf_values_override_the_charts_settings(custom_docs):
@@ -290,7 +303,7 @@ def test_renders_a_hardened_driver_pod(default_docs):
     assert sc["capabilities"] == {"drop": ["ALL"]}
     mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    for path in ("/tmp", "/var/data/spark-local"):
+    for path in ("/tmp", "/var/data/spark-local", "/opt/spark/work-dir"):
         assert "emptyDir" in volumes[mounts[path]], f"{path} must be a writable emptyDir"
     conf = spark_confs(pod["containers"][0]["args"])
     assert conf["spark.local.dir"] == "/var/data/spark-local"
@@ -421,3 +434,180 @@ def test_notes_give_numbered_commands_to_follow_the_job(tmp_path):
     assert "fruitlens k8s logs demo -n jobs" in notes
     assert "kubectl -n jobs logs -f job/demo-fruitlens" in notes
     assert re.search(r"^4\. Clean up", notes, re.M)
+
+
+# -- what a real cluster would have broken (issue 9) ------------------------------------------------------
+
+def test_executor_pod_template_mounts_a_writable_working_dir(default_docs):
+    """Finding 1: addFile puts the model in the executor's working dir, /opt/spark/work-dir (read-only root)."""
+    tpl = executor_template(default_docs)["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in tpl["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in tpl["volumes"]}
+    assert "emptyDir" in volumes[mounts["/opt/spark/work-dir"]]
+    assert volumes[mounts["/opt/spark/work-dir"]]["emptyDir"]["sizeLimit"] == "1Gi"
+
+
+def test_executors_run_as_the_release_service_account(custom_docs):
+    """Finding 2: the IRSA annotation is on the chart's ServiceAccount; executors must run as it too."""
+    sa = one(custom_docs, "ServiceAccount")["metadata"]["name"]
+    assert executor_template(custom_docs)["spec"]["serviceAccountName"] == sa
+    app = one(render(OPERATOR)[0], "SparkApplication")["spec"]
+    assert app["executor"]["serviceAccount"] == app["driver"]["serviceAccount"] == sa
+
+
+def test_without_a_secret_s3a_uses_the_aws_sdk_default_chain(default_docs, custom_docs):
+    """Finding 3: hadoop-aws 3.4's default chain has no web-identity provider; IRSA needs the SDK's chain."""
+    key = "spark.hadoop.fs.s3a.aws.credentials.provider"
+    conf = spark_confs(driver_container(default_docs)["args"])
+    assert conf[key] == "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
+    assert key not in spark_confs(driver_container(custom_docs)["args"])  # keys from the Secret: S3A's env provider
+
+
+def test_driver_memory_limit_follows_the_heap_and_overhead():
+    """Finding 8: `k8s submit --driver-memory 4g` must raise the container's limit with the heap."""
+    from fruitlens.k8s import chart_values
+
+    docs, _ = render(chart_values(driver_memory="4g"))
+    resources = driver_container(docs)["resources"]
+    assert resources["limits"]["memory"] == resources["requests"]["memory"] == "5120Mi"  # 4g + 1g overhead
+    assert spark_confs(driver_container(docs)["args"])["spark.driver.memory"] == "4g"
+    docs, _ = render({"driver": {"memory": "2500m", "memoryOverhead": "512m"}})
+    assert driver_container(docs)["resources"]["limits"]["memory"] == "3012Mi"
+
+
+def test_no_token_file_setting_so_rotated_tokens_are_reread(default_docs):
+    """Finding 10: oauthTokenFile makes Spark read the projected token once; it rotates."""
+    conf = spark_confs(driver_container(default_docs)["args"])
+    assert not [k for k in conf if "oauthToken" in k]
+    assert conf["spark.kubernetes.authenticate.caCertFile"].endswith("/serviceaccount/ca.crt")
+
+
+def test_driver_and_executors_report_their_log_tail_on_error(default_docs):
+    """Finding 10: without FallbackToLogsOnError the reason is only "Error: exit code 1"."""
+    assert driver_container(default_docs)["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert executor_template(default_docs)["spec"]["containers"][0]["terminationMessagePolicy"] == \
+        "FallbackToLogsOnError"
+
+
+def test_driver_is_started_through_the_entrypoints_driver_mode_with_its_pod_ip(default_docs):
+    """Finding 10: `driver` runs spark-submit under tini in both bases (a pass-through argument is exec'd
+    by apache/spark's entrypoint: the JVM would be PID 1, reaping no Python worker)."""
+    c = driver_container(default_docs)
+    assert c["args"][0] == "driver" and "--deploy-mode" not in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["SPARK_DRIVER_BIND_ADDRESS"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+
+def _mib(quantity: str) -> float:
+    units = {"Mi": 1, "Gi": 1024, "m": 1, "g": 1024}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * factor
+    raise ValueError(quantity)
+
+
+def _cpu(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_default_sizing_fits_a_laptop_kind_node(default_docs):
+    """Finding 10: the defaults asked for 3 CPU and 11Gi; a kind node on a laptop (Docker Desktop: 2+ CPU,
+    8 GiB) must hold the driver and both executors, or they stay Pending."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    driver = driver_container(default_docs)["resources"]["requests"]
+    conf = spark_confs(driver_container(default_docs)["args"])
+    n = int(conf["spark.executor.instances"])
+    memory = _mib(driver["memory"]) + n * (_mib(conf["spark.executor.memory"]) + _mib(conf["spark.executor.memoryOverhead"]))
+    cpu = _cpu(driver["cpu"]) + n * _cpu(conf["spark.kubernetes.executor.request.cores"])
+    assert n == values["executor"]["instances"] == 2
+    assert memory <= 7 * 1024, f"{memory} MiB requested"
+    assert cpu <= 2, f"{cpu} CPU requested"
+
+
+def test_default_parallelism_is_set_from_the_executors(default_docs, custom_docs):
+    """Finding 10: the job reads defaultParallelism before executors register; the setting makes it right."""
+    assert spark_confs(driver_container(default_docs)["args"])["spark.default.parallelism"] == "2"
+    assert spark_confs(driver_container(custom_docs)["args"])["spark.default.parallelism"] == "8"  # 4 × 2
+
+
+def test_extra_volumes_reach_driver_and_executors():
+    values = {"extraVolumes": [{"name": "data", "hostPath": {"path": "/srv/fruits", "type": "Directory"}}],
+              "extraVolumeMounts": [{"name": "data", "mountPath": "/data"}]}
+    docs, _ = render(values)
+    for spec in (one(docs, "Job")["spec"]["template"]["spec"], executor_template(docs)["spec"]):
+        assert {"name": "data", "mountPath": "/data"} in spec["containers"][0]["volumeMounts"]
+        assert {"name": "data", "hostPath": {"path": "/srv/fruits", "type": "Directory"}} in spec["volumes"]
+
+
+def test_notes_say_a_job_cannot_be_upgraded_in_place():
+    """Finding 10: a second `helm upgrade --install` with new values hits the Job's immutable template."""
+    done = helm("install", "demo", str(CHART), "--namespace", "jobs", "--dry-run=client")
+    assert "field is immutable" in done.stdout and "--replace" in done.stdout
+
+
+# -- the Spark operator (v2.5.2) path: its webhook's rules, applied to the rendered SparkApplication --------
+# From kubeflow/spark-operator v2.5.2: internal/webhook/sparkconf_validator.go (deniedSparkConfKeys,
+# validateSparkConf), internal/webhook/sparkpod_defaulter.go (addVolumes skips mounts named spark-local-dir-*),
+# internal/controller/sparkapplication/submission.go (spark-local-dir-* volumes become Spark volume settings).
+OPERATOR_DENIED_CONF = {
+    "spark.kubernetes.authenticate.driver.serviceAccountName", "spark.kubernetes.authenticate.executor.serviceAccountName",
+    "spark.kubernetes.authenticate.oauthTokenFile", "spark.kubernetes.authenticate.oauthToken",
+    "spark.kubernetes.authenticate.driver.oauthTokenFile", "spark.kubernetes.authenticate.driver.oauthToken",
+    "spark.kubernetes.authenticate.executor.oauthTokenFile", "spark.kubernetes.authenticate.executor.oauthToken",
+    "spark.master", "spark.kubernetes.driver.master", "spark.kubernetes.container.image",
+    "spark.kubernetes.driver.container.image", "spark.kubernetes.executor.container.image",
+}
+
+
+def operator_denials(app: dict, namespace: str) -> list[str]:
+    """What validateSparkConf of operator v2.5.2 refuses in this SparkApplication."""
+    denied = [f"sparkConf key {k!r} is not allowed" for k in app["spec"].get("sparkConf", {}) if k in OPERATOR_DENIED_CONF]
+    ns = app["spec"].get("sparkConf", {}).get("spark.kubernetes.namespace", namespace)
+    if ns != namespace:
+        denied.append(f"spark.kubernetes.namespace must equal {namespace!r}")
+    return denied
+
+
+def operator_pod_mounts(app: dict, role: str) -> list[str]:
+    """The mount paths of the Spark container the API server receives for `role`: Spark's own
+    (LocalDirsFeatureStep: the spark-local-dir-* volumes the operator passes as settings, else one emptyDir
+    at spark.local.dir), then the webhook's (addVolumes: every other mount of the role with a volume)."""
+    spec = app["spec"]
+    volumes = {v["name"] for v in spec.get("volumes", [])}
+    mounts = spec[role].get("volumeMounts", [])
+    local = [m["mountPath"] for m in mounts if m["name"].startswith("spark-local-dir-") and m["name"] in volumes]
+    spark = local or [spec.get("sparkConf", {}).get("spark.local.dir", "/var/data/spark-local")]
+    webhook = [m["mountPath"] for m in mounts if not m["name"].startswith("spark-local-dir-") and m["name"] in volumes]
+    return spark + webhook
+
+
+@pytest.mark.parametrize("values", [OPERATOR, {"sparkOperator": {"enabled": True}}], ids=["non-default", "default"])
+def test_operator_webhook_admits_the_spark_application(values):
+    """Findings 4 and 5: the webhook denied the image in sparkConf, and the pods it patched had two mounts
+    at spark.local.dir ("mountPath must be unique")."""
+    docs, _ = render(values)
+    app = one(docs, "SparkApplication")
+    assert operator_denials(app, "jobs") == []
+    for role in ("driver", "executor"):
+        paths = operator_pod_mounts(app, role)
+        assert len(paths) == len(set(paths)), f"{role}: {paths}"
+        assert {"/tmp", "/opt/spark/work-dir", "/var/data/spark-local"} <= set(paths)
+
+
+def test_operator_rules_catch_what_the_old_chart_rendered():
+    """The two checks above fail on the chart's former SparkApplication (so they can fail)."""
+    old = {"spec": {"sparkConf": {"spark.kubernetes.container.image": "fruitlens:oss",
+                                  "spark.local.dir": "/var/data/spark-local"},
+                    "volumes": [{"name": "spark-local", "emptyDir": {}}],
+                    "driver": {"volumeMounts": [{"name": "spark-local", "mountPath": "/var/data/spark-local"}]}}}
+    assert operator_denials(old, "jobs")
+    paths = operator_pod_mounts(old, "driver")
+    assert len(paths) != len(set(paths))
+
+
+def test_notes_say_the_operator_must_watch_the_namespace():
+    """Finding 6: the operator reconciles only the namespaces in its spark.jobNamespaces (default [default])."""
+    done = helm("install", "demo", str(CHART), "--namespace", "jobs", "--dry-run=client",
+                "--set", "sparkOperator.enabled=true")
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert "spark.jobNamespaces" in notes and "jobs" in notes

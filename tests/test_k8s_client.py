@@ -396,3 +396,53 @@ def test_cli_submit_with_the_spark_operator_installs_and_does_not_follow_a_job(k
     assert call["args"][call["args"].index("--set") + 1] == "sparkOperator.enabled=true"
     assert "as a SparkApplication" in capsys.readouterr().err
     assert kube.requests == []  # nothing to follow through the API
+
+
+def test_a_log_tail_termination_message_gives_the_error_line_not_the_shutdown_noise(kube, jobs):
+    """Issue 9, finding 10: with FallbackToLogsOnError the message is the log's tail; its last lines are
+    Spark's shutdown hooks, the error is above them."""
+    tail = ("25/11/25 07:00:01 INFO SparkContext: Successfully stopped SparkContext\n"
+            "fruitlens: error: INPUT /data/in/nope does not exist: check the path\n"
+            "25/11/25 07:00:02 INFO ShutdownHookManager: Shutdown hook called\n"
+            "25/11/25 07:00:02 INFO ShutdownHookManager: Deleting directory /tmp/spark-1234\n")
+    kube.put("jobs", job("demo", failed=1))
+    kube.put("pods", pod("demo-fruitlens-abc", "demo", "driver", "Failed", terminated=(2, "Error", tail)))
+    assert jobs.status("demo").reason == "fruitlens: error: INPUT /data/in/nope does not exist: check the path"
+
+
+def test_error_line_falls_back_to_exceptions_then_the_last_line():
+    from fruitlens.k8s import error_line
+
+    assert error_line("a\njava.lang.OutOfMemoryError: Java heap space\nShutdown hook called\n") == \
+        "java.lang.OutOfMemoryError: Java heap space"
+    assert error_line("one\ntwo\n") == "two"
+    assert error_line("") == ""
+
+
+def test_unschedulable_executors_show_why(kube, jobs):
+    """Issue 9, finding 10: a pod too big for the node stays Pending; status says why, not just "Pending"."""
+    kube.put("jobs", job("demo", active=1))
+    kube.put("pods", pod("demo-fruitlens-abc", "demo", "driver", "Running"))
+    pending = pod("demo-fruitlens-exec-1", "demo", "executor", "Pending", container="executor")
+    pending["status"] = {"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/1 nodes are available: 1 Insufficient memory. preemption: 0/1 nodes are available."}]}
+    kube.put("pods", pending)
+    (executor,) = jobs.status("demo").executors
+    assert executor.reason == ("Unschedulable: 0/1 nodes are available: 1 Insufficient memory. "
+                               "preemption: 0/1 nodes are available.")
+    assert "Unschedulable" in executor.line() and "Insufficient memory" in executor.line()
+
+
+def test_upgrading_a_release_with_a_job_says_what_to_do():
+    """Issue 9, finding 10: a second `helm upgrade --install` with new values hits the Job's immutable template."""
+    import subprocess as sp
+
+    from fruitlens.k8s import Helm, K8sError
+
+    def run(cmd, **kwargs):
+        return sp.CompletedProcess(cmd, 1, "", 'Error: UPGRADE FAILED: cannot patch "demo-fruitlens" with kind Job: '
+                                   'Job.batch "demo-fruitlens" is invalid: spec.template: Invalid value: ...: '
+                                   "field is immutable\n")
+    with pytest.raises(K8sError, match=r"field is immutable; release demo already has a Job.*k8s delete demo"):
+        Helm(binary="helm", run=run).upgrade_install("demo", "chart", {})

@@ -39,7 +39,7 @@ def test_local_s3_secret_has_the_keys_the_chart_reads_and_the_server_accepts():
     chart = yaml.safe_load((REPO / "helm" / "fruitlens" / "values.yaml").read_text())["s3"]["credentials"]
     assert {chart["accessKeyIdKey"], chart["secretAccessKeyKey"]} <= set(secret)
     assert docs["Secret"]["metadata"]["name"] == "fruitlens-s3"
-    assert docs["Service"]["metadata"] == {**docs["Service"]["metadata"], "name": "s3", "namespace": "fruitlens"}
+    assert docs["Service"]["metadata"]["name"] == "s3"
     assert docs["Service"]["spec"]["ports"][0]["port"] == 8333
 
 
@@ -79,10 +79,20 @@ exit 0
 def test_make_kind_up_creates_the_cluster_once_then_only_checks(stand_ins):
     first = stand_ins("kind-up")
     assert any(c.startswith("kind create cluster --name fruitlens --config k8s/kind-cluster.yaml") for c in first)
-    assert "kubectl --context kind-fruitlens apply -f k8s/s3.yaml" in first
+    assert "kubectl --context kind-fruitlens -n fruitlens apply -f k8s/s3.yaml" in first
     second = stand_ins("kind-up")
     assert not any("create cluster" in c for c in second)
-    assert "kubectl --context kind-fruitlens apply -f k8s/s3.yaml" in second  # apply is idempotent itself
+    assert "kubectl --context kind-fruitlens -n fruitlens apply -f k8s/s3.yaml" in second  # apply is idempotent
+
+
+def test_local_s3_manifest_names_no_namespace_so_k8s_namespace_applies(stand_ins):
+    """Issue 9, finding 10: k8s/s3.yaml hard-coded `fruitlens`; K8S_NAMESPACE must decide."""
+    assert all("namespace" not in d["metadata"] and d["kind"] != "Namespace" for d in _docs("k8s/s3.yaml"))
+    calls = stand_ins("s3-up", "K8S_CONTEXT=kind-x", "K8S_NAMESPACE=ml")
+    assert "kubectl --context kind-x create namespace ml --dry-run=client -o yaml" in calls
+    assert any(c.startswith("kubectl --context kind-x label namespace ml --overwrite "
+                            "pod-security.kubernetes.io/enforce=restricted") for c in calls)
+    assert "kubectl --context kind-x -n ml apply -f k8s/s3.yaml" in calls
 
 
 def test_make_kind_run_submits_the_built_image_with_the_local_s3(tmp_path):
@@ -91,7 +101,9 @@ def test_make_kind_run_submits_the_built_image_with_the_local_s3(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "MAKEFLAGS": ""})
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert f"{tmp_path}/kind load docker-image reg/fl:t1 --name fruitlens" in out
+    # Issue 9, finding 10: `kind load docker-image` fails under containerd's image store; an archive works.
+    assert "docker save reg/fl:t1 -o build/kind-image.tar" in out
+    assert f"{tmp_path}/kind load image-archive build/kind-image.tar --name fruitlens" in out
     assert "--build-arg WITH_S3A=true" in out  # the image gets the S3A connector (mk/docker.mk)
     submit = next(line for line in out.splitlines() if "fruitlens k8s submit" in line)
     for part in ('"s3a://fruitlens/fruits-360-sample" "s3a://fruitlens/output"', "--context kind-fruitlens",
@@ -135,3 +147,12 @@ def test_s3_upload_sends_a_folder_once(tmp_path, monkeypatch):
         assert s3_upload.main(args) == 0  # second run: all skipped
     finally:
         server.stop()
+
+
+def test_make_kind_run_defaults_to_the_image_make_build_tags(tmp_path):
+    """Issue 9, finding 10: `TAG ?= dev` in mk/k8s.mk never applied (mk/docker.mk sets TAG first)."""
+    done = subprocess.run(["make", "-n", "--no-print-directory", "kind-load", f"KIND={tmp_path}/kind"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "MAKEFLAGS": ""})
+    assert done.returncode == 0, done.stderr
+    assert "docker save fruitlens:oss " in done.stdout
+    assert "TAG ?= dev" not in (REPO / "mk" / "k8s.mk").read_text()

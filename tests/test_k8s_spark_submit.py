@@ -184,8 +184,9 @@ def client_mode_run(tmp_path_factory):
                 break
             cmd.append(arg.replace("k8s://https://kubernetes.default.svc:443", f"k8s://{kube.url}"))
             i += 1
-        assert cmd[:5] == ["/opt/spark/bin/spark-submit", "--master", f"k8s://{kube.url}", "--deploy-mode", "client"]
-        cmd[0] = str(SPARK_SUBMIT)
+        # The image's entrypoint turns `driver ARGS` into `spark-submit --deploy-mode client ARGS`.
+        assert cmd[:3] == ["driver", "--master", f"k8s://{kube.url}"]
+        cmd = [str(SPARK_SUBMIT), "--deploy-mode", "client", *cmd[1:]]
         cmd += ["--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=1s", str(tmp_path / "job.py")]
         _run(cmd, tmp_path)
         yield kube, driver
@@ -217,7 +218,7 @@ def test_client_mode_executors_use_the_image_and_sizing(client_mode_run):
         assert c["name"] == "executor"
         assert c["image"] == "registry.example.com/fruitlens:9.9.9"
         assert c["resources"]["limits"]["memory"] == "1536Mi"  # 1g heap + 512m overhead
-        assert c["resources"]["requests"]["cpu"] == "1"
+        assert c["resources"]["requests"]["cpu"] == "500m"  # executor.requestCores
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["SPARK_DRIVER_URL"] == "spark://CoarseGrainedScheduler@127.0.0.1:7078"
 
@@ -256,3 +257,42 @@ def test_client_mode_driver_removes_its_executors_when_it_stops(client_mode_run)
     kube, _ = client_mode_run
     deletes = [r for r in kube.sent("DELETE", "/api/v1/namespaces/jobs/pods") if "labelSelector" in r.query]
     assert deletes and "spark-role=executor" in deletes[0].query["labelSelector"][0]
+
+
+def test_client_mode_executors_run_as_the_release_service_account(client_mode_run):
+    """Finding 2: without it executors run as `default`, and an IRSA / Pod Identity role never reaches them."""
+    kube, _ = client_mode_run
+    for p in _executor_pods(kube):
+        assert p["spec"]["serviceAccountName"] == "demo-fruitlens"
+
+
+def test_client_mode_executors_have_a_writable_working_dir(client_mode_run):
+    """Finding 1: SparkContext.addFile lands in the executor's working dir, the image's WORKDIR
+    /opt/spark/work-dir, on a read-only root filesystem unless an emptyDir is mounted there."""
+    kube, _ = client_mode_run
+    for p in _executor_pods(kube):
+        c = p["spec"]["containers"][0]
+        assert c.get("workingDir") in (None, "/opt/spark/work-dir")
+        volumes = {v["name"]: v for v in p["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert "emptyDir" in volumes[mounts["/opt/spark/work-dir"]]
+
+
+def test_client_mode_executor_local_dir_is_the_templates_sized_volume(client_mode_run):
+    """Finding 10: Spark uses the template's spark-local-dir-1 (size-limited) instead of adding its own
+    unlimited emptyDir; mount paths stay unique; the ephemeral-storage request survives Spark's edits."""
+    kube, _ = client_mode_run
+    for p in _executor_pods(kube):
+        c = p["spec"]["containers"][0]
+        paths = [m["mountPath"] for m in c["volumeMounts"]]
+        assert len(paths) == len(set(paths)), paths
+        names = [v["name"] for v in p["spec"]["volumes"]]
+        assert len(names) == len(set(names)), names
+        local = [m for m in c["volumeMounts"] if m["name"].startswith("spark-local-dir-")]
+        assert [m["mountPath"] for m in local] == ["/var/data/spark-local"]
+        volumes = {v["name"]: v for v in p["spec"]["volumes"]}
+        assert volumes["spark-local-dir-1"]["emptyDir"]["sizeLimit"] == "10Gi"
+        assert c["resources"]["requests"]["ephemeral-storage"] == "1Gi"
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["SPARK_LOCAL_DIRS"] == "/var/data/spark-local"
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"

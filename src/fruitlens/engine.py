@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,10 +146,31 @@ def prepare_model(engine: str, weights: str) -> ModelArtifact:
     digest = sha256_file(weights_path)
     if engine == "keras":
         return ModelArtifact("keras", str(weights_path), digest)
-    onnx_path = cache_dir() / f"mobilenet_v2_avg_{digest[:16]}_opset{ONNX_OPSET}.onnx"
+    name = f"mobilenet_v2_avg_{digest[:16]}_opset{ONNX_OPSET}.onnx"
+    onnx_path = cache_dir() / name
     if not onnx_path.is_file():
-        export_onnx(weights_path, onnx_path)
+        onnx_path = _writable(cache_dir()) / name
+        if not onnx_path.is_file():
+            export_onnx(weights_path, onnx_path)
     return ModelArtifact("onnx", str(onnx_path), digest)
+
+
+def _writable(cache: Path) -> Path:
+    """``cache``, or a folder under TMPDIR when it cannot be written: in a pod the image's cache is on a
+    read-only root filesystem, and a custom ``.h5`` still needs its export somewhere."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if os.access(cache, os.W_OK | os.X_OK):
+            return cache
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / "fruitlens-cache"
+    fallback.mkdir(parents=True, exist_ok=True)
+    from fruitlens.progress import log
+
+    log(f"model cache {cache} is not writable (read-only filesystem?): exporting the ONNX model to {fallback} "
+        "instead; it lasts as long as that folder (set FRUITLENS_CACHE to a persistent writable place)")
+    return fallback
 
 
 class KerasEngine:

@@ -11,6 +11,7 @@ the driver. Everything is found by the chart's labels (``app.kubernetes.io/insta
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -199,7 +200,14 @@ class Helm:
                 cmd.append("--create-namespace")
             for item in sets or []:
                 cmd += ["--set", item]
-            return self._call(cmd, f"helm upgrade --install {release}")
+            try:
+                return self._call(cmd, f"helm upgrade --install {release}")
+            except K8sError as exc:
+                if "field is immutable" in str(exc):  # a Job's pod template cannot change in place
+                    raise K8sError(f"{exc}; release {release} already has a Job, which cannot be changed: "
+                                   f"`fruitlens k8s delete {release}` first (or `k8s submit --replace` once it "
+                                   "has finished), or use another --release") from None
+                raise
 
     def uninstall(self, release: str) -> bool:
         """True if a release was removed, False if there was none."""
@@ -306,7 +314,7 @@ def pod_state(pod, container: str | None = None) -> PodState:
             exit_code = st.terminated.exit_code
             detail = f"terminated: {st.terminated.reason or 'exited'} (exit {exit_code})"
             if st.terminated.message:
-                reason = st.terminated.message.strip().splitlines()[-1]
+                reason = error_line(st.terminated.message)
             elif exit_code:
                 reason = f"{st.terminated.reason or 'Error'}: exit code {exit_code}"
         elif st.waiting is not None:
@@ -317,7 +325,28 @@ def pod_state(pod, container: str | None = None) -> PodState:
             detail = "running"
     if status is not None and status.reason and not reason:  # Evicted, DeadlineExceeded, ...
         reason = f"{status.reason}: {status.message}" if status.message else status.reason
+    if phase == "Pending" and not reason:  # not scheduled: too little CPU/memory, a taint, a selector
+        for cond in (status.conditions if status else None) or []:
+            if cond.type == "PodScheduled" and cond.status == "False":
+                reason = f"{cond.reason or 'Unschedulable'}: {(cond.message or '').strip()}".rstrip(": ")
+                detail = detail or cond.reason or "Unschedulable"
     return PodState(name=pod.metadata.name, phase=phase, detail=detail, exit_code=exit_code, reason=reason)
+
+
+#: Lines that state an error, best first: fruitlens' own, then a Python or Java exception.
+_ERROR_LINES = (re.compile(r"^fruitlens: error: "), re.compile(r"^\S*(Error|Exception)(: |$)"),
+                re.compile(r"\b(ERROR|Error|Exception)\b"))
+
+
+def error_line(message: str) -> str:
+    """The one line of a termination message that says what went wrong: with FallbackToLogsOnError it is
+    the log's tail, whose last lines are usually Spark's shutdown noise, not the error."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    for pattern in _ERROR_LINES:
+        found = [line for line in lines if pattern.search(line)]
+        if found:
+            return found[-1]
+    return lines[-1] if lines else ""
 
 
 class JobClient:

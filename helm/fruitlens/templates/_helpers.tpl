@@ -109,18 +109,51 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- toYaml $args }}
 {{- end }}
 
-{{/* Spark settings shared by both ways of running (Job in client mode, SparkApplication), as a YAML map. */}}
+{{/* A Spark memory size (`2g`, `2500m`, `1024k`, `1t`; no unit: MiB, as Spark reads spark.*.memory) in MiB. */}}
+{{- define "fruitlens.mib" -}}
+{{- $s := . | toString | lower }}
+{{- $digits := regexFind "^[0-9]+" $s }}
+{{- $n := $digits | int }}
+{{- $unit := trimPrefix $digits $s }}
+{{- if eq $unit "k" }}{{ div $n 1024 }}
+{{- else if eq $unit "g" }}{{ mul $n 1024 }}
+{{- else if eq $unit "t" }}{{ mul $n 1048576 }}
+{{- else }}{{ $n }}
+{{- end }}
+{{- end }}
+
+{{/* The driver container's resources: memory request and limit = heap + overhead unless set explicitly
+(a larger --driver-memory then raises the limit with it instead of being OOMKilled under the old one). */}}
+{{- define "fruitlens.driverResources" -}}
+{{- $res := deepCopy (.Values.resources | default dict) }}
+{{- $mem := printf "%dMi" (add (include "fruitlens.mib" .Values.driver.memory | int) (include "fruitlens.mib" .Values.driver.memoryOverhead | int)) }}
+{{- $requests := $res.requests | default dict }}
+{{- $limits := $res.limits | default dict }}
+{{- if not (hasKey $requests "memory") }}{{ $_ := set $requests "memory" $mem }}{{ end }}
+{{- if not (hasKey $limits "memory") }}{{ $_ := set $limits "memory" $mem }}{{ end }}
+{{- with .Values.scratch.ephemeralStorageRequest }}
+{{- if not (hasKey $requests "ephemeral-storage") }}{{ $_ := set $requests "ephemeral-storage" . }}{{ end }}
+{{- end }}
+{{- $_ := set $res "requests" $requests }}
+{{- $_ = set $res "limits" $limits }}
+{{- toYaml $res }}
+{{- end }}
+
+{{/* Spark settings shared by both ways of running (Job in client mode, SparkApplication), as a YAML map.
+Not here: the image and the service accounts (the operator's webhook denies them in sparkConf: they are
+fields of the SparkApplication) and anything about authentication (the operator manages it). */}}
 {{- define "fruitlens.sparkConf" -}}
 {{- $conf := dict }}
 {{- $_ := set $conf "spark.app.name" (include "fruitlens.fullname" .) }}
 {{- $_ = set $conf "spark.kubernetes.namespace" .Release.Namespace }}
-{{- $_ = set $conf "spark.kubernetes.container.image" (include "fruitlens.image" .) }}
 {{- $_ = set $conf "spark.kubernetes.container.image.pullPolicy" .Values.image.pullPolicy }}
 {{- $_ = set $conf "spark.kubernetes.executor.podNamePrefix" (include "fruitlens.executorPrefix" .) }}
 {{- $_ = set $conf "spark.executor.instances" (.Values.executor.instances | toString) }}
 {{- $_ = set $conf "spark.executor.cores" (.Values.executor.cores | toString) }}
 {{- $_ = set $conf "spark.executor.memory" .Values.executor.memory }}
 {{- $_ = set $conf "spark.executor.memoryOverhead" .Values.executor.memoryOverhead }}
+{{- /* Read by the job right after the session starts, before executors register: set it, don't count. */}}
+{{- $_ = set $conf "spark.default.parallelism" (mul .Values.executor.instances .Values.executor.cores | toString) }}
 {{- with .Values.executor.requestCores }}
 {{- $_ = set $conf "spark.kubernetes.executor.request.cores" (. | toString) }}
 {{- end }}
@@ -134,6 +167,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $_ = set $conf "spark.hadoop.fs.s3a.connection.ssl.enabled" (hasPrefix "https://" . | toString) }}
 {{- end }}
 {{- $_ = set $conf "spark.hadoop.fs.s3a.path.style.access" (.Values.s3.pathStyleAccess | toString) }}
+{{- if not .Values.s3.credentials.existingSecret }}
+{{- /* hadoop-aws 3.4's default provider chain has no web identity (IRSA) nor Pod Identity provider; the
+AWS SDK v2's default chain has both, plus env, profile and the instance role. */}}
+{{- $_ = set $conf "spark.hadoop.fs.s3a.aws.credentials.provider" "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider" }}
+{{- end }}
 {{- with .Values.s3.region }}
 {{- $_ = set $conf "spark.hadoop.fs.s3a.endpoint.region" . }}
 {{- end }}
@@ -172,7 +210,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* Writable scratch (the root filesystem is read-only): /tmp and Spark's local dir, both emptyDir. */}}
+{{/* Volumes of the read-only root filesystem's writable places and the user's extra volumes. The local
+dir is named spark-local-dir-1: Spark (LocalDirsFeatureStep) then uses it instead of adding its own
+emptyDir at the same path, and the Spark operator turns it into Spark's volume settings (with its size
+limit) instead of appending a second mount at that path. */}}
 {{- define "fruitlens.scratchVolumes" -}}
 - name: tmp
   emptyDir:
@@ -180,17 +221,33 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     sizeLimit: {{ . }}
     {{- else }} {}
     {{- end }}
-- name: spark-local
+- name: spark-local-dir-1
   emptyDir:
     {{- with .Values.scratch.localDirSizeLimit }}
     sizeLimit: {{ . }}
     {{- else }} {}
     {{- end }}
+- name: work-dir
+  emptyDir:
+    {{- with .Values.scratch.workDirSizeLimit }}
+    sizeLimit: {{ . }}
+    {{- else }} {}
+    {{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
+{{/* /opt/spark/work-dir: the apache/spark images' WORKDIR, where executors run and SparkContext.addFile
+lands its files (SparkFiles.getRootDirectory() is "." on executors). */}}
 {{- define "fruitlens.scratchMounts" -}}
 - name: tmp
   mountPath: /tmp
-- name: spark-local
+- name: spark-local-dir-1
   mountPath: {{ .Values.scratch.localDir }}
+- name: work-dir
+  mountPath: /opt/spark/work-dir
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
