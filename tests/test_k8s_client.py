@@ -27,7 +27,7 @@ from fruitlens.k8s import (
     chart_values,
     split_image,
 )
-from fruitlens.k8s_cli import submit_values
+from fruitlens.k8s.cli import submit_values
 
 
 @pytest.fixture
@@ -446,3 +446,43 @@ def test_upgrading_a_release_with_a_job_says_what_to_do():
                                    "field is immutable\n")
     with pytest.raises(K8sError, match=r"field is immutable; release demo already has a Job.*k8s delete demo"):
         Helm(binary="helm", run=run).upgrade_install("demo", "chart", {})
+
+
+# -- k8s ui: the driver found through the fake API server; kubectl is a recording stand-in -------------
+
+@pytest.fixture
+def recording_kubectl(tmp_path, monkeypatch):
+    """A stand-in for kubectl (NOT the real one): records its arguments, prints what port-forward prints."""
+    record = tmp_path / "kubectl-args"
+    script = tmp_path / "kubectl"
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {record}\n"
+                      "echo 'Forwarding from 127.0.0.1:4041 -> 4040'\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("KUBECTL", str(script))
+    return record
+
+
+def test_ui_forwards_the_running_driver_pods_port_4040(kube, recording_kubectl, capsys):
+    kube.put("jobs", job("demo", active=1))
+    kube.put("pods", pod("demo-fruitlens-abc", "demo", "driver", "Running"))
+    kube.put("pods", pod("demo-fruitlens-exec-1", "demo", "executor", "Running", container="executor"))
+    code = main(["k8s", "ui", "demo", "--server", kube.url, "--port", "4041", "--context", "kind-fruitlens"])
+    assert code == 0
+    args = recording_kubectl.read_text().split()
+    assert args == ["port-forward", "-n", "default", "pod/demo-fruitlens-abc", "4041:4040",
+                    "--address", "127.0.0.1", "--context", "kind-fruitlens"]
+    assert "http://127.0.0.1:4041" in capsys.readouterr().err
+
+
+def test_ui_of_a_finished_driver_says_the_ui_is_gone_and_where_the_log_is(kube, recording_kubectl, capsys):
+    kube.put("jobs", job("demo", succeeded=1))
+    kube.put("pods", pod("demo-fruitlens-abc", "demo", "driver", "Succeeded"))
+    assert main(["k8s", "ui", "demo", "--server", kube.url]) != 0
+    err = capsys.readouterr().err
+    assert "is Succeeded" in err and "fruitlens k8s logs demo" in err
+    assert not recording_kubectl.exists()
+
+
+def test_ui_of_an_unknown_release_names_it(kube, recording_kubectl, capsys):
+    assert main(["k8s", "ui", "nope", "--server", kube.url]) != 0
+    assert "release nope has no driver pod" in capsys.readouterr().err

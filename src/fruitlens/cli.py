@@ -16,7 +16,7 @@ from fruitlens.config import DEFAULT_INPUT, load_config
 from fruitlens.errors import FruitlensError
 
 #: Modules adding subcommands; a module that is not there yet is skipped.
-COMMAND_MODULES = ("fruitlens.bench", "fruitlens.emr.cli", "fruitlens.k8s_cli", "fruitlens.emr.data_cli",
+COMMAND_MODULES = ("fruitlens.bench", "fruitlens.emr.cli", "fruitlens.k8s.cli", "fruitlens.emr.data_cli",
                    "fruitlens.classify_cli", "fruitlens.doctor")
 
 

@@ -89,7 +89,7 @@ def check_weights() -> Check:
     path = keras_home() / "models" / WEIGHTS_FILE
     if not path.is_file():
         return Check("weights", FAIL, f"{path} missing: offline, --weights imagenet cannot work",
-                     f"make setup (copies it from ../shared/models), or pass --weights PATH.h5")
+                     "make setup (copies it from ../shared/models), or pass --weights PATH.h5")
     return Check("weights", OK, f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fruitlens.emr.jobs import EmrError, role_parts, s3_parts, explain
+from fruitlens.emr.jobs import EmrError, explain, role_parts, s3_parts
 from fruitlens.emr.profile import EmrProfile
 
 PROBE = "fruitlens-access-check"  # a key name below the prefix: the simulator needs a concrete resource

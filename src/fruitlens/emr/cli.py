@@ -12,9 +12,9 @@ import sys
 import time
 from typing import Any
 
-from fruitlens.emr import jobs as emr
 from fruitlens.cli import _conf_pair, add_pipeline_options, pipeline_args
 from fruitlens.config import ConfigError
+from fruitlens.emr import jobs as emr
 from fruitlens.emr.profile import EmrProfile, load_profile
 
 # (flag, profile field, type, help); grouped by the commands that use them.

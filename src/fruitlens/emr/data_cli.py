@@ -5,8 +5,8 @@ import argparse
 import json
 import sys
 
-from fruitlens.emr import staging as s3
 from fruitlens.config import ConfigError
+from fruitlens.emr import staging as s3
 
 
 def _upload(ns: argparse.Namespace) -> int:

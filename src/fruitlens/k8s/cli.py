@@ -1,9 +1,6 @@
-"""``fruitlens k8s submit|status|logs|delete``: the Helm chart and the kubernetes client behind one command.
+"""`fruitlens k8s`: the Helm chart and the kubernetes client behind one command.
 
-- ``submit`` installs the chart (``helm upgrade --install``) with values from the flags, then follows the job;
-- ``status`` prints the Job, the driver pod and the executor pods;
-- ``logs`` streams the driver's log and, with ``--follow`` (the default), exits with the job's result;
-- ``delete`` uninstalls the release and removes any pods left behind.
+Help text (HELP) is plain text with an example per action; this docstring is for readers of the code.
 """
 from __future__ import annotations
 
@@ -11,7 +8,12 @@ import argparse
 import json
 import sys
 
-from fruitlens.cli import PIPELINE_FLAGS, STAGE_FLAGS, add_pipeline_options, pipeline_args
+from fruitlens.cli import (
+    PIPELINE_FLAGS,
+    STAGE_FLAGS,
+    add_pipeline_options,
+    pipeline_args,
+)
 from fruitlens.config import ConfigError
 from fruitlens.k8s import (
     PIPELINE_VALUES,
@@ -22,7 +24,28 @@ from fruitlens.k8s import (
     api_client,
     chart_values,
     default_chart,
+    find_kubectl,
 )
+
+HELP = """\
+Run the pipeline on Kubernetes: the Helm chart (helm/fruitlens) installs one release = one job, a
+Job whose pod is the Spark driver; the driver starts the executor pods.
+
+actions and examples:
+  submit   install the chart with values from the flags, then follow the job
+             fruitlens k8s submit s3a://fruits/images s3a://fruits/runs/r1 --executors 2
+  status   the Job, the driver pod and the executor pods (why a pod is Pending or failed)
+             fruitlens k8s status fruitlens -n fruitlens
+  logs     stream the driver's log; with --follow (the default) exit with the job's result
+             fruitlens k8s logs fruitlens --no-follow
+  ui       forward the running driver's Spark UI (port 4040) to this machine
+             fruitlens k8s ui fruitlens --port 4040
+  delete   uninstall the release and remove pods left behind
+             fruitlens k8s delete fruitlens
+
+The cluster is kubectl's current context unless --context/--kubeconfig say otherwise.
+See docs/kubernetes.md.
+"""
 
 
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
@@ -42,7 +65,7 @@ def _add_follow_options(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     k8s = subparsers.add_parser("k8s", help="run the job on Kubernetes (Helm chart + kubernetes client)",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = k8s.add_subparsers(dest="k8s_command", required=True, metavar="ACTION")
 
     p = sub.add_parser("submit", help="helm upgrade --install the chart, then follow the job")
@@ -83,6 +106,17 @@ def register(subparsers) -> None:
     _add_cluster_options(p)
     _add_follow_options(p)
     p.set_defaults(func=_logs)
+
+    p = sub.add_parser("ui", help="forward the running driver's Spark UI (4040) to localhost",
+                       description="Forward the running driver pod's Spark UI to this machine (kubectl "
+                                   "port-forward), until Ctrl-C or the driver ends.\n\nexample:\n"
+                                   "  fruitlens k8s ui fruitlens -n fruitlens --port 4040",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("release", metavar="RELEASE")
+    p.add_argument("--port", type=int, default=4040, help="local port (default 4040)")
+    p.add_argument("--address", default="127.0.0.1", help="local address to listen on (default 127.0.0.1)")
+    _add_cluster_options(p)
+    p.set_defaults(func=_ui)
 
     p = sub.add_parser("delete", help="helm uninstall the release and remove leftover pods")
     p.add_argument("release", metavar="RELEASE")
@@ -188,6 +222,36 @@ def _logs(ns: argparse.Namespace) -> int:
         sys.stdout.write(chunk)
     sys.stdout.flush()
     return 0
+
+
+def ui_command(ns: argparse.Namespace, pod: str) -> list[str]:
+    """The kubectl port-forward command for the driver pod's Spark UI (4040 in the pod)."""
+    cmd = [find_kubectl(), "port-forward", "-n", ns.namespace, f"pod/{pod}", f"{ns.port}:4040",
+           "--address", ns.address]
+    if ns.context:
+        cmd += ["--context", ns.context]
+    if ns.kubeconfig:
+        cmd += ["--kubeconfig", ns.kubeconfig]
+    return cmd
+
+
+def _ui(ns: argparse.Namespace) -> int:
+    import subprocess
+
+    jobs = _jobs(ns)
+    driver = jobs.driver_pod(ns.release)
+    if driver is None:
+        raise K8sError(f"release {ns.release} has no driver pod in namespace {ns.namespace}; "
+                       f"`fruitlens k8s status {ns.release}` shows what there is")
+    phase = (driver.status.phase if driver.status else None) or "Unknown"
+    if phase != "Running":
+        raise K8sError(f"driver pod {driver.metadata.name} is {phase}: the Spark UI lives only while the driver "
+                       f"runs; its log: `fruitlens k8s logs {ns.release} --no-follow`")
+    _say(f"Spark UI of {ns.release}: http://{ns.address}:{ns.port} (Ctrl-C to stop)")
+    try:
+        return subprocess.run(ui_command(ns, driver.metadata.name)).returncode
+    except KeyboardInterrupt:
+        return 0
 
 
 def _delete(ns: argparse.Namespace) -> int:
