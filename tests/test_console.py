@@ -44,7 +44,7 @@ def test_jvm_options_point_at_the_shipped_log4j_file_unless_verbose():
     text = console.log4j_config().read_text()
     assert "rootLogger.level = error" in text
     console.configure("verbose")
-    assert console.jvm_options() == ""
+    assert console.jvm_options() == f"-Dlog4j2.configurationFile={console.SPARK_DEFAULTS}"
 
 
 def test_jvm_stderr_is_hidden_but_its_tail_is_dumped_on_failure(capsys):

@@ -55,9 +55,14 @@ def log4j_config() -> Path:
     return Path(__file__).with_name("log4j2.properties")
 
 
+#: Spark's own log4j2 defaults (a classpath resource), for --verbose even where an image installs ours.
+SPARK_DEFAULTS = "org/apache/spark/log4j2-defaults.properties"
+
+
 def jvm_options() -> str:
-    """``spark.driver.extraJavaOptions`` for a JVM fruitlens starts: its log4j2 file unless verbose."""
-    return "" if _verbosity == "verbose" else f"-Dlog4j2.configurationFile=file:{log4j_config()}"
+    """``spark.driver.extraJavaOptions`` for a JVM fruitlens starts: its log4j2 file, or Spark's if verbose."""
+    config = SPARK_DEFAULTS if _verbosity == "verbose" else f"file:{log4j_config()}"
+    return f"-Dlog4j2.configurationFile={config}"
 
 
 class JvmStderr:
