@@ -41,9 +41,24 @@ def configure(verbosity: str = "normal") -> None:
     LOGGER.setLevel(logging.WARNING if verbosity == "quiet" else logging.INFO)
     LOGGER.propagate = False
     if not LOGGER.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[fruitlens] %(message)s"))
         LOGGER.addHandler(handler)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a notebook or pytest may have replaced it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def verbosity() -> str:
