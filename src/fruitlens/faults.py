@@ -2,11 +2,11 @@
 
 - ``FRUITLENS_TEST_KILL_AT=<point>[:N]``: at the N-th time (default 1st) this process reaches
   ``<point>``, SIGKILL the whole process group (driver, JVM, Python workers), as a lost node or
-  ``kill -9`` would. Points: ``extract`` (a worker, after committing a batch; N counts committed
+  ``kill -9`` would (the run must be started as a session leader, as the tests do). Points: ``extract`` (a worker, after committing a batch; N counts committed
   feature files in OUTPUT), ``cleanup`` (after a rewritten file is written, before the old one is
   deleted), ``pca`` (after the moments, before the projection), ``manifest`` (the manifest written
   but not yet published).
-- ``FRUITLENS_TEST_FAIL_ONCE=<marker file>``: the first Python worker to start a batch creates the
+- ``FRUITLENS_TEST_FAIL_ONCE=<marker file>``: the first Python worker to commit a batch creates the
   marker and exits abruptly; Spark retries its task (needs ``spark.task.maxFailures`` > 1, e.g.
   ``--master local[2,2]``).
 """
@@ -29,7 +29,13 @@ def kill_point(point: str, reached: int = 1) -> None:
     """SIGKILL the process group if the test asked for ``point`` and it is reached ``reached`` times."""
     target = _target(point)
     if target is not None and reached >= target:
-        os.killpg(os.getpgid(0), signal.SIGKILL)
+        # PySpark's daemon puts each worker in a group of its own; the run's group is the session's
+        # (the test starts the run as a session leader).
+        for group in dict.fromkeys([os.getsid(0), os.getpgid(0)]):  # our own group last
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def wants(point: str) -> bool:

@@ -43,8 +43,8 @@ def make_featurizer(
         pool = ThreadPoolExecutor(READ_THREADS) if not source.is_local else None  # S3: overlap GETs
         try:
             for batch in batches:
-                faults.fail_once()
                 yield _process(batch, engine, batch_size, source, out, pool)
+                faults.fail_once()  # after a commit: the retried task must rewrite, not duplicate, it
                 if faults.wants("extract"):
                     faults.kill_point("extract", len(out.list(FEATURES_DIR)))
         finally:

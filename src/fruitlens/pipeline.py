@@ -193,8 +193,8 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         check_settings(out, feature_settings(input_uri, artifact), overwrite=config.overwrite)
         history = start_record(out, lock)
         out.make_dirs(ledger.FEATURES_DIR, ledger.ERRORS_DIR)
-        for kind in ledger.KINDS:  # temporary files of writes a killed run left behind
-            for path in out.hidden_leftovers(kind):
+        for folder in ("", "_fruitlens", *ledger.KINDS):  # temporary files of writes a killed run left
+            for path in out.hidden_leftovers(folder):
                 out.delete(path)
         plan = ledger.plan(ledger.read_index(out), listing)
         ledger.apply(out, plan, after_write=lambda: faults.kill_point("cleanup"))
