@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
@@ -41,7 +41,6 @@ class StoreOptions:
     access_key: str | None = None
     secret_key: str | None = None
     session_token: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_environment(cls, env=None, hadoop: dict[str, str] | None = None) -> StoreOptions:
@@ -59,6 +58,10 @@ class StoreOptions:
 def _s3_filesystem(options: StoreOptions) -> pafs.S3FileSystem:
     kwargs: dict = {}
     if options.endpoint:
+        # S3-compatible servers (SeaweedFS, older MinIO) mangle the AWS SDK's default streamed trailing
+        # checksums (aws-chunked uploads): with a custom endpoint, checksum only where S3 requires it.
+        os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_REQUIRED")
+        os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "WHEN_REQUIRED")
         parts = urlsplit(options.endpoint if "://" in options.endpoint else "https://" + options.endpoint)
         kwargs["endpoint_override"] = parts.netloc
         kwargs["scheme"] = parts.scheme
