@@ -230,7 +230,8 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             "engine": {"name": artifact.engine, "model_file": artifact.file_name, "weights_sha256": artifact.sha256},
             "pca": pca,
             "timings_s": timer.seconds,
-            "worker_seconds": {"read_decode_resize_s": round(done["read_decode_s"], 3),
+            # decode_resize_s includes reading the file (workers read images themselves now)
+            "worker_seconds": {"decode_resize_s": round(done["read_decode_s"], 3),
                                "inference_s": round(done["inference_s"], 3), "images": done["images"]},
             "spark": {"master": spark.sparkContext.master, "task_slots": spark.sparkContext.defaultParallelism},
             "config": config.to_dict(),
