@@ -190,3 +190,30 @@ def test_a_run_that_lost_its_lock_stops_before_publishing(tmp_path):
         lock.check()
     lock.release()
     assert json.loads((tmp_path / LOCK).read_text())["run_id"] == "someone-else"  # theirs is left alone
+
+
+def test_status_tells_running_interrupted_and_foreign_outputs_apart(tmp_path, capsys):
+    from fruitlens.cli import main
+    from fruitlens.status import status
+
+    assert status(str(tmp_path / "nothing"))["state"] == "missing"
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "x.csv").write_text("a,b\n")
+    assert status(str(tmp_path / "foreign"))["state"] == "not a fruitlens output"
+
+    out = tmp_path / "out"
+    store = Store(f"file://{out}")
+    store.make_dirs("_fruitlens", "features", "errors")
+    check_settings(store, {"input": "file:///in"}, overwrite=False)
+    (out / "_fruitlens" / "run.json").write_text(json.dumps(
+        {"run_id": "r", "command": "fruitlens run /in /out", "host": "node-1", "pid": 7,
+         "start": "2026-11-25T07:00:00Z", "history": []}))
+    _features(store, ["file:/in/a", "file:/in/b"], [1, 2])
+    _write_lock(out, host="node-1", pid=7)
+    running = status(str(out))
+    assert running["state"] == "running" and running["committed"] == {"features": 2, "errors": 0}
+    _write_lock(out, host="node-1", pid=7, heartbeat=time.time() - 600)
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert ": interrupted" in text and "committed so far: 2 features, 0 errors" in text
+    assert "re-run the same command to continue it" in text and "stale: no heartbeat for 600 s" in text
