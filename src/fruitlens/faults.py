@@ -2,8 +2,9 @@
 
 - ``FRUITLENS_TEST_KILL_AT=<point>[:N]``: at the N-th time (default 1st) this process reaches
   ``<point>``, SIGKILL the whole process group (driver, JVM, Python workers), as a lost node or
-  ``kill -9`` would (the run must be started as a session leader, as the tests do). Points: ``extract`` (a worker, after committing a batch; N counts committed
-  feature files in OUTPUT), ``cleanup`` (after a rewritten file is written, before the old one is
+  ``kill -9`` would (the run must be started as a session leader, as the tests do). Points:
+  ``extract`` (a worker, after committing a batch; N counts committed feature files in OUTPUT),
+  ``cleanup`` (after a rewritten file is written, before the old one is
   deleted), ``pca`` (after the moments, before the projection), ``manifest`` (the manifest written
   but not yet published).
 - ``FRUITLENS_TEST_FAIL_ONCE=<marker file>``: the first Python worker to commit a batch creates the
