@@ -107,7 +107,8 @@ def main() -> int:
     r["killed_then_rerun"] = {
         "killed_after_s": round(kill_after, 1), "rows_committed_when_killed": committed,
         "rerun_seconds": round(resumed_s, 1), "rerun_vs_clean": round(resumed_s / clean_s, 3),
-        "counts": resumed["counts"], "vs_clean_output": compare(work / "resumed", work / "clean")}
+        "counts": resumed["counts"], "timings_s": resumed["timings_s"],
+        "vs_clean_output": compare(work / "resumed", work / "clean")}
 
     add_photos(root, args.add)
     grow_s, grown = timed_run(root, work / "resumed")
@@ -121,7 +122,7 @@ def main() -> int:
     second = start(root, work / "resumed")
     _, err = second.communicate()
     _, first_err = first.communicate()
-    r["concurrent"] = {"second_exit_code": second.returncode,
+    r["concurrent"] = {"second_exit_code": second.returncode, "load_average": os.getloadavg(),
                        "second_refused": second.returncode == 1 and "in use by another fruitlens run" in err,
                        "second_message": err.strip().splitlines()[-1] if err.strip() else "",
                        "first_exit_code": first.returncode}
