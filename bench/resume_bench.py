@@ -79,7 +79,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, help="where the input and outputs go (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
-    parser.add_argument("--kill-at", type=float, default=0.5, help="kill the second run at this fraction of the clean time")
+    parser.add_argument("--kill-at", type=float, default=0.5,
+                        help="kill the second run at this fraction of the clean time")
     parser.add_argument("--add", type=int, default=300, help="photos added before the grow run")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     args = parser.parse_args()
@@ -136,7 +137,8 @@ def main() -> int:
         "concurrent_refused": r["concurrent"]["second_refused"] and first.returncode == 0,
     }
     for key, value in (("images", images), ("clean_s", r["clean"]["seconds"]),
-                       ("killed_after_s", k["killed_after_s"]), ("rows_committed_when_killed", k["rows_committed_when_killed"]),
+                       ("killed_after_s", k["killed_after_s"]),
+                       ("rows_committed_when_killed", k["rows_committed_when_killed"]),
                        ("rerun_after_kill_s", k["rerun_seconds"]), ("rerun_vs_clean", k["rerun_vs_clean"]),
                        ("rerun_same_paths", k["vs_clean_output"]["same_paths"]),
                        ("rerun_max_abs_diff", k["vs_clean_output"]["max_abs_diff"]),

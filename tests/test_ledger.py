@@ -131,7 +131,8 @@ def test_different_feature_settings_are_refused_naming_the_setting(tmp_path):
     settings = {"input": "file:///in", "weights_sha256": "aaa", "image_size": [224, 224]}
     check_settings(store, settings, overwrite=False)
     check_settings(store, settings, overwrite=False)  # the same: fine
-    with pytest.raises(OutputExistsError, match=r"weights_sha256='aaa', this run has weights_sha256='bbb'.*--overwrite"):
+    message = r"weights_sha256='aaa', this run has weights_sha256='bbb'.*--overwrite"
+    with pytest.raises(OutputExistsError, match=message):
         check_settings(store, {**settings, "weights_sha256": "bbb"}, overwrite=False)
     check_settings(store, {**settings, "weights_sha256": "bbb"}, overwrite=True)
     assert json.loads((tmp_path / "_fruitlens" / "settings.json").read_text())["weights_sha256"] == "bbb"

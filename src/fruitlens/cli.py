@@ -16,7 +16,8 @@ from fruitlens.config import DEFAULT_INPUT, load_config
 from fruitlens.errors import FruitlensError
 
 #: Modules adding subcommands; a module that is not there yet is skipped.
-COMMAND_MODULES = ("fruitlens.status", "fruitlens.bench", "fruitlens.emr_cli", "fruitlens.k8s_cli", "fruitlens.data_cli")
+COMMAND_MODULES = ("fruitlens.status", "fruitlens.bench", "fruitlens.emr_cli", "fruitlens.k8s_cli",
+                   "fruitlens.data_cli")
 
 
 def _conf_pair(text: str) -> tuple[str, str]:
