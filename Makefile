@@ -43,6 +43,10 @@ BENCH_ARGS ?= --baseline
 bench: setup ## model ceiling vs TensorFlow vs the whole pipeline vs the common approach (BENCH_INPUT, BENCH_ARGS)
 	$(VENV)/bin/fruitlens bench "$(BENCH_INPUT)" --workdir .bench --json .bench/bench.json $(BENCH_ARGS)
 
+.PHONY: bench-resume
+bench-resume: setup ## resume/grow figures on the sample copied twice: kill at half + rerun, +300 photos, concurrent run
+	$(VENV)/bin/python bench/resume_bench.py --json .bench/resume.json $(ARGS)
+
 .PHONY: data
 data: ## download the public Fruits-360 dataset into data/fruits-360 (needs internet)
 	bash scripts/fetch-data.sh data/fruits-360

@@ -117,7 +117,8 @@ def read_features(out: Path) -> dict[str, np.ndarray]:
 def test_container_outputs_are_complete(container_run: Path, sample_input: Path) -> None:
     expected = n_images(sample_input)
     manifest = json.loads((container_run / "manifest.json").read_text())
-    assert manifest["counts"] == {"matched": expected, "features": expected, "errors": 0}
+    assert {k: manifest["counts"][k] for k in ("matched", "features", "errors", "new")} == {
+        "matched": expected, "features": expected, "errors": 0, "new": expected}
     assert manifest["engine"]["name"] == "onnx"
     assert manifest["pca"]["k"] == 8
     assert manifest["images_per_second"]["extract"] > 0

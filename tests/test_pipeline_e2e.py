@@ -36,20 +36,23 @@ def test_every_matched_image_is_a_feature_row_or_an_error_row(run_output, mixed_
     for path, reason in mixed_input["bad"].items():
         assert reason in errors[path]
     manifest = json.loads((run_output / "manifest.json").read_text())
-    assert manifest["counts"] == {"matched": len(features) + len(errors), "features": len(features),
-                                  "errors": len(errors)}
+    n = len(features) + len(errors)
+    assert manifest["counts"] == {"matched": n, "features": len(features), "errors": len(errors),
+                                  "processed": n, "new": n, "reused": 0, "changed": 0, "removed": 0}
 
 
 def test_features_have_the_documented_schema_labels_and_splits(run_output):
     table = read(run_output, "features")["table"]
-    assert table.schema.names == ["path", "label", "split", "features"]
+    assert table.schema.names == ["path", "label", "split", "features", "size", "modified"]
     assert str(table.schema.field("features").type) == "list<element: float>"
     rows = table.to_pylist()
     assert all(len(r["features"]) == 1280 for r in rows)
     labels = {(r["label"], r["split"]) for r in rows}
     assert ("Orange ü 2", "Training") in labels and ("Cherry 3", "Test") in labels
     assert ("Odd cases", "Test") in labels
-    assert pq.read_table(run_output / "errors").schema.names == ["path", "error"]
+    assert pq.read_table(run_output / "errors").schema.names == ["path", "error", "size", "modified"]
+    sizes = {uri_to_path(r["path"]): r["size"] for r in rows}
+    assert all(Path(p).stat().st_size == size for p, size in sizes.items())
 
 
 def test_spark_features_equal_a_direct_keras_prediction(run_output):
@@ -106,16 +109,30 @@ def test_manifest_records_timings_rates_config_and_versions(run_output):
     assert m["engine"]["name"] == "onnx"
     assert m["config"]["pca_k"] == 5 and m["config"]["batch_size"] == 8
     assert {"pyspark", "numpy", "pillow", "onnxruntime"} <= set(m["versions"])
-    # The model ran once per scanned image (the empty file never reaches a worker): no re-evaluation.
-    assert m["worker_seconds"]["images"] == m["counts"]["matched"] - 1
+    # Each image was read and decoded once: no re-evaluation, no second pass.
+    assert m["worker_seconds"]["images"] == m["counts"]["matched"]
 
 
-def test_an_existing_output_is_refused_without_overwrite(run_output, mixed_input, capsys):
-    before = (run_output / "manifest.json").read_text()
-    code = main(["run", str(mixed_input["root"]), str(run_output), "--no-progress"])
-    assert code == 1
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
-    assert (run_output / "manifest.json").read_text() == before
+def test_a_rerun_reuses_everything_and_another_output_is_refused_without_overwrite(run_output, mixed_input,
+                                                                                   tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "again"
+    shutil.copytree(run_output, copy)
+    before = read(copy, "features")["rows"]
+    assert main(["run", str(mixed_input["root"]), str(copy), "--pca-k", "5", "--no-progress"]) == 0
+    m = json.loads((copy / "manifest.json").read_text())
+    assert m["counts"]["reused"] == m["counts"]["matched"] and m["counts"]["processed"] == 0
+    assert m["worker_seconds"]["images"] == 0 and len(m["history"]) == 2
+    assert read(copy, "features")["rows"] == before
+
+    foreign = tmp_path / "foreign"
+    (foreign / "data").mkdir(parents=True)
+    (foreign / "data" / "x.parquet").write_text("not ours")
+    capsys.readouterr()
+    assert main(["run", str(mixed_input["root"]), str(foreign), "--no-progress"]) == 1
+    assert "is not a fruitlens output" in capsys.readouterr().err
+    assert (foreign / "data" / "x.parquet").read_text() == "not ours"
 
 
 def test_pca_can_be_refit_on_an_existing_output(run_output, tmp_path):
@@ -162,7 +179,8 @@ def test_extract_writes_features_without_pca_and_limit_takes_the_first_images(tm
     out = tmp_path / "extract"
     assert main(["extract", str(src), str(out), "--limit", "7", "--no-progress", "--engine", "keras"]) == 0
     m = json.loads((out / "manifest.json").read_text())
-    assert m["counts"] == {"matched": 7, "features": 7, "errors": 0}
+    assert {k: m["counts"][k] for k in ("matched", "features", "errors", "new")} == {
+        "matched": 7, "features": 7, "errors": 0, "new": 7}
     assert m["pca"] is None and m["engine"]["name"] == "keras"
     assert not (out / "pca").exists()
 

@@ -22,18 +22,23 @@ def _session(ns: argparse.Namespace):
 
 
 def _train(ns: argparse.Namespace) -> int:
-    from fruitlens.output import read_manifest, write_manifest
+    from fruitlens.lock import RunLock
+    from fruitlens.output import command_line, read_manifest, write_manifest
+    from fruitlens.pipeline import store_options
+    from fruitlens.store import Store
     from fruitlens.train import train
 
     spark, layout = _session(ns)
-    manifest = read_manifest(spark, layout)
-    summary = train(spark, layout, on=ns.on, seed=ns.seed, reg_param=ns.reg_param, max_iter=ns.max_iter,
-                    weights=(manifest.get("config") or {}).get("weights", "imagenet"),
-                    weights_sha256=(manifest.get("engine") or {}).get("weights_sha256"))
-    manifest = read_manifest(spark, layout)  # read-modify-write: keep whatever else changed meanwhile
-    manifest["classifier"] = summary
-    manifest.setdefault("timings_s", {})["train"] = summary["seconds"]
-    write_manifest(spark, layout, manifest)
+    out = Store(layout.root, store_options(spark))
+    manifest = read_manifest(out)  # a clear error before any work
+    with RunLock.acquire(out, command=command_line()):  # no run may rewrite OUTPUT meanwhile
+        summary = train(spark, layout, on=ns.on, seed=ns.seed, reg_param=ns.reg_param, max_iter=ns.max_iter,
+                        weights=(manifest.get("config") or {}).get("weights", "imagenet"),
+                        weights_sha256=(manifest.get("engine") or {}).get("weights_sha256"))
+        manifest = read_manifest(out)
+        manifest["classifier"] = summary
+        manifest.setdefault("timings_s", {})["train"] = summary["seconds"]
+        write_manifest(out, manifest)
     print(json.dumps({"accuracy": summary["accuracy"], "macro_f1": summary["macro_f1"],
                       "test_rows": summary["test_rows"], "classes": summary["classes"],
                       "metrics": summary["metrics"]}))

@@ -16,8 +16,8 @@ from fruitlens.config import DEFAULT_INPUT, load_config
 from fruitlens.errors import FruitlensError
 
 #: Modules adding subcommands; a module that is not there yet is skipped.
-COMMAND_MODULES = ("fruitlens.bench", "fruitlens.emr.cli", "fruitlens.k8s.cli", "fruitlens.emr.data_cli",
-                   "fruitlens.classify_cli", "fruitlens.doctor")
+COMMAND_MODULES = ("fruitlens.status", "fruitlens.bench", "fruitlens.emr.cli", "fruitlens.k8s.cli",
+                   "fruitlens.emr.data_cli", "fruitlens.classify_cli", "fruitlens.doctor")
 
 
 def _conf_pair(text: str) -> tuple[str, str]:
@@ -48,7 +48,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser, *, pca: bool = True) -
     g.add_argument("--engine", choices=("auto", "onnx", "keras"), help="inference engine (default auto = onnx)")
     g.add_argument("--weights", help="'imagenet' (Keras cache) or a .h5 file path/URI")
     g.add_argument("--master", help="Spark master (default local[*], or what spark-submit set)")
-    g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing OUTPUT")
+    g.add_argument("--overwrite", action="store_true", default=None,
+                   help="start OUTPUT from scratch (default: continue what it holds for the same INPUT)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress lines")
     add_verbosity_options(g)
@@ -63,6 +64,15 @@ def add_verbosity_options(group) -> None:
                    help="also show Spark's, the JVM's and TensorFlow's output")
     v.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const="quiet",
                    help="only errors and the final summary")
+
+
+def add_lock_options(parser: argparse.ArgumentParser) -> None:
+    """OUTPUT's one-run-at-a-time lock (docs/resume.md): decided where the run starts, not forwarded."""
+    g = parser.add_argument_group("lock")
+    g.add_argument("--force-unlock", action="store_true", default=None,
+                   help="take over OUTPUT's lock even if the run holding it looks alive")
+    g.add_argument("--lock-timeout", type=float,
+                   help="seconds without heartbeat after which another run's lock is taken over (default 60)")
 
 
 PIPELINE_FLAGS = {
@@ -133,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"folder or URI of images (default $FRUITLENS_INPUT or {DEFAULT_INPUT})")
         p.add_argument("output", nargs="?", default=None, metavar="OUTPUT", help="output folder or URI")
         add_pipeline_options(p, pca=name == "run")
+        add_lock_options(p)
         p.set_defaults(func=_run)
 
     p = sub.add_parser("pca", help="(re)fit PCA on OUTPUT/features")
@@ -146,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     add_verbosity_options(g)
     g.add_argument("--config", dest="config_file")
+    add_lock_options(p)
     p.set_defaults(func=_pca, spark_conf=None)
 
     for module in COMMAND_MODULES:

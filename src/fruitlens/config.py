@@ -52,6 +52,11 @@ class PipelineConfig:
         file, local or any Hadoop URI.
     train, report
         After the PCA, fit the classifier (``fruitlens train``) / write the HTML report.
+    overwrite
+        Start OUTPUT from scratch; without it a run continues what OUTPUT holds (same INPUT and settings).
+    force_unlock, lock_timeout
+        Take over OUTPUT's lock even if its run looks alive; a lock whose heartbeat is older than
+        ``lock_timeout`` seconds is taken over anyway.
     """
 
     output: str
@@ -65,6 +70,8 @@ class PipelineConfig:
     limit: int | None = None
     master: str | None = None
     overwrite: bool = False
+    force_unlock: bool = False
+    lock_timeout: float = 60.0
     engine: str = "auto"
     weights: str = "imagenet"
     progress: bool = True
@@ -86,6 +93,8 @@ class PipelineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.lock_timeout <= 0:
+            raise ConfigError(f"--lock-timeout must be a positive number of seconds, got {self.lock_timeout}")
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.verbosity not in VERBOSITY:

@@ -1,49 +1,34 @@
-"""The Spark stage: image files → (path, label, split, features | error), one engine per Python worker.
+"""The Spark stage: image files → features, committed batch by batch by the Python workers.
 
-``mapInArrow`` is the Arrow form of ``mapInPandas``: batches arrive as Arrow record batches and the
-1280-float feature rows go back as one flat buffer, with no per-row Python objects on the way out.
-The function is evaluated once per image; the caller persists its result before writing twice.
+Each task gets rows ``(path, size, modified_us)`` (the driver's listing of what to process); per Arrow
+batch the worker reads those files, decodes, runs the engine (one per Python worker) and writes the
+batch's feature rows and error rows as one Parquet file each, atomically (see :mod:`fruitlens.store`),
+named from the batch's content (:func:`fruitlens.ledger.batch_name`) so a retried task replaces its
+own files instead of adding rows. A crash loses only the batches in flight. The function yields one
+tiny summary row per batch: the driver counts from those, never re-reading features.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
-from pyspark.accumulators import Accumulator
-from pyspark.sql import DataFrame, SparkSession
 
+from fruitlens import faults
 from fruitlens.engine import FEATURE_DIM, ModelArtifact, load_engine
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
+from fruitlens.ledger import ERRORS_DIR, FEATURES_DIR, batch_name, errors_table, features_table
+from fruitlens.store import Store, StoreOptions
 
-RESULT_SCHEMA = "path string, label string, split string, features array<float>, error string"
-
-
-@dataclass
-class WorkerStats:
-    """Seconds and counts summed over all Python workers (Spark accumulators)."""
-
-    decode_s: Accumulator
-    inference_s: Accumulator
-    images: Accumulator
-
-    @classmethod
-    def create(cls, spark: SparkSession) -> WorkerStats:
-        sc = spark.sparkContext
-        return cls(sc.accumulator(0.0), sc.accumulator(0.0), sc.accumulator(0))
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "decode_resize_s": round(self.decode_s.value, 3),
-            "inference_s": round(self.inference_s.value, 3),
-            "images": self.images.value,
-        }
+TODO_SCHEMA = "path string, size long, modified_us long"
+SUMMARY_SCHEMA = "file string, images long, features long, errors long, read_decode_s double, inference_s double"
+READ_THREADS = 8
 
 
 def make_featurizer(
-    artifact: ModelArtifact, *, batch_size: int, stats: WorkerStats
+    artifact: ModelArtifact, *, batch_size: int, input_uri: str, output_uri: str, options: StoreOptions
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """Return the function Spark runs on each partition; all its settings are captured here."""
     engine_name, file_name = artifact.engine, artifact.file_name
@@ -54,54 +39,64 @@ def make_featurizer(
         ctx = TaskContext.get()
         threads = int(ctx.cpus()) if ctx is not None else 0  # no oversubscription of the task's cores
         engine = load_engine(engine_name, SparkFiles.get(file_name), threads)
-        for batch in batches:
-            paths = batch.column("path").to_pylist()
-            contents = batch.column("content")
-            del batch
-            t0 = time.perf_counter()
-            errors: list[str | None] = [None] * len(paths)
-            pixels = np.empty((len(paths), 224, 224, 3), dtype=np.uint8)
-            ok: list[int] = []
-            for i in range(len(paths)):
-                try:
-                    pixels[len(ok)] = decode_rgb(contents[i].as_py())
-                    ok.append(i)
-                except DecodeError as exc:
-                    errors[i] = str(exc)
-            del contents  # the image bytes are not needed past this point
-            t1 = time.perf_counter()
-            features = np.empty((len(ok), FEATURE_DIM), dtype=np.float32)
-            for start in range(0, len(ok), batch_size):
-                stop = min(start + batch_size, len(ok))
-                features[start:stop] = engine.predict(preprocess(pixels[start:stop]))
-            t2 = time.perf_counter()
-            stats.decode_s.add(t1 - t0)
-            stats.inference_s.add(t2 - t1)
-            stats.images.add(len(paths))
-            yield _result_batch(paths, errors, features)
+        source, out = Store(input_uri, options), Store(output_uri, options)
+        pool = ThreadPoolExecutor(READ_THREADS) if not source.is_local else None  # S3: overlap GETs
+        try:
+            for batch in batches:
+                yield _process(batch, engine, batch_size, source, out, pool)
+                faults.fail_once()  # after a commit: the retried task must rewrite, not duplicate, it
+                if faults.wants("extract"):
+                    faults.kill_point("extract", len(out.list(FEATURES_DIR)))
+        finally:
+            if pool:
+                pool.shutdown()
 
     return featurize
 
 
-def _result_batch(paths: list[str], errors: list[str | None], features: np.ndarray) -> pa.RecordBatch:
-    failed = np.array([e is not None for e in errors], dtype=bool)
-    lengths = np.where(failed, 0, FEATURE_DIM)
-    offsets = np.zeros(len(paths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    feature_col = pa.ListArray.from_arrays(
-        pa.array(offsets), pa.array(features.reshape(-1)), mask=pa.array(failed)
-    )
-    labels, splits = zip(*(label_and_split(p) for p in paths), strict=True) if paths else ((), ())
+def _read(source: Store, path: str) -> bytes | Exception:
+    try:
+        return source.read_bytes(source.path_of(path))
+    except OSError as exc:  # vanished since the listing, or unreadable: an error row, not a failed job
+        return exc
+
+
+def _process(batch: pa.RecordBatch, engine, batch_size: int, source: Store, out: Store, pool) -> pa.RecordBatch:
+    paths = batch.column("path").to_pylist()
+    sizes = batch.column("size").to_pylist()
+    modified = batch.column("modified_us").to_pylist()
+    t0 = time.perf_counter()
+    contents = pool.map(lambda p: _read(source, p), paths) if pool else (_read(source, p) for p in paths)
+    errors: list[str | None] = [None] * len(paths)
+    pixels = np.empty((len(paths), 224, 224, 3), dtype=np.uint8)
+    ok: list[int] = []
+    for i, content in enumerate(contents):
+        try:
+            if isinstance(content, Exception):
+                raise DecodeError(f"cannot read file: {content}")
+            pixels[len(ok)] = decode_rgb(content)
+            ok.append(i)
+        except DecodeError as exc:
+            errors[i] = str(exc)
+    t1 = time.perf_counter()
+    features = np.empty((len(ok), FEATURE_DIM), dtype=np.float32)
+    for start in range(0, len(ok), batch_size):
+        stop = min(start + batch_size, len(ok))
+        features[start:stop] = engine.predict(preprocess(pixels[start:stop]))
+    t2 = time.perf_counter()
+
+    name = batch_name(zip(paths, sizes, modified, strict=True))
+    if ok:
+        labels, splits = zip(*(label_and_split(paths[i]) for i in ok), strict=True)
+        out.write_table(f"{FEATURES_DIR}/{name}", features_table(
+            [paths[i] for i in ok], list(labels), list(splits), [sizes[i] for i in ok],
+            [modified[i] for i in ok], features))
+    bad = [i for i, e in enumerate(errors) if e is not None]
+    if bad:
+        out.write_table(f"{ERRORS_DIR}/{name}", errors_table(
+            [paths[i] for i in bad], [errors[i] for i in bad], [sizes[i] for i in bad], [modified[i] for i in bad]))
     return pa.RecordBatch.from_arrays(
-        [pa.array(paths, pa.string()), pa.array(labels, pa.string()), pa.array(splits, pa.string()),
-         feature_col, pa.array(errors, pa.string())],
-        names=["path", "label", "split", "features", "error"],
+        [pa.array([name]), pa.array([len(paths)], pa.int64()), pa.array([len(ok)], pa.int64()),
+         pa.array([len(bad)], pa.int64()), pa.array([t1 - t0]), pa.array([t2 - t1])],
+        names=["file", "images", "features", "errors", "read_decode_s", "inference_s"],
     )
-
-
-def featurize_images(
-    images: DataFrame, artifact: ModelArtifact, *, batch_size: int, stats: WorkerStats
-) -> DataFrame:
-    """``images`` has ``path`` and ``content``; the result has :data:`RESULT_SCHEMA`."""
-    fn = make_featurizer(artifact, batch_size=batch_size, stats=stats)
-    return images.select("path", "content").mapInArrow(fn, RESULT_SCHEMA)

@@ -1,4 +1,10 @@
-"""The output layout, the overwrite rule and the manifest (always written last)."""
+"""The output layout, what may be (re)used, the run record and the manifest (always written last).
+
+``OUTPUT/_fruitlens/settings.json`` is written before any feature: the input and the settings that
+define a feature vector. A later run continues OUTPUT only with the same ones (else it is refused,
+naming the setting, unless ``--overwrite``). ``_fruitlens/run.json`` records the run in progress (and
+the history before it), so an interrupted run is still described by ``fruitlens status``.
+"""
 from __future__ import annotations
 
 import json
@@ -7,14 +13,18 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
-from pyspark.sql import SparkSession
-
-from fruitlens import hadoopfs
 from fruitlens.errors import FruitlensError
+from fruitlens.store import Store
+
+SETTINGS = "_fruitlens/settings.json"
+RUN = "_fruitlens/run.json"
+MANIFEST = "manifest.json"
+#: Bumped when the committed layout changes incompatibly.
+LAYOUT_VERSION = 1
 
 
 class OutputExistsError(FruitlensError, RuntimeError):
-    """OUTPUT already holds something and ``--overwrite`` was not given."""
+    """OUTPUT holds something this run may not continue, and ``--overwrite`` was not given."""
 
 
 class OutputMissingError(FruitlensError, FileNotFoundError):
@@ -46,20 +56,60 @@ class OutputLayout:
 
     @property
     def manifest(self) -> str:
-        return self._child("manifest.json")
+        return self._child(MANIFEST)
 
 
-def prepare_output(spark: SparkSession, layout: OutputLayout, *, overwrite: bool) -> None:
-    """Refuse an existing OUTPUT unless ``overwrite``; prove it is writable before any work starts."""
-    if hadoopfs.exists(spark, layout.root):
-        if not overwrite:
+def read_json(store: Store, rel: str) -> dict | None:
+    text = store.read_text(rel)
+    return None if text is None else json.loads(text)
+
+
+def check_reusable(store: Store, input_uri: str, *, overwrite: bool) -> None:
+    """Before the lock and the model: refuse an OUTPUT that is not this INPUT's fruitlens output."""
+    if overwrite or not store.exists():
+        return
+    settings = read_json(store, SETTINGS)
+    if settings is None:
+        others = [i for i in store.fs.get_file_info(_selector(store)) if "/_fruitlens" not in i.path]
+        if others:
             raise OutputExistsError(
-                f"OUTPUT {layout.root} already exists; pass --overwrite to replace it, or choose another path"
-            )
-        hadoopfs.delete(spark, layout.root)
-    probe = f"{layout.root}/_write_check"
-    hadoopfs.write_text(spark, probe, "fruitlens write check\n")  # fails here on a missing permission
-    hadoopfs.delete(spark, layout.root)
+                f"OUTPUT {store.uri} exists and is not a fruitlens output of this version (no {SETTINGS}); "
+                "pass --overwrite to replace it, or choose another path")
+        return
+    if settings.get("input") != input_uri:
+        raise OutputExistsError(
+            f"OUTPUT {store.uri} holds the features of INPUT {settings.get('input')}, not {input_uri}; "
+            "pass --overwrite to replace them, or choose another OUTPUT")
+
+
+def check_settings(store: Store, settings: dict, *, overwrite: bool) -> None:
+    """Same feature-defining settings as OUTPUT's, or refuse naming the first that differs; then record them."""
+    old = None if overwrite else read_json(store, SETTINGS)
+    if old is not None:
+        for key, value in settings.items():
+            if old.get(key) != value:
+                raise OutputExistsError(
+                    f"OUTPUT {store.uri} was built with {key}={old.get(key)!r}, this run has {key}={value!r}: "
+                    "its features would not be comparable. Pass --overwrite to rebuild OUTPUT from scratch, "
+                    "or choose another OUTPUT")
+        return
+    store.write_text(SETTINGS, json.dumps(settings, indent=2) + "\n")
+
+
+def clear(store: Store) -> None:
+    """``--overwrite``: remove everything but the lock (held by this run)."""
+    for info in store.fs.get_file_info(_selector(store, recursive=False)):
+        if info.base_name != "_fruitlens":
+            store.delete_tree(info.path[len(store.root) + 1:])
+    for info in store.fs.get_file_info(_selector(store, "_fruitlens")):
+        if info.base_name != "lock.json":
+            store.delete(info.path)
+
+
+def _selector(store: Store, rel: str = "", recursive: bool = True):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSelector(store.fs_path(rel), recursive=recursive, allow_not_found=True)
 
 
 def library_versions() -> dict[str, str]:
@@ -73,16 +123,18 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def write_manifest(spark: SparkSession, layout: OutputLayout, manifest: dict) -> None:
-    hadoopfs.write_text(spark, layout.manifest, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+def write_manifest(store: Store, manifest: dict, *, before_publish=None) -> None:
+    store.write_text(MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n",
+                     before_publish=before_publish)
 
 
-def read_manifest(spark: SparkSession, layout: OutputLayout) -> dict:
-    if not hadoopfs.exists(spark, layout.manifest):
+def read_manifest(store: Store) -> dict:
+    manifest = read_json(store, MANIFEST)
+    if manifest is None:
         raise OutputMissingError(
-            f"{layout.manifest} not found: OUTPUT is not a finished fruitlens output (run `fruitlens extract` first)"
-        )
-    return json.loads(hadoopfs.read_text(spark, layout.manifest))
+            f"{store.uri}/{MANIFEST} not found: OUTPUT is not a finished fruitlens output "
+            "(run `fruitlens run` or `fruitlens extract` to finish it; `fruitlens status OUTPUT` tells more)")
+    return manifest
 
 
 def command_line() -> str:

@@ -1,35 +1,45 @@
-"""`run`, `extract`, `pca`: the stages in order, with their checks, timings, progress and manifest."""
+"""`run`, `extract`, `pca`: the stages in order, with their checks, lock, timings, progress and manifest.
+
+A run continues whatever OUTPUT already holds for the same INPUT and settings: it lists INPUT, reads
+the index of committed rows (:mod:`fruitlens.ledger`), drops stale rows, featurizes only new and
+changed images (committed batch by batch by the workers), refits PCA on all features and writes the
+manifest last. Killed at any point, the same command continues from what was committed.
+"""
 from __future__ import annotations
 
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
 
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.storagelevel import StorageLevel
+from pyspark.sql import SparkSession
 
-from fruitlens import hadoopfs
+from fruitlens import faults, hadoopfs, ledger
 from fruitlens.config import PipelineConfig
-from fruitlens.engine import ModelArtifact, prepare_model
+from fruitlens.engine import FEATURE_DIM, INPUT_SHAPE, ModelArtifact, prepare_model
 from fruitlens.errors import FruitlensError
-from fruitlens.featurize import WorkerStats, featurize_images
-from fruitlens.images import IMAGE_EXTENSIONS, IMAGE_GLOB
+from fruitlens.featurize import SUMMARY_SCHEMA, TODO_SCHEMA, make_featurizer
+from fruitlens.images import IMAGE_EXTENSIONS, is_image_path
+from fruitlens.ledger import SourceFile
+from fruitlens.lock import RunLock, iso
 from fruitlens.output import (
+    LAYOUT_VERSION,
+    MANIFEST,
+    RUN,
     OutputLayout,
+    check_reusable,
+    check_settings,
+    clear,
     command_line,
     library_versions,
-    prepare_output,
+    read_json,
     read_manifest,
     write_manifest,
 )
 from fruitlens.pca import fit_pca, project
 from fruitlens.progress import log, task_bar
 from fruitlens.spark import build_session
-
-#: Spark's file scan drops zero-length files; the listing still counts them, so they are reported.
-SKIPPED_BY_SCAN = "empty file (0 bytes)"
+from fruitlens.store import Store, StoreOptions
 
 
 class InputError(FruitlensError, ValueError):
@@ -51,49 +61,29 @@ class Timer:
         return round(time.perf_counter() - self._start, 3)
 
 
-def check_input(spark: SparkSession, uri: str) -> None:
-    """Fail before any Spark job when INPUT cannot be the source of images."""
-    if not hadoopfs.exists(spark, uri):
-        raise InputError(f"INPUT {uri} does not exist; check the path (and credentials for s3:// URIs)")
-    if hadoopfs.first_image(spark, uri) is None:
-        raise InputError(
-            f"INPUT {uri} holds no images ({', '.join(IMAGE_EXTENSIONS)}, any letter case, in any sub-folder)"
-        )
+def store_options(spark: SparkSession) -> StoreOptions:
+    """S3 settings for the pyarrow side: the AWS environment, else Spark's own ``fs.s3a.*`` settings."""
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    keys = ("fs.s3a.endpoint", "fs.s3a.endpoint.region", "fs.s3a.access.key", "fs.s3a.secret.key",
+            "fs.s3a.session.token")
+    return StoreOptions.from_environment(hadoop={k: v for k in keys if (v := conf.get(k))})
 
 
-def list_images(images: DataFrame, limit: int | None) -> list[str]:
-    """Every image file Spark's listing matched, as the ``path`` column spells it (sorted).
+def list_input(source: Store, limit: int | None) -> list[SourceFile]:
+    """Every image file below INPUT (sorted by path), with its version; fails naming INPUT if none.
 
-    Spark's scan silently skips zero-length files, so the listing, not the scan, is what must be
-    accounted for: each listed file ends up as a feature row or an error row.
+    Hidden names (``.``/``_``), which Spark never reads, are skipped; empty files are listed (and
+    become error rows), so nothing that looks like an image silently vanishes.
     """
-    listed = sorted(hadoop_path(uri) for uri in images.inputFiles())
-    return listed[:limit] if limit else listed
-
-
-def hadoop_path(uri: str) -> str:
-    """``file:///a%20b/x.jpg`` (a file-index URI) → ``file:/a b/x.jpg`` (the ``path`` column's form)."""
-    parts = urlsplit(uri)
-    path = unquote(parts.path)
-    return f"{parts.scheme}://{parts.netloc}{path}" if parts.netloc else f"{parts.scheme}:{path}"
-
-
-def read_images(spark: SparkSession, config: PipelineConfig, uri: str) -> tuple[DataFrame, list[str]]:
-    images = (
-        spark.read.format("binaryFile")
-        .option("recursiveFileLookup", "true")
-        .option("pathGlobFilter", IMAGE_GLOB)
-        .load(uri)
-    )
-    listed = list_images(images, config.limit)
-    # Size the scan's own splits (no shuffle of image bytes): a few even tasks per slot, so no slot
-    # idles at the end, but large enough that per-task start-up is amortised.
-    partitions = config.partitions or partition_count(len(listed), spark.sparkContext.defaultParallelism)
-    spark.conf.set("spark.sql.files.minPartitionNum", str(partitions))
-    spark.conf.set("spark.sql.files.maxPartitionBytes", str(1 << 40))  # let minPartitionNum decide
-    if config.limit:
-        images = images.where(F.col("path").isin(listed))
-    return images, listed
+    if not source.exists():
+        raise InputError(f"INPUT {source.uri} does not exist; check the path (and credentials for s3:// URIs)")
+    files = [SourceFile(source.spark_path(i.path), i.size, (i.mtime_ns or 0) // 1000)
+             for i in source.list(recursive=True) if is_image_path(i.path)]
+    if not files:
+        raise InputError(
+            f"INPUT {source.uri} holds no images ({', '.join(IMAGE_EXTENSIONS)}, any letter case, in any sub-folder)")
+    files.sort(key=lambda f: f.path)
+    return files[:limit] if limit else files
 
 
 def partition_count(images: int, slots: int, *, max_images: int = 1000) -> int:
@@ -112,46 +102,42 @@ def resolve_model(spark: SparkSession, config: PipelineConfig) -> ModelArtifact:
     return artifact
 
 
-def extract_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout, input_uri: str,
-                  artifact: ModelArtifact) -> dict:
-    stats = WorkerStats.create(spark)
-    images, listed = read_images(spark, config, input_uri)
-    result = featurize_images(images, artifact, batch_size=config.batch_size, stats=stats)
-    # Persisted so that writing features and errors evaluates the model once per image.
-    result = result.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        ok = F.col("error").isNull()
-        result.filter(ok).select("path", "label", "split", "features").write.parquet(layout.features)
-        row = result.agg(F.count("*").alias("scanned"), F.count("error").alias("errors")).first()
-        errors = result.filter(~ok).select("path", "error")
-        n_skipped = len(listed) - int(row["scanned"])
-        if n_skipped:  # only then is the listing joined back: which listed files did the scan skip?
-            skipped = (
-                spark.createDataFrame([(p,) for p in listed], "path string")
-                .join(result.select("path"), "path", "left_anti")
-                .select("path", F.lit(SKIPPED_BY_SCAN).alias("error"))
-            )
-            errors = errors.unionByName(skipped)
-        errors.write.parquet(layout.errors)
-    finally:
-        result.unpersist()
-    matched, errors = len(listed), int(row["errors"]) + n_skipped
-    return {"matched": matched, "features": matched - errors, "errors": errors,
-            "worker_seconds": stats.as_dict()}
+def feature_settings(input_uri: str, artifact: ModelArtifact) -> dict:
+    """What makes two feature vectors comparable; a run continues OUTPUT only if these are equal."""
+    return {"input": input_uri, "layout_version": LAYOUT_VERSION, "model": "MobileNetV2, ImageNet, no top, avg pool",
+            "weights_sha256": artifact.sha256, "image_size": list(INPUT_SHAPE[:2]), "feature_dim": FEATURE_DIM,
+            "preprocess": "RGB, bicubic resize, scale to [-1, 1]"}
 
 
-def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout) -> dict:
+def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[SourceFile], input_uri: str,
+                  out: Store, options: StoreOptions, artifact: ModelArtifact) -> dict:
+    """Featurize ``todo``; the workers commit as they go; returns the summed per-batch summaries."""
+    totals = {"images": 0, "features": 0, "errors": 0, "read_decode_s": 0.0, "inference_s": 0.0}
+    if not todo:
+        return totals
+    sc = spark.sparkContext
+    partitions = min(len(todo), config.partitions or partition_count(len(todo), sc.defaultParallelism))
+    rows = sc.parallelize([(f.path, f.size, f.modified_us) for f in todo], partitions)
+    fn = make_featurizer(artifact, batch_size=config.batch_size, input_uri=input_uri, output_uri=out.uri,
+                         options=options)
+    for row in spark.createDataFrame(rows, TODO_SCHEMA).mapInArrow(fn, SUMMARY_SCHEMA).collect():
+        for key in totals:
+            totals[key] += row[key]
+    return totals
+
+
+def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout, rows: int) -> dict:
+    if rows < 2:
+        log(f"pca: skipped (PCA needs at least 2 feature rows, found {rows})")
+        return {"skipped": f"PCA needs at least 2 feature rows, found {rows}"}
     # One task per slot: the feature files are many small tasks' worth (~1 s of fixed cost each) for
     # work that takes milliseconds per file; fewer partitions also means fewer partial moments to reduce.
     features = spark.read.parquet(layout.features).coalesce(spark.sparkContext.defaultParallelism)
     t = time.perf_counter()
-    try:
-        model, summary = fit_pca(features, k=config.pca_k, variance=config.pca_variance,
-                                 standardize=config.pca_standardize)
-    except ValueError as exc:  # too few rows: the features are still worth having
-        log(f"pca: skipped ({exc})")
-        return {"skipped": str(exc)}
+    model, summary = fit_pca(features, k=config.pca_k, variance=config.pca_variance,
+                             standardize=config.pca_standardize)
     fit_s = time.perf_counter() - t
+    faults.kill_point("pca")
     # Saving the model is a few small Spark jobs: run them beside the projection, not after it.
     with ThreadPoolExecutor(max_workers=1) as pool:
         saved = pool.submit(lambda: model.write().overwrite().save(layout.pca_model))
@@ -161,60 +147,120 @@ def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout)
             "seconds": {"fit": round(fit_s, 3), "project_and_save": round(time.perf_counter() - t - fit_s, 3)}}
 
 
+def start_record(out: Store, lock: RunLock) -> list[dict]:
+    """Record this run in ``_fruitlens/run.json`` and unpublish the manifest: OUTPUT is being changed.
+
+    Returns the history of the runs before this one (an interrupted one included, marked so).
+    """
+    manifest, previous = read_json(out, MANIFEST), read_json(out, RUN)
+    if manifest is not None:
+        history = manifest.get("history", [])
+    elif previous is not None:
+        history = [*previous.get("history", []), {
+            "run_id": previous.get("run_id"), "command": previous.get("command"), "start": previous.get("start"),
+            "end": None, "finished": False, "counts": None}]
+    else:
+        history = []
+    out.write_text(RUN, _json({"run_id": lock.run_id, "command": lock.info["command"], "host": socket.gethostname(),
+                               "pid": lock.info["pid"], "start": iso(lock.info["started"]), "history": history}))
+    if manifest is not None:
+        out.delete(out.fs_path(MANIFEST))
+    return history
+
+
+def _json(obj) -> str:
+    import json
+
+    return json.dumps(obj, indent=2) + "\n"
+
+
 def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     """`fruitlens run` (and `extract` with ``with_pca=False``): images → features (→ PCA) → manifest."""
     timer = Timer()
     t = time.perf_counter()
     spark = build_session(config)
-    input_uri = hadoopfs.qualify(config.input)
-    layout = OutputLayout(hadoopfs.qualify(config.output))
-    check_input(spark, input_uri)
-    prepare_output(spark, layout, overwrite=config.overwrite)
-    artifact = resolve_model(spark, config)
-    timer.lap("setup", t)
-    log(f"setup: input {input_uri}, engine {artifact.engine}, {spark.sparkContext.defaultParallelism} "
-        f"task slots ({timer.seconds['setup']:.1f} s)")
-
-    t = time.perf_counter()
-    with task_bar(spark.sparkContext, "extract", enabled=config.progress):
-        counts = extract_stage(spark, config, layout, input_uri, artifact)
-    seconds = timer.lap("extract", t)
-    log(f"extract: {counts['matched']} images -> {counts['features']} features, {counts['errors']} errors "
-        f"in {seconds:.1f} s ({counts['matched'] / max(seconds, 1e-9):.1f} images/s)")
-    if counts["matched"] == 0:
-        raise InputError(f"INPUT {input_uri}: no image matched at read time (were files removed meanwhile?)")
-
-    pca = None
-    if with_pca:
-        pca = _timed_pca(spark, config, layout, timer)
-
-    versions = library_versions()
-    manifest = {
-        "fruitlens": versions.get("fruitlens", "dev"),
-        "command": command_line(),
-        "input": input_uri,
-        "output": layout.root,
-        "counts": {k: counts[k] for k in ("matched", "features", "errors")},
-        "engine": {"name": artifact.engine, "model_file": artifact.file_name, "weights_sha256": artifact.sha256},
-        "pca": pca,
-        "timings_s": timer.seconds,
-        "worker_seconds": counts["worker_seconds"],
-        "spark": {"master": spark.sparkContext.master, "task_slots": spark.sparkContext.defaultParallelism},
-        "config": config.to_dict(),
-        "versions": versions,
-    }
-    if config.train:  # before the manifest, so its metrics and timing are in it
-        from fruitlens.train import train
+    input_uri, output_uri = hadoopfs.qualify(config.input), hadoopfs.qualify(config.output)
+    layout = OutputLayout(output_uri)
+    options = store_options(spark)
+    source, out = Store(input_uri, options), Store(output_uri, options)
+    listing = list_input(source, config.limit)
+    check_reusable(out, input_uri, overwrite=config.overwrite)
+    with RunLock.acquire(out, command=command_line(), timeout_s=config.lock_timeout,
+                         force=config.force_unlock) as lock:
+        if config.overwrite:
+            clear(out)
+        artifact = resolve_model(spark, config)
+        check_settings(out, feature_settings(input_uri, artifact), overwrite=config.overwrite)
+        history = start_record(out, lock)
+        out.make_dirs(ledger.FEATURES_DIR, ledger.ERRORS_DIR)
+        for folder in ("", "_fruitlens", *ledger.KINDS):  # temporary files of writes a killed run left
+            for path in out.hidden_leftovers(folder):
+                out.delete(path)
+        plan = ledger.plan(ledger.read_index(out), listing)
+        ledger.apply(out, plan, after_write=lambda: faults.kill_point("cleanup"))
+        drop_derived(out)
+        timer.lap("setup", t)
+        log(f"setup: input {input_uri}: {len(listing)} images; reused {plan.reused}, new {plan.new}, "
+            f"changed {plan.changed}, removed {plan.removed}; engine {artifact.engine}, "
+            f"{spark.sparkContext.defaultParallelism} task slots ({timer.seconds['setup']:.1f} s)")
 
         t = time.perf_counter()
-        manifest["classifier"] = train(spark, layout, weights=config.weights, weights_sha256=artifact.sha256)
-        timer.lap("train", t)
-    manifest = _finish(spark, layout, manifest, timer)
-    if config.report:  # after: the report shows the finished manifest
-        from fruitlens.report import write_report
+        with task_bar(spark.sparkContext, "extract", enabled=config.progress):
+            done = extract_stage(spark, config, plan.todo, input_uri, out, options, artifact)
+        seconds = timer.lap("extract", t)
+        log(f"extract: {done['images']} images -> {done['features']} features, {done['errors']} errors "
+            f"in {seconds:.1f} s ({done['images'] / max(seconds, 1e-9):.1f} images/s)")
+        counts = {"matched": len(listing), "features": plan.kept["features"] + done["features"],
+                  "errors": plan.kept["errors"] + done["errors"], "processed": done["images"], **plan.counts()}
 
-        write_report(spark, layout)
-    return manifest
+        pca = None
+        if with_pca:
+            pca = _timed_pca(spark, config, layout, timer, counts["features"])
+        else:  # a projection of other features would now be stale
+            out.delete_tree("pca")
+            out.delete_tree("pca_model")
+
+        versions = library_versions()
+        manifest = {
+            "fruitlens": versions.get("fruitlens", "dev"),
+            "run_id": lock.run_id,
+            "command": lock.info["command"],
+            "input": input_uri,
+            "output": layout.root,
+            "counts": counts,
+            "engine": {"name": artifact.engine, "model_file": artifact.file_name, "weights_sha256": artifact.sha256},
+            "pca": pca,
+            "timings_s": timer.seconds,
+            # decode_resize_s includes reading the file (workers read images themselves now)
+            "worker_seconds": {"decode_resize_s": round(done["read_decode_s"], 3),
+                               "inference_s": round(done["inference_s"], 3), "images": done["images"]},
+            "spark": {"master": spark.sparkContext.master, "task_slots": spark.sparkContext.defaultParallelism},
+            "config": config.to_dict(),
+            "versions": versions,
+            "history": history,
+        }
+        if config.train:  # before the manifest, so its metrics and timing are in it
+            from fruitlens.train import train
+
+            t = time.perf_counter()
+            manifest["classifier"] = train(spark, layout, weights=config.weights, weights_sha256=artifact.sha256)
+            timer.lap("train", t)
+        manifest = _finish(out, lock, layout, manifest, timer)
+        if config.report:  # after: the report shows the finished manifest
+            from fruitlens.report import write_report
+
+            write_report(spark, layout)
+        return manifest
+
+
+#: Outputs made from the PCA (`fruitlens train`, `report`): stale once the PCA is refit, so removed at the
+#: start of a run or a refit; `--train` / `--report` (or the commands) make them again.
+DERIVED = ("classifier", "predictor", "report")
+
+
+def drop_derived(out: Store) -> None:
+    for name in DERIVED:
+        out.delete_tree(name)
 
 
 def refit_pca(config: PipelineConfig) -> dict:
@@ -223,20 +269,27 @@ def refit_pca(config: PipelineConfig) -> dict:
     t = time.perf_counter()
     spark = build_session(config)
     layout = OutputLayout(hadoopfs.qualify(config.output))
-    manifest = read_manifest(spark, layout)
-    timer.lap("setup", t)
-    manifest["pca"] = _timed_pca(spark, config, layout, timer)
-    manifest["config"] = {**manifest.get("config", {}),
-                          **{k: v for k, v in config.to_dict().items() if k.startswith("pca_")}}
-    manifest["timings_s"] = {**manifest.get("timings_s", {}), "pca": timer.seconds["pca"]}
-    manifest["versions"] = library_versions()
-    return _finish(spark, layout, manifest, timer, refit=True)
+    out = Store(layout.root, store_options(spark))
+    read_manifest(out)  # a clear error before taking the lock
+    with RunLock.acquire(out, command=command_line(), timeout_s=config.lock_timeout,
+                         force=config.force_unlock) as lock:
+        manifest = read_manifest(out)
+        out.delete(out.fs_path(MANIFEST))  # the PCA outputs are about to change
+        drop_derived(out)
+        manifest.pop("classifier", None)
+        timer.lap("setup", t)
+        manifest["pca"] = _timed_pca(spark, config, layout, timer, manifest["counts"]["features"])
+        manifest["config"] = {**manifest.get("config", {}),
+                              **{k: v for k, v in config.to_dict().items() if k.startswith("pca_")}}
+        manifest["timings_s"] = {**manifest.get("timings_s", {}), "pca": timer.seconds["pca"]}
+        manifest["versions"] = library_versions()
+        return _finish(out, lock, layout, manifest, timer, refit=True)
 
 
-def _timed_pca(spark: SparkSession, config: PipelineConfig, layout: OutputLayout, timer: Timer) -> dict:
+def _timed_pca(spark: SparkSession, config: PipelineConfig, layout: OutputLayout, timer: Timer, rows: int) -> dict:
     t = time.perf_counter()
     with task_bar(spark.sparkContext, "pca", enabled=config.progress):
-        pca = pca_stage(spark, config, layout)
+        pca = pca_stage(spark, config, layout, rows)
     seconds = timer.lap("pca", t)
     if "k" in pca:
         log(f"pca: k={pca['k']} keeps {pca['variance_kept']:.1%} of the variance of {pca['rows']} rows "
@@ -244,15 +297,22 @@ def _timed_pca(spark: SparkSession, config: PipelineConfig, layout: OutputLayout
     return pca
 
 
-def _finish(spark: SparkSession, layout: OutputLayout, manifest: dict, timer: Timer, *, refit: bool = False) -> dict:
+def _finish(out: Store, lock: RunLock, layout: OutputLayout, manifest: dict, timer: Timer, *,
+            refit: bool = False) -> dict:
     total = timer.total()
     if not refit:
         manifest["timings_s"] = {**timer.seconds, "total": total}
-        matched = manifest["counts"]["matched"]
+        processed = manifest["counts"]["processed"]
         manifest["images_per_second"] = {
-            "extract": round(matched / max(timer.seconds["extract"], 1e-9), 2),
-            "end_to_end": round(matched / max(total, 1e-9), 2),
+            "extract": round(processed / max(timer.seconds["extract"], 1e-9), 2),
+            "end_to_end": round(processed / max(total, 1e-9), 2),
         }
-    write_manifest(spark, layout, manifest)  # last: its presence means the output is complete
+        end = lock.info["started"] + total
+        manifest["history"] = [*manifest["history"], {
+            "run_id": lock.run_id, "command": manifest["command"], "start": iso(lock.info["started"]),
+            "end": iso(end), "seconds": total, "finished": True, "counts": manifest["counts"]}]
+    lock.check()
+    # Last, and atomically: its presence means the output is complete.
+    write_manifest(out, manifest, before_publish=lambda: faults.kill_point("manifest"))
     log(f"done: {layout.manifest} ({timer.total():.1f} s in all)")
     return manifest

@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from fruitlens import hadoopfs
-from fruitlens.output import OutputLayout, read_manifest
+from fruitlens.output import OutputLayout, OutputMissingError
 from fruitlens.progress import log
 
 MAX_ERRORS_SHOWN = 200
@@ -176,7 +176,10 @@ def render(spark: SparkSession, layout: OutputLayout) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
-    manifest = read_manifest(spark, layout)
+    manifest = _read_json(spark, layout.manifest)
+    if manifest is None:
+        raise OutputMissingError(f"{layout.manifest} not found: OUTPUT is not a finished fruitlens output "
+                                 "(`fruitlens status OUTPUT` tells more)")
     metrics = _read_json(spark, f"{layout.root.rstrip('/')}/classifier/metrics.json")
     pca = manifest.get("pca") or {}
     counts = manifest.get("counts") or {}
