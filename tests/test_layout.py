@@ -11,6 +11,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fruitlens"
 STAGES = ("images", "engine", "featurize", "pca", "moments", "projection", "pipeline", "output", "hadoopfs",
+          "store", "ledger", "lock", "status", "faults",
           "spark", "config", "console", "progress")
 CLOUD = ("boto3", "botocore", "kubernetes")
 

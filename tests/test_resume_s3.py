@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_data_s3 import BUCKET, CLASSES, local_copy, s3_endpoint, s3env  # noqa: F401 - fixtures
 
-from fruitlens import ledger, s3
+from fruitlens import ledger
+from fruitlens.emr import staging as s3
 from fruitlens.cli import main
 from fruitlens.lock import LOCK, LockedError, RunLock
 from fruitlens.store import Store, StoreOptions
