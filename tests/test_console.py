@@ -96,3 +96,22 @@ def test_a_client_with_no_driver_never_fails():
     client = ProgressClient(("127.0.0.1", 9))  # discard port: nobody listens, UDP does not care
     client.add(10)
     ProgressClient(None).add(10)
+
+
+@pytest.mark.slow
+def test_a_default_run_prints_only_fruitlens_lines_with_image_progress(tmp_path):
+    """What a user sees in a log file (EMR's driver log, kubectl logs): no Spark, JVM or TensorFlow line."""
+    import subprocess
+    import sys
+
+    from conftest import SAMPLE
+
+    with open(tmp_path / "stderr.txt", "w") as err:  # not a terminal
+        done = subprocess.run([sys.executable, "-m", "fruitlens", "run", str(SAMPLE / "Test"), str(tmp_path / "out"),
+                               "--limit", "300"], stdout=subprocess.PIPE, stderr=err, text=True, timeout=900)
+    lines = (tmp_path / "stderr.txt").read_text().splitlines()
+    assert done.returncode == 0, lines
+    assert lines and all(ln.startswith("[fruitlens] ") for ln in lines), lines
+    assert len(lines) <= 25
+    assert any("/300 images" in ln for ln in lines)
+    assert lines[-1].startswith("[fruitlens] done:")

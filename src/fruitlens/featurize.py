@@ -20,6 +20,7 @@ from fruitlens import faults
 from fruitlens.engine import FEATURE_DIM, ModelArtifact, load_engine
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
 from fruitlens.ledger import ERRORS_DIR, FEATURES_DIR, batch_name, errors_table, features_table
+from fruitlens.progress import ProgressClient
 from fruitlens.store import Store, StoreOptions
 
 TODO_SCHEMA = "path string, size long, modified_us long"
@@ -28,7 +29,8 @@ READ_THREADS = 8
 
 
 def make_featurizer(
-    artifact: ModelArtifact, *, batch_size: int, input_uri: str, output_uri: str, options: StoreOptions
+    artifact: ModelArtifact, *, batch_size: int, input_uri: str, output_uri: str, options: StoreOptions,
+    progress: tuple[str, int] | None = None,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """Return the function Spark runs on each partition; all its settings are captured here."""
     engine_name, file_name = artifact.engine, artifact.file_name
@@ -41,9 +43,12 @@ def make_featurizer(
         engine = load_engine(engine_name, SparkFiles.get(file_name), threads)
         source, out = Store(input_uri, options), Store(output_uri, options)
         pool = ThreadPoolExecutor(READ_THREADS) if not source.is_local else None  # S3: overlap GETs
+        reporter = ProgressClient(progress)
         try:
             for batch in batches:
-                yield _process(batch, engine, batch_size, source, out, pool)
+                result = _process(batch, engine, batch_size, source, out, pool)
+                reporter.add(batch.num_rows)  # image-level progress for the driver (fire and forget)
+                yield result
                 faults.fail_once()  # after a commit: the retried task must rewrite, not duplicate, it
                 if faults.wants("extract"):
                     faults.kill_point("extract", len(out.list(FEATURES_DIR)))

@@ -37,7 +37,7 @@ from fruitlens.output import (
     write_manifest,
 )
 from fruitlens.pca import fit_pca, project
-from fruitlens.progress import log, task_bar
+from fruitlens.progress import ImageProgress, log, task_bar
 from fruitlens.spark import build_session
 from fruitlens.store import Store, StoreOptions
 
@@ -109,8 +109,18 @@ def feature_settings(input_uri: str, artifact: ModelArtifact) -> dict:
             "preprocess": "RGB, bicubic resize, scale to [-1, 1]"}
 
 
+def image_progress(spark: SparkSession, name: str, *, enabled: bool) -> ImageProgress:
+    """Progress in images, reported by the workers to the driver's address (loopback when local)."""
+    sc = spark.sparkContext
+    if sc.master.startswith("local"):
+        return ImageProgress(name, enabled=enabled)
+    return ImageProgress(name, bind_host="0.0.0.0", advertise_host=sc.getConf().get("spark.driver.host"),
+                         enabled=enabled)
+
+
 def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[SourceFile], input_uri: str,
-                  out: Store, options: StoreOptions, artifact: ModelArtifact) -> dict:
+                  out: Store, options: StoreOptions, artifact: ModelArtifact, *,
+                  progress: tuple[str, int] | None = None) -> dict:
     """Featurize ``todo``; the workers commit as they go; returns the summed per-batch summaries."""
     totals = {"images": 0, "features": 0, "errors": 0, "read_decode_s": 0.0, "inference_s": 0.0}
     if not todo:
@@ -119,7 +129,7 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
     partitions = min(len(todo), config.partitions or partition_count(len(todo), sc.defaultParallelism))
     rows = sc.parallelize([(f.path, f.size, f.modified_us) for f in todo], partitions)
     fn = make_featurizer(artifact, batch_size=config.batch_size, input_uri=input_uri, output_uri=out.uri,
-                         options=options)
+                         options=options, progress=progress)
     for row in spark.createDataFrame(rows, TODO_SCHEMA).mapInArrow(fn, SUMMARY_SCHEMA).collect():
         for key in totals:
             totals[key] += row[key]
@@ -205,8 +215,10 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             f"{spark.sparkContext.defaultParallelism} task slots ({timer.seconds['setup']:.1f} s)")
 
         t = time.perf_counter()
-        with task_bar(spark.sparkContext, "extract", enabled=config.progress):
-            done = extract_stage(spark, config, plan.todo, input_uri, out, options, artifact)
+        with image_progress(spark, "extract", enabled=config.progress) as progress:
+            progress.total = len(plan.todo)
+            done = extract_stage(spark, config, plan.todo, input_uri, out, options, artifact,
+                                 progress=progress.address)
         seconds = timer.lap("extract", t)
         log(f"extract: {done['images']} images -> {done['features']} features, {done['errors']} errors "
             f"in {seconds:.1f} s ({done['images'] / max(seconds, 1e-9):.1f} images/s)")

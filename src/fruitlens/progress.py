@@ -146,7 +146,7 @@ class ImageProgress:
             bar.close()
             return
         # A line every `every` seconds at first, then less often (at most one a minute) on long runs.
-        last, shown_at = -1, time.perf_counter()
+        last, shown_at = 0, time.perf_counter()
         while not self._stop.wait(0.5):
             now = time.perf_counter()
             interval = min(60.0, max(self.every, (now - self._start) / 10))
