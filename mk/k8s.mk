@@ -28,7 +28,7 @@ K8S_ARGS ?=
 k8s_submit = $(VENV)/bin/fruitlens k8s submit "$(K8S_INPUT)" "$(K8S_OUTPUT)" --release $(RELEASE) \
 	--namespace $(K8S_NAMESPACE) --context $(1) --image $(IMAGE):$(TAG) --pull-policy IfNotPresent \
 	--executors $(K8S_EXECUTORS) --s3-endpoint http://s3.$(K8S_NAMESPACE).svc:8333 --s3-secret fruitlens-s3 \
-	--replace --overwrite $(K8S_ARGS)
+	--replace $(K8S_ARGS)
 
 ##@ Kubernetes (kind, minikube)
 
