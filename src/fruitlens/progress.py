@@ -87,6 +87,7 @@ class ImageProgress:
         self._sock.settimeout(0.2)
         self.address = (advertise_host or bind_host, self._sock.getsockname()[1])
         self._start = time.perf_counter()
+        self._shown = -1  # the count on the last plain line
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._receive, daemon=True, name="progress-recv")]
@@ -105,7 +106,7 @@ class ImageProgress:
         self._sock.close()
         if self.enabled and exc_type is None and self.total:
             self.done = max(self.done, self.total)  # datagrams still in flight when the stage ended
-            if not self.interactive:
+            if not self.interactive and self._shown != self.done:
                 log(self.line())
 
     def add(self, n: int) -> None:
@@ -152,6 +153,7 @@ class ImageProgress:
             interval = min(60.0, max(self.every, (now - self._start) / 10))
             if now - shown_at >= interval and self.done != last:
                 last, shown_at = self.done, now
+                self._shown = self.done
                 log(self.line())
 
 
