@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 
+from fruitlens.bench import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = Path(os.environ.get("FRUITLENS_SHARED", REPO.parent / "shared")) / "data" / "fruits-360-sample"
 
@@ -92,7 +94,7 @@ def main() -> int:
     shutil.rmtree(work / "clean", ignore_errors=True)
     shutil.rmtree(work / "resumed", ignore_errors=True)
     images = build_input(root)
-    r: dict = {"machine": {"cpus": os.cpu_count(), "processor": _cpu(), "platform": platform.platform()},
+    r: dict = {"machine": {"cpus": os.cpu_count(), "processor": cpu_model(), "platform": platform.platform()},
                "images": images}
 
     clean_s, clean = timed_run(root, work / "clean")
@@ -155,16 +157,6 @@ def main() -> int:
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if all(r["done_when"].values()) else 1
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

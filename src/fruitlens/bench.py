@@ -106,7 +106,7 @@ def bench(args: argparse.Namespace) -> dict:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fruitlens-bench-"))
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "processor": _cpu_model()},
+                    "processor": cpu_model()},
         "images": len(paths),
         "input": str(root),
     }
@@ -196,7 +196,7 @@ def _say(key: str, value) -> None:
     print(f"{key}: {round(value, 3) if isinstance(value, float) else value}", flush=True)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -113,28 +113,24 @@ def default_chart() -> Path | None:
 
 def find_helm() -> str:
     """``$HELM``, else build/tools/bin/helm of a checkout (scripts/install-helm.sh), else ``helm`` on PATH."""
-    if os.environ.get("HELM"):
-        return os.environ["HELM"]
-    local = Path(__file__).resolve().parents[3] / "build" / "tools" / "bin" / "helm"
-    if local.is_file():
-        return str(local)
-    found = shutil.which("helm")
-    if not found:
-        raise K8sError("helm not found: install it (scripts/install-helm.sh puts it in build/tools/bin) or set HELM")
-    return found
+    return _find_tool("helm", "HELM")
 
 
 def find_kubectl() -> str:
     """``$KUBECTL``, else build/tools/bin/kubectl of a checkout, else ``kubectl`` on PATH."""
-    if os.environ.get("KUBECTL"):
-        return os.environ["KUBECTL"]
-    local = Path(__file__).resolve().parents[3] / "build" / "tools" / "bin" / "kubectl"
+    return _find_tool("kubectl", "KUBECTL")
+
+
+def _find_tool(name: str, env: str) -> str:
+    if os.environ.get(env):
+        return os.environ[env]
+    local = Path(__file__).resolve().parents[3] / "build" / "tools" / "bin" / name
     if local.is_file():
         return str(local)
-    found = shutil.which("kubectl")
+    found = shutil.which(name)
     if not found:
-        raise K8sError("kubectl not found: install it (scripts/install-helm.sh puts it in build/tools/bin) "
-                       "or set KUBECTL")
+        raise K8sError(f"{name} not found: install it (scripts/install-helm.sh puts it in build/tools/bin) "
+                       f"or set {env}")
     return found
 
 
