@@ -138,6 +138,16 @@ def test_overwrite_is_refused_with_a_retry_policy_and_never_added():
         "jobDriver"]["sparkSubmitJobDriver"]["entryPointArguments"]
 
 
+def test_a_retry_attempts_driver_waits_for_the_dead_attempts_lock():
+    """Attempt 2 starts while attempt 1's OUTPUT lock is still fresh: it waits for it to go stale, then
+    continues the run (tests/test_ledger.py shows the wait), instead of failing on it."""
+    def props(p):
+        return build(p)["configurationOverrides"]["applicationConfiguration"][0]["properties"]
+
+    assert props(profile(max_attempts=3))["spark.kubernetes.driverEnv.FRUITLENS_LOCK_WAIT"] == "120"
+    assert "spark.kubernetes.driverEnv.FRUITLENS_LOCK_WAIT" not in props(profile(max_attempts=1))
+
+
 def test_the_request_is_what_botocore_would_send():
     import boto3
 

@@ -386,6 +386,13 @@ def test_job_settings(custom_docs):
     assert meta["annotations"]["prometheus.io/scrape"] == "false"
 
 
+def test_a_retried_driver_pod_waits_for_its_predecessors_lock(custom_docs, default_docs):
+    """backoffLimit > 0: the next pod continues the OUTPUT, waiting for the dead pod's lock to go stale."""
+    env = {e["name"]: e.get("value") for e in driver_container(custom_docs).get("env", [])}
+    assert env["FRUITLENS_LOCK_WAIT"] == "120"
+    assert "FRUITLENS_LOCK_WAIT" not in {e["name"] for e in driver_container(default_docs).get("env", [])}
+
+
 def test_names_are_truncated_to_63_characters():
     docs, _ = render(release="r" * 53)
     for doc in docs:

@@ -218,3 +218,34 @@ def test_status_tells_running_interrupted_and_foreign_outputs_apart(tmp_path, ca
     text = capsys.readouterr().out
     assert ": interrupted" in text and "committed so far: 2 features, 0 errors" in text
     assert "re-run the same command to continue it" in text and "stale: no heartbeat for 600 s" in text
+
+
+def test_a_retried_driver_waits_for_its_dead_predecessors_lock_to_go_stale_then_continues(tmp_path, capsys):
+    """EMR's retry attempt / a Job's next pod starts seconds after the driver died, on another host: with
+    lock_wait it waits for the dead run's heartbeat to age past the timeout instead of failing."""
+    store = Store(f"file://{tmp_path}")
+    _write_lock(tmp_path, heartbeat=time.time() - 0.5)  # another host, heartbeat half a second old
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the clock moves as the lock ages: no real waiting
+        waits.append(seconds)
+        lock = json.loads((tmp_path / LOCK).read_text())
+        lock["heartbeat"] -= seconds
+        (tmp_path / LOCK).write_text(json.dumps(lock))
+
+    with pytest.raises(LockedError):  # no wait: refused at once, as a concurrent run must be
+        RunLock.acquire(store, command="c", timeout_s=2, sleep=sleep)
+    assert waits == []
+    RunLock.acquire(store, command="c", timeout_s=2, wait_s=30, sleep=sleep).release()
+    err = capsys.readouterr().err
+    assert "waiting up to 30 s" in err and "taking over the lock of a run that is gone" in err
+    assert waits and sum(waits) < 30
+
+
+def test_lock_wait_still_refuses_a_live_run_once_the_wait_is_over(tmp_path):
+    store = Store(f"file://{tmp_path}")
+    with RunLock.acquire(store, command="x", timeout_s=30):
+        t = time.monotonic()
+        with pytest.raises(LockedError, match="in use by another fruitlens run"):
+            RunLock.acquire(store, command="y", timeout_s=30, wait_s=1.0, sleep=time.sleep)
+        assert time.monotonic() - t >= 1.0

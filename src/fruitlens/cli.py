@@ -73,6 +73,9 @@ def add_lock_options(parser: argparse.ArgumentParser) -> None:
                    help="take over OUTPUT's lock even if the run holding it looks alive")
     g.add_argument("--lock-timeout", type=float,
                    help="seconds without heartbeat after which another run's lock is taken over (default 60)")
+    g.add_argument("--lock-wait", type=float,
+                   help="seconds to wait for another run's lock to be released or go stale before refusing "
+                        "(default 0; cluster retries set FRUITLENS_LOCK_WAIT)")
 
 
 PIPELINE_FLAGS = {

@@ -57,6 +57,10 @@ class PipelineConfig:
     force_unlock, lock_timeout
         Take over OUTPUT's lock even if its run looks alive; a lock whose heartbeat is older than
         ``lock_timeout`` seconds is taken over anyway.
+    lock_wait
+        Seconds to wait for a live lock to be released or go stale before refusing (0: refuse at once).
+        A retried cluster driver sets it (``FRUITLENS_LOCK_WAIT``) so that it continues its
+        predecessor's run instead of failing on the lock that run left.
     """
 
     output: str
@@ -72,6 +76,7 @@ class PipelineConfig:
     overwrite: bool = False
     force_unlock: bool = False
     lock_timeout: float = 60.0
+    lock_wait: float = 0.0
     engine: str = "auto"
     weights: str = "imagenet"
     progress: bool = True
@@ -93,6 +98,8 @@ class PipelineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.lock_wait < 0:
+            raise ConfigError(f"--lock-wait must be 0 or more seconds, got {self.lock_wait}")
         if self.lock_timeout <= 0:
             raise ConfigError(f"--lock-timeout must be a positive number of seconds, got {self.lock_timeout}")
         if self.engine not in ENGINES:

@@ -66,29 +66,39 @@ class RunLock:
     _thread: threading.Thread | None = None
 
     @classmethod
-    def acquire(cls, store: Store, *, command: str, timeout_s: float, force: bool = False) -> RunLock:
+    def acquire(cls, store: Store, *, command: str, timeout_s: float, force: bool = False,
+                wait_s: float = 0.0, sleep=time.sleep) -> RunLock:
+        """Take OUTPUT's lock. A live holder refuses at once, unless ``wait_s``: then wait up to that long
+        for it to finish or go stale (a retried driver whose predecessor died a moment ago)."""
         store.make_dirs("_fruitlens")
         run_id = uuid.uuid4().hex
         info = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started": now(),
                 "heartbeat": now(), "command": command}
-        for _ in range(3):
-            if store.create_exclusive(LOCK, json.dumps(info)):
-                break
+        deadline, attempts, waiting = time.monotonic() + wait_s, 0, False
+        while not store.create_exclusive(LOCK, json.dumps(info)):
+            attempts += 1
             holder = read(store)
             if holder is None:
+                if attempts > 50:
+                    raise LockedError(f"OUTPUT {store.uri}: could not take the lock; another run is starting. "
+                                      "Retry.")
                 continue  # released meanwhile
-            reason = stale_reason(holder, timeout_s)
-            if force:
-                reason = "--force-unlock"
+            reason = "--force-unlock" if force else stale_reason(holder, timeout_s)
             if reason is None:
-                raise LockedError(
-                    f"OUTPUT {store.uri} is in use by another fruitlens run ({describe(holder)}); wait for it "
-                    f"to finish, or if that run is dead pass --force-unlock (a lock is taken over by itself "
-                    f"{timeout_s:.0f} s after its last heartbeat)")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LockedError(
+                        f"OUTPUT {store.uri} is in use by another fruitlens run ({describe(holder)}); wait for it "
+                        f"to finish, or if that run is dead pass --force-unlock (a lock is taken over by itself "
+                        f"{timeout_s:.0f} s after its last heartbeat)")
+                if not waiting:
+                    waiting = True
+                    log(f"lock: OUTPUT is in use by {describe(holder)}; waiting up to {wait_s:.0f} s for it to "
+                        "finish or go stale")
+                sleep(min(5.0, left))
+                continue
             log(f"lock: taking over the lock of a run that is gone ({describe(holder)}; {reason})")
             store.delete(store.fs_path(LOCK))
-        else:
-            raise LockedError(f"OUTPUT {store.uri}: could not take the lock; another run is starting. Retry.")
         lock = cls(store, run_id, info, timeout_s)
         if (read(store) or {}).get("run_id") != run_id:
             raise LockedError(f"OUTPUT {store.uri}: another run took the lock at the same moment; retry")

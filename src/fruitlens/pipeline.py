@@ -196,7 +196,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     listing = list_input(source, config.limit)
     check_reusable(out, input_uri, overwrite=config.overwrite)
     with RunLock.acquire(out, command=command_line(), timeout_s=config.lock_timeout,
-                         force=config.force_unlock) as lock:
+                         force=config.force_unlock, wait_s=config.lock_wait) as lock:
         if config.overwrite:
             clear(out)
         artifact = resolve_model(spark, config)
@@ -284,7 +284,7 @@ def refit_pca(config: PipelineConfig) -> dict:
     out = Store(layout.root, store_options(spark))
     read_manifest(out)  # a clear error before taking the lock
     with RunLock.acquire(out, command=command_line(), timeout_s=config.lock_timeout,
-                         force=config.force_unlock) as lock:
+                         force=config.force_unlock, wait_s=config.lock_wait) as lock:
         manifest = read_manifest(out)
         out.delete(out.fs_path(MANIFEST))  # the PCA outputs are about to change
         drop_derived(out)

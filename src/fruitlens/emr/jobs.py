@@ -32,6 +32,8 @@ ACTIVE_STATES = ("PENDING", "SUBMITTED", "RUNNING", "CANCEL_PENDING")
 WAITING_STATES = ("PENDING", "SUBMITTED")
 #: The job run tag carrying the hash of the request (an identical *active* run is reused, not doubled).
 REQUEST_TAG = "fruitlens/request-sha256"
+#: Seconds a retry attempt's driver waits for the previous attempt's OUTPUT lock to go stale.
+RETRY_LOCK_WAIT_S = 120
 #: The executor pod-name prefix setting: a fixed one makes two runs in a namespace collide on pod names.
 POD_NAME_PREFIX = "spark.kubernetes.executor.podNamePrefix"
 
@@ -91,6 +93,10 @@ def spark_defaults(profile: EmrProfile) -> dict[str, str]:
         # explicitly so the figure is visible in the request and changed in one place (the profile).
         "spark.driver.memoryOverheadFactor": str(profile.memory_overhead_factor),
     }
+    if profile.max_attempts > 1:
+        # A retry attempt's driver starts seconds after the last one died, whose OUTPUT lock is still
+        # fresh: it waits for that lock to go stale (fruitlens' lock timeout, 60 s) and continues the run.
+        settings["spark.kubernetes.driverEnv.FRUITLENS_LOCK_WAIT"] = str(RETRY_LOCK_WAIT_S)
     if profile.executor_memory_overhead:
         settings["spark.executor.memoryOverhead"] = profile.executor_memory_overhead
     else:
