@@ -43,3 +43,12 @@ def test_importing_every_stage_loads_no_cloud_client():
             f"print(sorted(n for n in sys.modules if n.split('.')[0] in {CLOUD!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_command_line_starts_without_spark_tensorflow_or_cloud_clients():
+    """`fruitlens predict | status | doctor` start in about a second: building the parser loads none of them."""
+    code = ("import sys\nfrom fruitlens.cli import build_parser\nbuild_parser()\n"
+            "print(sorted({n.split('.')[0] for n in sys.modules} & "
+            "{'pyspark', 'tensorflow', 'boto3', 'botocore', 'kubernetes'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -31,7 +31,7 @@ def _train(ns: argparse.Namespace) -> int:
     spark, layout = _session(ns)
     out = Store(layout.root, store_options(spark))
     manifest = read_manifest(out)  # a clear error before any work
-    with RunLock.acquire(out, command=command_line()):  # no run may rewrite OUTPUT meanwhile
+    with RunLock.acquire(out, command=command_line(), timeout_s=60.0):  # no run may rewrite OUTPUT meanwhile
         summary = train(spark, layout, on=ns.on, seed=ns.seed, reg_param=ns.reg_param, max_iter=ns.max_iter,
                         weights=(manifest.get("config") or {}).get("weights", "imagenet"),
                         weights_sha256=(manifest.get("engine") or {}).get("weights_sha256"))

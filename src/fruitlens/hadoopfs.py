@@ -9,9 +9,11 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from pyspark.sql import SparkSession
+if TYPE_CHECKING:  # `qualify` serves commands that must not load Spark (status, predict)
+    from pyspark.sql import SparkSession
 
 from fruitlens.errors import FruitlensError
 from fruitlens.images import is_image_path

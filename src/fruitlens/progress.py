@@ -5,8 +5,10 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from pyspark import SparkContext
+if TYPE_CHECKING:  # `log` is used where Spark must not load (predict): pyspark only for the type
+    from pyspark import SparkContext
 
 from fruitlens import console
 
