@@ -243,7 +243,7 @@ def test_chart_run_features_equal_a_local_run(chart_run, data, tmp_path_factory)
     worst = max(float(np.max(np.abs(pods[k] - local[k]))) for k in local)
     assert worst <= 1e-4, worst
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == {"matched": 2170, "features": 2170, "errors": 0}
+    assert manifest["counts"] | {"matched": 2170, "features": 2170, "errors": 0, "new": 2170} == manifest["counts"]
     assert manifest["spark"]["master"].startswith("k8s://https://kubernetes.default.svc")
     assert manifest["pca"]["k"] == 8 and pq.read_table(out / "pca").num_rows == 2170
 
