@@ -31,7 +31,7 @@ test-tools: setup ## set up what the deployment tests use: Docker engine, S3 ser
 
 .PHONY: test
 test: test-tools ## run every test (unit, end to end, Docker, S3, Helm; slow ones included)
-	$(VENV)/bin/pytest -q tests $(ARGS)
+	$(VENV)/bin/pytest -q --durations=12 tests $(ARGS)
 
 .PHONY: test-fast
 test-fast: setup ## unit tests only

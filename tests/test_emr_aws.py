@@ -313,11 +313,21 @@ def test_timeout_without_it_says_the_run_goes_on(stubbed, capsys):
     assert f"job run {JOB} goes on running (and billing) on EMR: `fruitlens emr cancel {JOB}`" in err
 
 
+def _patch_sleep(monkeypatch, sleep) -> None:
+    """Replace ``time.sleep`` as the emr module sees it, not for every thread (py4j's threads sleep too)."""
+    import time as real_time
+    import types
+
+    fake = types.SimpleNamespace(**{k: getattr(real_time, k) for k in dir(real_time) if not k.startswith("_")})
+    fake.sleep = sleep
+    monkeypatch.setattr(emr, "time", fake)
+
+
 def _interrupt_on_first_sleep(monkeypatch):
     def sleep(seconds):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(emr.time, "sleep", sleep)
+    _patch_sleep(monkeypatch, sleep)
 
 
 @pytest.mark.parametrize("tty, answer, cancels", [(True, "y", True), (True, "n", False), (False, None, False)])
@@ -471,7 +481,7 @@ def test_emr_ui_prints_the_persistent_spark_ui_link_once_ready(aws_env, monkeypa
                         {"PersistentAppUIId": "p-abc", "PersistentAppUIType": "SHS"})
         monkeypatch.setattr(emr, "client", lambda region=None: containers)
         monkeypatch.setattr(emr, "ui_client", lambda region=None: api)
-        monkeypatch.setattr(emr.time, "sleep", lambda s: None)
+        _patch_sleep(monkeypatch, lambda s: None)
         assert main(["emr", "ui", JOB, "--virtual-cluster-id", VC, "--region", REGION]) == 0
         cs.assert_no_pending_responses()
         es.assert_no_pending_responses()
