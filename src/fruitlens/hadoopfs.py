@@ -16,7 +16,6 @@ if TYPE_CHECKING:  # `qualify` serves commands that must not load Spark (status,
     from pyspark.sql import SparkSession
 
 from fruitlens.errors import FruitlensError
-from fruitlens.images import is_image_path
 
 
 class StorageError(FruitlensError, RuntimeError):
@@ -64,20 +63,6 @@ def exists(spark: SparkSession, uri: str) -> bool:
         return bool(fs.exists(path))
     except Exception as exc:
         raise _explain(uri, exc) from None
-
-
-def first_image(spark: SparkSession, uri: str) -> str | None:
-    """The first image file found below ``uri`` (recursively), or None; stops at the first match."""
-    fs, path = _fs(spark, uri)
-    try:
-        files = fs.listFiles(path, True)
-        while files.hasNext():
-            name = files.next().getPath().toString()
-            if is_image_path(name):
-                return name
-    except Exception as exc:
-        raise _explain(uri, exc) from None
-    return None
 
 
 def write_text(spark: SparkSession, uri: str, text: str) -> None:

@@ -11,8 +11,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-#: Hadoop glob for Spark's ``pathGlobFilter``: the extensions above in any letter case.
-IMAGE_GLOB = "*.{[jJ][pP][gG],[jJ][pP][eE][gG],[pP][nN][gG]}"
 #: Folder names that mark a split (Fruits-360 uses Training/Test).
 SPLITS = ("training", "test", "validation")
 SIZE = (224, 224)
