@@ -38,10 +38,19 @@ test-fast: setup ## unit tests only
 	$(VENV)/bin/pytest -q -m "not slow and not docker" tests $(ARGS)
 
 BENCH_INPUT ?= $(SHARED)/data/fruits-360-sample/Test
-BENCH_ARGS ?= --baseline
+BENCH_ARGS ?= --baseline --variants
+SCALE_DIR ?= .bench/scale
 .PHONY: bench
-bench: setup ## model ceiling vs TensorFlow vs the whole pipeline vs the common approach (BENCH_INPUT, BENCH_ARGS)
-	$(VENV)/bin/fruitlens bench "$(BENCH_INPUT)" --workdir .bench --json .bench/bench.json $(BENCH_ARGS)
+bench: setup scale-set ## ceilings (engine, decode), opt-in engines, then the pipeline vs the common approach on 2,170 and 19,611 photos
+	$(VENV)/bin/fruitlens bench "$(BENCH_INPUT)" "$(SCALE_DIR)/x3" --workdir .bench --json .bench/bench.json $(BENCH_ARGS)
+
+.PHONY: scale-set
+scale-set: setup ## make 6,537 / 19,611 / 91,518-photo sets from the sample (flips, rotations, crops, colour shifts) in SCALE_DIR
+	$(PY) bench/make_scale_set.py "$(SHARED)/data/fruits-360-sample" "$(SCALE_DIR)" --copies 14 --levels 1 3
+
+.PHONY: bench-scale
+bench-scale: setup scale-set ## the whole run at 6.5k -> 20k -> 90k photos: time, images/s, stage split, peak RSS
+	$(VENV)/bin/fruitlens bench "$(SCALE_DIR)/x1" "$(SCALE_DIR)/x3" "$(SCALE_DIR)/x14" --skip-keras --workdir .bench --json .bench/scale.json $(ARGS)
 
 .PHONY: bench-resume
 bench-resume: setup ## resume/grow figures on the sample copied twice: kill at half + rerun, +300 photos, concurrent run

@@ -147,6 +147,25 @@ def test_pca_can_be_refit_on_an_existing_output(run_output, tmp_path):
     assert len(read(copy, "pca")["rows"][0]["pca"]) == m["pca"]["k"]
 
 
+def test_pca_as_spark_jobs_equals_pca_on_the_driver(run_output, tmp_path, monkeypatch):
+    """Above ``driver_pca_max_rows`` the same two passes run as Spark jobs: same model, same rows."""
+    import shutil
+
+    copy = tmp_path / "spark-pca"
+    shutil.copytree(run_output, copy)
+    monkeypatch.setenv("FRUITLENS_DRIVER_PCA_MAX_ROWS", "0")
+    assert main(["pca", str(copy), "--pca-k", "5", "--no-progress"]) == 0
+    on_driver = json.loads((run_output / "manifest.json").read_text())["pca"]
+    on_spark = json.loads((copy / "manifest.json").read_text())["pca"]
+    assert (on_driver["on"], on_spark["on"]) == ("driver", "spark")
+    np.testing.assert_allclose(on_spark["explained_variance"], on_driver["explained_variance"], rtol=1e-9)
+    driver_rows = {r["path"]: r["pca"] for r in read(run_output, "pca")["rows"]}
+    spark_rows = {r["path"]: r["pca"] for r in read(copy, "pca")["rows"]}
+    assert driver_rows.keys() == spark_rows.keys()
+    for path, row in spark_rows.items():
+        np.testing.assert_allclose(row, driver_rows[path], atol=1e-4)
+
+
 def _jobs_so_far() -> int:
     from pyspark import SparkContext
 

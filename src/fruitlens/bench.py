@@ -98,40 +98,46 @@ def run_process(cmd: list[str], env: dict[str, str] | None = None) -> tuple[floa
     return wall, sampler.peak
 
 
-def bench(args: argparse.Namespace) -> dict:
-    root = Path(args.input)
-    paths = sample_paths(root, args.limit)
-    if not paths:
-        raise SystemExit(f"bench: no images under {root}")
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fruitlens-bench-"))
-    results: dict = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "processor": cpu_model()},
-        "images": len(paths),
-        "input": str(root),
-    }
+def decode_throughput(contents: list[bytes], seconds: float = 3.0) -> float:
+    """Images/s of one core doing what a worker does per photo before inference: decode, RGB, bicubic
+    resize, scale (``preprocess``), over ``contents`` (file bytes already in memory) for ≥ ``seconds``."""
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or done < len(contents):
+        preprocess(decode_rgb(contents[done % len(contents)])[None])
+        done += 1
+    return done / (time.perf_counter() - start)
 
-    # The same images for every measurement: the first `pool_size` decoded once for the ceilings.
-    pool = preprocess(np.stack([decode_rgb(p.read_bytes()) for p in paths[: args.pool]]))
+
+def ceilings(paths: list[Path], args: argparse.Namespace) -> dict:
+    """What no pipeline can beat on this machine: the engine alone, decoding alone, and both together."""
+    cores = os.cpu_count() or 1
+    contents = [p.read_bytes() for p in paths[: args.pool]]
+    pool = preprocess(np.stack([decode_rgb(c) for c in contents]))
     artifact = prepare_model(args.engine, "imagenet")
-    results["engine"] = artifact.engine
-    ceiling = engine_throughput(artifact.engine, artifact.path, pool, min(len(paths), args.ceiling_images),
-                                args.batch_size)
-    results["model_ceiling_images_per_s"] = round(ceiling, 2)
-    _say("model_ceiling_images_per_s", ceiling)
+    engine = engine_throughput(artifact.engine, artifact.path, pool, args.ceiling_images, args.batch_size)
+    decode = decode_throughput(contents)
+    # Decoding and inference share the same cores: per image, 1/engine + 1/(cores·decode) seconds of the machine.
+    work = 1.0 / (1.0 / engine + 1.0 / (cores * decode))
+    out = {"engine": artifact.engine, "engine_images_per_s": round(engine, 2),
+           "decode_images_per_s_per_core": round(decode, 2), "work_ceiling_images_per_s": round(work, 2)}
+    _say("model_ceiling_images_per_s", engine)
+    _say("decode_images_per_s_per_core", decode)
+    _say("work_ceiling_images_per_s", work)
     if not args.skip_keras:
         keras_artifact = prepare_model("keras", "imagenet")
-        tf_rate = engine_throughput("keras", keras_artifact.path, pool, min(len(paths), args.keras_images),
-                                    args.batch_size)
-        results["tensorflow_images_per_s"] = round(tf_rate, 2)
-        results["engine_vs_tensorflow"] = round(ceiling / tf_rate, 2)
+        tf_rate = engine_throughput("keras", keras_artifact.path, pool, args.keras_images, args.batch_size)
+        out["tensorflow_images_per_s"] = round(tf_rate, 2)
+        out["engine_vs_tensorflow"] = round(engine / tf_rate, 2)
         _say("tensorflow_images_per_s", tf_rate)
-        _say("engine_vs_tensorflow", ceiling / tf_rate)
-    del pool
+        _say("engine_vs_tensorflow", engine / tf_rate)
+    return out
 
-    out = workdir / "pipeline-out"
+
+def pipeline_run(root: Path, workdir: Path, args: argparse.Namespace, engine: str) -> dict:
+    """`fruitlens run` on ``root`` as a user runs it, as a separate process; figures from its manifest."""
+    out = workdir / f"pipeline-{root.name}"
     cmd = [sys.executable, "-m", "fruitlens", "run", str(root), str(out), "--overwrite", "--no-progress",
-           "--engine", artifact.engine, "--batch-size", str(args.batch_size), "--pca-k", str(args.pca_k)]
+           "--engine", engine, "--batch-size", str(args.batch_size), "--pca-k", str(args.pca_k)]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     wall, peak = run_process(cmd)
@@ -142,48 +148,88 @@ def bench(args: argparse.Namespace) -> dict:
     job_s = t["total"] - t["setup"]  # from the first read to the manifest: the pipeline's own work
     ws = manifest["worker_seconds"]
     decode_wall, infer_wall = ws["decode_resize_s"] / slots, ws["inference_s"] / slots
-    pipeline = {
+    shutil.rmtree(out, ignore_errors=True)  # 90k runs: features would fill the disk across sizes
+    return {
         "images": matched,
-        "pipeline_images_per_s": round(matched / job_s, 2),
-        "process_images_per_s": round(matched / wall, 2),
         "process_wall_s": round(wall, 2),
+        "process_images_per_s": round(matched / wall, 2),
+        "pipeline_images_per_s": round(matched / job_s, 2),
+        "extract_images_per_s": round(matched / t["extract"], 2),
         "stages_s": {
             "startup_and_setup": round(wall - job_s, 2),
-            "decode_resize": round(decode_wall, 2),
-            "inference": round(infer_wall, 2),
-            "read_write_and_overhead": round(t["extract"] - decode_wall - infer_wall, 2),
+            "extract": t["extract"],
+            "extract_decode_resize": round(decode_wall, 2),
+            "extract_inference": round(infer_wall, 2),
+            "extract_other": round(t["extract"] - decode_wall - infer_wall, 2),
             "pca": t.get("pca"),
+            "manifest_and_rest": round(job_s - t["extract"] - (t.get("pca") or 0), 2),
         },
         "peak_rss_mb": {k: round(v) for k, v in peak.items()},
         "pca_k": manifest["pca"]["k"],
         "pca_variance_kept": round(manifest["pca"]["variance_kept"], 4),
         "task_slots": slots,
     }
-    results["pipeline"] = pipeline
-    results["pipeline_vs_model_ratio"] = round(pipeline["pipeline_images_per_s"] / ceiling, 3)
-    for key in ("pipeline_images_per_s", "process_images_per_s", "process_wall_s"):
-        _say(key, pipeline[key])
-    _say("pipeline_vs_model_ratio", results["pipeline_vs_model_ratio"])
-    for key, value in pipeline["stages_s"].items():
-        _say(f"stage_{key}_s", value)
-    for key, value in pipeline["peak_rss_mb"].items():
-        _say(f"peak_rss_{key}", value)
-    _say("pca_variance_kept", pipeline["pca_variance_kept"])
 
-    if args.baseline:
-        script = Path(__file__).resolve().parents[2] / "bench" / "baseline_job.py"
-        base_out = workdir / "baseline-out"
-        shutil.rmtree(base_out, ignore_errors=True)
-        env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-        bwall, bpeak = run_process([sys.executable, str(script), str(root), str(base_out), str(args.pca_k)]
-                                   + ([str(args.limit)] if args.limit else []), env=env)
-        base = json.loads((base_out / "baseline.json").read_text())
-        results["baseline"] = {"process_images_per_s": round(base["images"] / bwall, 2),
-                               "process_wall_s": round(bwall, 2), "peak_rss_mb": {k: round(v) for k, v in bpeak.items()},
-                               **base}
-        results["speedup_vs_baseline"] = round(pipeline["process_images_per_s"] / results["baseline"]["process_images_per_s"], 2)
-        _say("baseline_process_images_per_s", results["baseline"]["process_images_per_s"])
-        _say("speedup_vs_baseline", results["speedup_vs_baseline"])
+
+def baseline_run(root: Path, workdir: Path, args: argparse.Namespace) -> dict:
+    script = Path(__file__).resolve().parents[2] / "bench" / "baseline_job.py"
+    out = workdir / f"baseline-{root.name}"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    wall, peak = run_process([sys.executable, str(script), str(root), str(out), str(args.pca_k)]
+                             + ([str(args.limit)] if args.limit else []), env=env)
+    base = json.loads((out / "baseline.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    return {"process_images_per_s": round(base["images"] / wall, 2), "process_wall_s": round(wall, 2),
+            "peak_rss_mb": {k: round(v) for k, v in peak.items()}, **base}
+
+
+def bench(args: argparse.Namespace) -> dict:
+    roots = [Path(i) for i in args.input]
+    sets = {root: sample_paths(root, args.limit) for root in roots}
+    for root, paths in sets.items():
+        if not paths:
+            raise SystemExit(f"bench: no images under {root}")
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fruitlens-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": machine(), "inputs": [str(r) for r in roots]}
+    for key in ("processor", "cpu_flags", "cpus"):
+        _say(key, results["machine"][key] if key != "cpu_flags" else " ".join(results["machine"][key]))
+
+    # The same photos for every ceiling: the first input's first `pool` photos.
+    results["ceilings"] = ceil = ceilings(sets[roots[0]], args)
+    if args.variants:
+        from fruitlens.bench_engines import bench_variants
+
+        results["variants"] = bench_variants(args)
+
+    results["runs"] = []
+    for root in roots:
+        _say("input", f"{root} ({len(sets[root])} images)")
+        run = pipeline_run(root, workdir, args, ceil["engine"])
+        run["input"] = str(root)
+        n = run["images"]
+        run["extract_vs_work_ceiling"] = round(run["extract_images_per_s"] / ceil["work_ceiling_images_per_s"], 3)
+        run["pipeline_vs_model_ratio"] = round(run["pipeline_images_per_s"] / ceil["engine_images_per_s"], 3)
+        for key in ("process_images_per_s", "process_wall_s", "extract_images_per_s", "extract_vs_work_ceiling",
+                    "pipeline_vs_model_ratio"):
+            _say(f"{key}_{n}", run[key])
+        for key, value in run["stages_s"].items():
+            _say(f"stage_{key}_s_{n}", value)
+        for key, value in run["peak_rss_mb"].items():
+            _say(f"peak_rss_{key}_{n}", value)
+        if args.baseline:
+            run["baseline"] = baseline_run(root, workdir, args)
+            run["speedup_vs_baseline"] = round(run["process_images_per_s"] / run["baseline"]["process_images_per_s"], 2)
+            _say(f"baseline_process_images_per_s_{n}", run["baseline"]["process_images_per_s"])
+            _say(f"speedup_vs_baseline_{n}", run["speedup_vs_baseline"])
+        results["runs"].append(run)
+    # Memory must not grow with the number of images: each run's peak vs the previous (smaller) one.
+    by_size = sorted(results["runs"], key=lambda r: r["images"])
+    for small, big in zip(by_size, by_size[1:]):
+        ratio = round(big["peak_rss_mb"]["total_mb"] / max(small["peak_rss_mb"]["total_mb"], 1), 3)
+        results.setdefault("peak_rss_growth", {})[f"{big['images']}_vs_{small['images']}"] = ratio
+        _say(f"peak_rss_total_ratio_{big['images']}_vs_{small['images']}", ratio)
 
     report = Path(args.json or workdir / "bench.json")
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +240,26 @@ def bench(args: argparse.Namespace) -> dict:
 
 def _say(key: str, value) -> None:
     print(f"{key}: {round(value, 3) if isinstance(value, float) else value}", flush=True)
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD flags that decide inference speed (AVX2/FMA, AVX-512 and its VNNI/BF16, AMX)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split()
+                              if f in ("avx", "avx2", "fma", "f16c") or f.startswith(("avx512", "avx_vnni", "amx")))
+    except OSError:
+        pass
+    return []
+
+
+def machine() -> dict:
+    import psutil
+
+    return {"processor": cpu_model(), "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
+            "python": platform.python_version()}
 
 
 def cpu_model() -> str:
@@ -207,8 +273,9 @@ def cpu_model() -> str:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="measure the model ceiling vs the whole pipeline on the same images")
-    p.add_argument("input", help="local folder of images (e.g. ../shared/data/fruits-360-sample/Test)")
+    p = sub.add_parser("bench", help="measure the ceilings (engine, decode) vs the whole pipeline on the same images")
+    p.add_argument("input", nargs="+", help="local folders of images, each run in turn (e.g. "
+                   "../shared/data/fruits-360-sample/Test); the ceilings use the first")
     p.add_argument("--limit", type=int, help="use the first N images (sorted by path)")
     p.add_argument("--engine", default="auto", choices=("auto", "onnx", "keras"))
     p.add_argument("--batch-size", type=int, default=64)
@@ -217,7 +284,9 @@ def register(sub) -> None:
     p.add_argument("--ceiling-images", type=int, default=2048, help="images timed for the engine ceiling")
     p.add_argument("--keras-images", type=int, default=256, help="images timed for TensorFlow's throughput")
     p.add_argument("--skip-keras", action="store_true")
-    p.add_argument("--baseline", action="store_true", help="also time the common public approach")
+    p.add_argument("--baseline", action="store_true", help="also time the common public approach on each input")
+    p.add_argument("--variants", action="store_true", help="also the opt-in engines (int8, smaller inputs): "
+                   "speed and fidelity (fruitlens.bench_engines)")
     p.add_argument("--workdir", help="where outputs go (default: a temp folder)")
     p.add_argument("--json", help="write the figures here (default: WORKDIR/bench.json)")
     p.set_defaults(func=lambda ns: bool(bench(ns)) and 0)

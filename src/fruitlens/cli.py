@@ -42,7 +42,7 @@ def add_pipeline_options(parser: argparse.ArgumentParser, *, pca: bool = True) -
         g.add_argument("--report", action="store_true", default=None,
                        help="then write OUTPUT/report/index.html (as `fruitlens report`)")
     g.add_argument("--batch-size", type=int, help="images per inference call (default 64)")
-    g.add_argument("--arrow-batch-size", type=int, help="images per Arrow batch sent to a Python worker (default 256)")
+    g.add_argument("--arrow-batch-size", type=int, help="images per committed batch: one Parquet file, one progress step and what a crash can lose (default 256)")
     g.add_argument("--partitions", type=int, help="repartition the images into N tasks (default: Spark's split)")
     g.add_argument("--limit", type=int, help="process only the first N images (sorted by path)")
     g.add_argument("--engine", choices=("auto", "onnx", "keras"), help="inference engine (default auto = onnx)")

@@ -40,7 +40,8 @@ class PipelineConfig:
     pca_k, pca_variance
         Keep exactly ``pca_k`` components, or the fewest reaching ``pca_variance`` of the variance.
     batch_size
-        Images per inference call, independent of Spark's Arrow batch size (``arrow_batch_size``).
+        Images per inference call, independent of ``arrow_batch_size``: the images per committed batch
+        (one Parquet file each; the name is kept from when batches came as Arrow batches).
     engine
         ``onnx`` (ONNX Runtime on an export of the Keras model), ``keras`` (TensorFlow), or ``auto``:
         ONNX when ONNX Runtime is installed.
@@ -50,6 +51,10 @@ class PipelineConfig:
     weights
         ``imagenet`` (Keras' cache, downloaded by Keras on the driver only if missing) or a ``.h5``
         file, local or any Hadoop URI.
+    driver_pca_max_rows
+        Up to this many feature rows (~5 KB each), PCA's two passes over the features (moments, then
+        projection) stream the Parquet files on the driver: no Spark job, so no job latency. Above it
+        they run as Spark jobs on the executors.
     train, report
         After the PCA, fit the classifier (``fruitlens train``) / write the HTML report.
     overwrite
@@ -82,6 +87,7 @@ class PipelineConfig:
     progress: bool = True
     verbosity: str = "normal"
     spark_conf: dict[str, str] = field(default_factory=dict)
+    driver_pca_max_rows: int = 250_000
     train: bool = False  # `run --train`: fit the classifier on the PCA (fruitlens.train)
     report: bool = False  # `run --report`: write OUTPUT/report/index.html (fruitlens.report)
 
@@ -94,6 +100,8 @@ class PipelineConfig:
             raise ConfigError(f"--pca-k must be between 1 and 1280 (the feature size), got {self.pca_k}")
         if self.pca_variance is not None and not 0.0 < self.pca_variance <= 1.0:
             raise ConfigError(f"--pca-variance must be in (0, 1], got {self.pca_variance}")
+        if self.driver_pca_max_rows < 0:
+            raise ConfigError(f"driver_pca_max_rows must be 0 or more, got {self.driver_pca_max_rows}")
         for name in ("batch_size", "arrow_batch_size", "partitions", "limit"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -1,62 +1,134 @@
 """The Spark stage: image files → features, committed batch by batch by the Python workers.
 
-Each task gets rows ``(path, size, modified_us)`` (the driver's listing of what to process); per Arrow
-batch the worker reads those files, decodes, runs the engine (one per Python worker) and writes the
-batch's feature rows and error rows as one Parquet file each, atomically (see :mod:`fruitlens.store`),
-named from the batch's content (:func:`fruitlens.ledger.batch_name`) so a retried task replaces its
-own files instead of adding rows. A crash loses only the batches in flight. The function yields one
-tiny summary row per batch: the driver counts from those, never re-reading features.
+Each task gets rows ``(path, size, modified_us)`` (the driver's listing of what to process); per batch
+of ``commit_size`` rows the worker reads those files, decodes, runs the engine (one per Python worker)
+and writes the batch's feature rows and error rows as one Parquet file each, atomically (see
+:mod:`fruitlens.store`), named from the batch's content (:func:`fruitlens.ledger.batch_name`) so a
+retried task replaces its own files instead of adding rows. A crash loses only the batches in flight.
+The function yields one tiny summary tuple per batch: the driver counts from those, never re-reading
+features.
+
+A worker runs three steps at once, one batch apart: reading + decoding batch i+1 (a thread), inference
+on batch i (ONNX Runtime, which releases the GIL), committing batch i-1 (a thread). Inference is the
+bulk of the work; the other two then fill the gaps (file I/O, Parquet encoding, fsync) that would
+otherwise leave the worker's core idle between inference calls.
+
+The input is a plain RDD of tuples: a DataFrame made from Python rows would run a second Python worker
+per task only to convert them.
 """
 from __future__ import annotations
 
+import itertools
+import os
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from fruitlens import faults
-from fruitlens.engine import FEATURE_DIM, ModelArtifact, load_engine
+from fruitlens.engine import FEATURE_DIM, INPUT_SHAPE, ModelArtifact, load_engine
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
 from fruitlens.ledger import ERRORS_DIR, FEATURES_DIR, batch_name, errors_table, features_table
 from fruitlens.progress import ProgressClient
 from fruitlens.store import Store, StoreOptions
 
-TODO_SCHEMA = "path string, size long, modified_us long"
-SUMMARY_SCHEMA = "file string, images long, features long, errors long, read_decode_s double, inference_s double"
+#: One summary per committed batch: (file, images, features, errors, read_decode_s, inference_s).
+SUMMARY_FIELDS = ("file", "images", "features", "errors", "read_decode_s", "inference_s")
 READ_THREADS = 8
+
+Row = tuple[str, int, int]  # path, size, modified_us
+
+
+@dataclass
+class Decoded:
+    rows: list[Row]
+    pixels: np.ndarray  # (ok, H, W, 3) uint8
+    ok: list[int]  # indexes into rows of the decoded images
+    errors: list[str | None]
+    seconds: float
+
+
+def _task_threads() -> int:
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    return int(ctx.cpus()) if ctx is not None else 0  # no oversubscription of the task's cores
+
+
+def make_warmer(artifact: ModelArtifact, *, batch_size: int) -> Callable[[Iterable], Iterator[tuple[int, float]]]:
+    """A task that starts a Python worker, imports the stage's libraries and builds its engine (with a
+    first inference: ONNX Runtime sizes its buffers on the first call), so that the feature tasks find
+    it ready (Spark reuses Python workers). Run while the driver still lists and plans."""
+    engine_name, file_name = artifact.engine, artifact.file_name
+
+    def warm(_: Iterable) -> Iterator[tuple[int, float]]:
+        from pyspark import SparkFiles
+
+        t = time.perf_counter()
+        engine = load_engine(engine_name, SparkFiles.get(file_name), _task_threads())
+        engine.predict(preprocess(np.zeros((batch_size, *INPUT_SHAPE), dtype=np.uint8)))
+        yield os.getpid(), time.perf_counter() - t
+
+    return warm
 
 
 def make_featurizer(
-    artifact: ModelArtifact, *, batch_size: int, input_uri: str, output_uri: str, options: StoreOptions,
-    progress: tuple[str, int] | None = None,
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    artifact: ModelArtifact, *, batch_size: int, commit_size: int, input_uri: str, output_uri: str,
+    options: StoreOptions, progress: tuple[str, int] | None = None,
+) -> Callable[[Iterable[Row]], Iterator[tuple]]:
     """Return the function Spark runs on each partition; all its settings are captured here."""
     engine_name, file_name = artifact.engine, artifact.file_name
 
-    def featurize(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import SparkFiles, TaskContext
+    def featurize(rows: Iterable[Row]) -> Iterator[tuple]:
+        from pyspark import SparkFiles
 
-        ctx = TaskContext.get()
-        threads = int(ctx.cpus()) if ctx is not None else 0  # no oversubscription of the task's cores
-        engine = load_engine(engine_name, SparkFiles.get(file_name), threads)
+        engine = load_engine(engine_name, SparkFiles.get(file_name), _task_threads())
         source, out = Store(input_uri, options), Store(output_uri, options)
-        pool = ThreadPoolExecutor(READ_THREADS) if not source.is_local else None  # S3: overlap GETs
         reporter = ProgressClient(progress)
-        try:
-            for batch in batches:
-                result = _process(batch, engine, batch_size, source, out, pool)
-                reporter.add(batch.num_rows)  # image-level progress for the driver (fire and forget)
-                yield result
-                faults.fail_once()  # after a commit: the retried task must rewrite, not duplicate, it
-                if faults.wants("extract"):
-                    faults.kill_point("extract", len(out.list(FEATURES_DIR)))
-        finally:
-            if pool:
-                pool.shutdown()
+        batches = _batched(rows, commit_size)
+        with ThreadPoolExecutor(READ_THREADS) as readers, ThreadPoolExecutor(1) as decoder, \
+                ThreadPoolExecutor(1) as committer:
+            read_pool = None if source.is_local else readers  # S3: overlap the GETs
+            committing: Future | None = None
+            for decoded in _ahead(batches, lambda b: _decode(b, source, read_pool), decoder):
+                t = time.perf_counter()
+                features = _infer(engine, decoded, batch_size)
+                inference_s = time.perf_counter() - t
+                if committing is not None:
+                    yield _committed(committing, out)
+                committing = committer.submit(_commit, out, decoded, features, inference_s, reporter)
+            if committing is not None:
+                yield _committed(committing, out)
 
     return featurize
+
+
+def _batched(rows: Iterable[Row], n: int) -> Iterator[list[Row]]:
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
+
+
+def _ahead(items: Iterator, fn: Callable, pool: ThreadPoolExecutor) -> Iterator:
+    """``fn(item)`` for each item, computing the next one in ``pool`` while the caller uses this one."""
+    pending = None
+    for item in items:
+        future = pool.submit(fn, item)
+        if pending is not None:
+            yield pending.result()
+        pending = future
+    if pending is not None:
+        yield pending.result()
+
+
+def _committed(future: Future, out: Store) -> tuple:
+    summary = future.result()
+    faults.fail_once()  # after a commit: the retried task must rewrite, not duplicate, it
+    if faults.wants("extract"):
+        faults.kill_point("extract", len(out.list(FEATURES_DIR)))
+    return summary
 
 
 def _read(source: Store, path: str) -> bytes | Exception:
@@ -66,14 +138,12 @@ def _read(source: Store, path: str) -> bytes | Exception:
         return exc
 
 
-def _process(batch: pa.RecordBatch, engine, batch_size: int, source: Store, out: Store, pool) -> pa.RecordBatch:
-    paths = batch.column("path").to_pylist()
-    sizes = batch.column("size").to_pylist()
-    modified = batch.column("modified_us").to_pylist()
-    t0 = time.perf_counter()
+def _decode(rows: list[Row], source: Store, pool: ThreadPoolExecutor | None) -> Decoded:
+    t = time.perf_counter()
+    paths = [r[0] for r in rows]
     contents = pool.map(lambda p: _read(source, p), paths) if pool else (_read(source, p) for p in paths)
-    errors: list[str | None] = [None] * len(paths)
-    pixels = np.empty((len(paths), 224, 224, 3), dtype=np.uint8)
+    errors: list[str | None] = [None] * len(rows)
+    pixels = np.empty((len(rows), *INPUT_SHAPE), dtype=np.uint8)
     ok: list[int] = []
     for i, content in enumerate(contents):
         try:
@@ -83,25 +153,31 @@ def _process(batch: pa.RecordBatch, engine, batch_size: int, source: Store, out:
             ok.append(i)
         except DecodeError as exc:
             errors[i] = str(exc)
-    t1 = time.perf_counter()
-    features = np.empty((len(ok), FEATURE_DIM), dtype=np.float32)
-    for start in range(0, len(ok), batch_size):
-        stop = min(start + batch_size, len(ok))
-        features[start:stop] = engine.predict(preprocess(pixels[start:stop]))
-    t2 = time.perf_counter()
+    return Decoded(rows, pixels[: len(ok)], ok, errors, time.perf_counter() - t)
 
-    name = batch_name(zip(paths, sizes, modified, strict=True))
+
+def _infer(engine, decoded: Decoded, batch_size: int) -> np.ndarray:
+    n = len(decoded.ok)
+    features = np.empty((n, FEATURE_DIM), dtype=np.float32)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        features[start:stop] = engine.predict(preprocess(decoded.pixels[start:stop]))
+    return features
+
+
+def _commit(out: Store, decoded: Decoded, features: np.ndarray, inference_s: float,
+            reporter: ProgressClient) -> tuple:
+    rows, ok, errors = decoded.rows, decoded.ok, decoded.errors
+    name = batch_name(rows)
     if ok:
-        labels, splits = zip(*(label_and_split(paths[i]) for i in ok), strict=True)
+        labels, splits = zip(*(label_and_split(rows[i][0]) for i in ok), strict=True)
         out.write_table(f"{FEATURES_DIR}/{name}", features_table(
-            [paths[i] for i in ok], list(labels), list(splits), [sizes[i] for i in ok],
-            [modified[i] for i in ok], features))
+            [rows[i][0] for i in ok], list(labels), list(splits), [rows[i][1] for i in ok],
+            [rows[i][2] for i in ok], features))
     bad = [i for i, e in enumerate(errors) if e is not None]
     if bad:
         out.write_table(f"{ERRORS_DIR}/{name}", errors_table(
-            [paths[i] for i in bad], [errors[i] for i in bad], [sizes[i] for i in bad], [modified[i] for i in bad]))
-    return pa.RecordBatch.from_arrays(
-        [pa.array([name]), pa.array([len(paths)], pa.int64()), pa.array([len(ok)], pa.int64()),
-         pa.array([len(bad)], pa.int64()), pa.array([t1 - t0]), pa.array([t2 - t1])],
-        names=["file", "images", "features", "errors", "read_decode_s", "inference_s"],
-    )
+            [rows[i][0] for i in bad], [errors[i] for i in bad], [rows[i][1] for i in bad],
+            [rows[i][2] for i in bad]))
+    reporter.add(len(rows))  # image-level progress for the driver (fire and forget)
+    return name, len(rows), len(ok), len(bad), decoded.seconds, inference_s

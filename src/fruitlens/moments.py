@@ -30,6 +30,20 @@ class Moments:
         return (self.gram - self.n * np.outer(mu, mu)) / (self.n - 1)
 
 
+def moments_of(x: np.ndarray) -> Moments:
+    """(n, d) rows → their moments, in float64 (the covariance subtracts n·μμᵀ: float32 would cancel)."""
+    x = x.astype(np.float64, copy=False)
+    return Moments(len(x), x.sum(axis=0), x.T @ x)
+
+
+def feature_matrix(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A ``list<float>`` column of 1280-d vectors → (n, 1280) float32."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    # flatten(), not .values: it honours the offsets of a sliced batch
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
+
+
 def partition_moments(batches):
     """mapInArrow: one output row per partition with its (n, Σx, XᵀX)."""
     n, total, gram = 0, np.zeros(FEATURE_DIM), np.zeros((FEATURE_DIM, FEATURE_DIM))
@@ -37,11 +51,8 @@ def partition_moments(batches):
         col = batch.column("features")
         if len(col) == 0:
             continue
-        # flatten(), not .values: it honours the offsets of a sliced batch
-        x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(col), -1)
-        n += len(col)
-        total += x.sum(axis=0)
-        gram += x.T @ x
+        m = moments_of(feature_matrix(col))
+        n, total, gram = n + m.n, total + m.total, gram + m.gram
     yield pa.RecordBatch.from_arrays(
         [pa.array([n], pa.int64()), pa.array([total.tobytes()], pa.binary()),
          pa.array([gram.tobytes()], pa.binary())],

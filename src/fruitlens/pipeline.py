@@ -18,10 +18,11 @@ from fruitlens import faults, hadoopfs, ledger
 from fruitlens.config import PipelineConfig
 from fruitlens.engine import FEATURE_DIM, INPUT_SHAPE, ModelArtifact, prepare_model
 from fruitlens.errors import FruitlensError
-from fruitlens.featurize import SUMMARY_SCHEMA, TODO_SCHEMA, make_featurizer
+from fruitlens.featurize import SUMMARY_FIELDS, make_featurizer, make_warmer
 from fruitlens.images import IMAGE_EXTENSIONS, is_image_path
 from fruitlens.ledger import SourceFile
 from fruitlens.lock import RunLock, iso
+from fruitlens.mlsave import save_pca_pipeline
 from fruitlens.output import (
     LAYOUT_VERSION,
     MANIFEST,
@@ -36,7 +37,7 @@ from fruitlens.output import (
     read_manifest,
     write_manifest,
 )
-from fruitlens.pca import fit_pca, project
+from fruitlens.pca import driver_moments, driver_project, fit_from_moments, fit_pca, project
 from fruitlens.progress import ImageProgress, log, task_bar
 from fruitlens.spark import build_session
 from fruitlens.store import Store, StoreOptions
@@ -102,6 +103,50 @@ def resolve_model(spark: SparkSession, config: PipelineConfig) -> ModelArtifact:
     return artifact
 
 
+class WarmUp:
+    """Starts the Python workers and builds their engines in a background Spark job (see
+    :func:`fruitlens.featurize.make_warmer`) while the driver takes the lock, reads OUTPUT's index and
+    plans; :meth:`wait` before the feature job. Leaving the block early cancels it."""
+
+    def __init__(self, spark: SparkSession, job) -> None:
+        self._sc = spark.sparkContext
+        self._group = f"fruitlens-warmup-{time.monotonic_ns()}"
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmup")
+        self._future = self._pool.submit(self._run, job)
+        self.seconds: float | None = None
+
+    def _run(self, job):
+        self._sc.setJobGroup(self._group, "warm up the Python workers", interruptOnCancel=True)
+        return job()
+
+    def wait(self) -> None:
+        t = time.perf_counter()
+        rows = self._future.result()  # a worker that cannot load the model fails here, before any image
+        self.seconds = max(seconds for _, seconds in rows)
+        if time.perf_counter() - t > 0.1:
+            log(f"extract: waited {time.perf_counter() - t:.1f} s for the Python workers to load the model")
+
+    def cancel(self) -> None:
+        if not self._future.done():
+            self._sc.cancelJobGroup(self._group)
+
+    def __enter__(self) -> WarmUp:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            self.cancel()
+        self._pool.shutdown(wait=False)
+
+
+def warm_workers(spark: SparkSession, artifact: ModelArtifact, config: PipelineConfig) -> WarmUp:
+    sc = spark.sparkContext
+    warmer = make_warmer(artifact, batch_size=config.batch_size)
+    # One task per slot: each runs in its own Python worker, which the feature job's tasks then reuse.
+    return WarmUp(spark, lambda: sc.parallelize(range(sc.defaultParallelism), sc.defaultParallelism)
+                  .mapPartitions(warmer).collect())
+
+
 def feature_settings(input_uri: str, artifact: ModelArtifact) -> dict:
     """What makes two feature vectors comparable; a run continues OUTPUT only if these are equal."""
     return {"input": input_uri, "layout_version": LAYOUT_VERSION, "model": "MobileNetV2, ImageNet, no top, avg pool",
@@ -128,32 +173,44 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
     sc = spark.sparkContext
     partitions = min(len(todo), config.partitions or partition_count(len(todo), sc.defaultParallelism))
     rows = sc.parallelize([(f.path, f.size, f.modified_us) for f in todo], partitions)
-    fn = make_featurizer(artifact, batch_size=config.batch_size, input_uri=input_uri, output_uri=out.uri,
-                         options=options, progress=progress)
-    for row in spark.createDataFrame(rows, TODO_SCHEMA).mapInArrow(fn, SUMMARY_SCHEMA).collect():
+    fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.arrow_batch_size,
+                         input_uri=input_uri, output_uri=out.uri, options=options, progress=progress)
+    for summary in rows.mapPartitions(fn).collect():
+        row = dict(zip(SUMMARY_FIELDS, summary, strict=True))
         for key in totals:
             totals[key] += row[key]
     return totals
 
 
-def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout, rows: int) -> dict:
+def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout, out: Store, rows: int) -> dict:
     if rows < 2:
         log(f"pca: skipped (PCA needs at least 2 feature rows, found {rows})")
         return {"skipped": f"PCA needs at least 2 feature rows, found {rows}"}
-    # One task per slot: the feature files are many small tasks' worth (~1 s of fixed cost each) for
-    # work that takes milliseconds per file; fewer partitions also means fewer partial moments to reduce.
-    features = spark.read.parquet(layout.features).coalesce(spark.sparkContext.defaultParallelism)
+    on_driver = rows <= config.driver_pca_max_rows
     t = time.perf_counter()
-    model, summary = fit_pca(features, k=config.pca_k, variance=config.pca_variance,
-                             standardize=config.pca_standardize)
+    if on_driver:
+        files = [i.path for i in out.list(ledger.FEATURES_DIR) if i.base_name.endswith(".parquet")]
+        moments = driver_moments(out, files)
+        log(f"pca: moments of {moments.n} rows in {time.perf_counter() - t:.2f} s (on the driver)")
+        model, summary = fit_from_moments(spark, moments, k=config.pca_k, variance=config.pca_variance,
+                                          standardize=config.pca_standardize)
+    else:
+        # One task per slot: the feature files are many small tasks' worth (~1 s of fixed cost each) for
+        # work that takes milliseconds per file; fewer partitions also means fewer partial moments to reduce.
+        features = spark.read.parquet(layout.features).coalesce(spark.sparkContext.defaultParallelism)
+        model, summary = fit_pca(features, k=config.pca_k, variance=config.pca_variance,
+                                 standardize=config.pca_standardize)
     fit_s = time.perf_counter() - t
     faults.kill_point("pca")
-    # Saving the model is a few small Spark jobs: run them beside the projection, not after it.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        saved = pool.submit(lambda: model.write().overwrite().save(layout.pca_model))
+    save_pca_pipeline(spark, model, out, "pca_model")  # no Spark job (see fruitlens.mlsave)
+    out.delete_tree("pca")
+    if on_driver:
+        out.make_dirs("pca")
+        driver_project(model, out, files, "pca")
+    else:
         project(model, features).write.mode("overwrite").parquet(layout.pca)
-        saved.result()
     return {**summary.as_dict(), "target_variance": config.pca_variance, "requested_k": config.pca_k,
+            "on": "driver" if on_driver else "spark",
             "seconds": {"fit": round(fit_s, 3), "project_and_save": round(time.perf_counter() - t - fit_s, 3)}}
 
 
@@ -195,11 +252,12 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     source, out = Store(input_uri, options), Store(output_uri, options)
     listing = list_input(source, config.limit)
     check_reusable(out, input_uri, overwrite=config.overwrite)
-    with RunLock.acquire(out, command=command_line(), timeout_s=config.lock_timeout,
-                         force=config.force_unlock, wait_s=config.lock_wait) as lock:
+    artifact = resolve_model(spark, config)
+    warm = warm_workers(spark, artifact, config)
+    with warm, RunLock.acquire(out, command=command_line(), timeout_s=config.lock_timeout,
+                               force=config.force_unlock, wait_s=config.lock_wait) as lock:
         if config.overwrite:
             clear(out)
-        artifact = resolve_model(spark, config)
         check_settings(out, feature_settings(input_uri, artifact), overwrite=config.overwrite)
         history = start_record(out, lock)
         out.make_dirs(ledger.FEATURES_DIR, ledger.ERRORS_DIR)
@@ -214,6 +272,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             f"changed {plan.changed}, removed {plan.removed}; engine {artifact.engine}, "
             f"{spark.sparkContext.defaultParallelism} task slots ({timer.seconds['setup']:.1f} s)")
 
+        warm.wait() if plan.todo else warm.cancel()
         t = time.perf_counter()
         with image_progress(spark, "extract", enabled=config.progress) as progress:
             progress.total = len(plan.todo)
@@ -227,7 +286,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
 
         pca = None
         if with_pca:
-            pca = _timed_pca(spark, config, layout, timer, counts["features"])
+            pca = _timed_pca(spark, config, layout, out, timer, counts["features"])
         else:  # a projection of other features would now be stale
             out.delete_tree("pca")
             out.delete_tree("pca_model")
@@ -290,7 +349,7 @@ def refit_pca(config: PipelineConfig) -> dict:
         drop_derived(out)
         manifest.pop("classifier", None)
         timer.lap("setup", t)
-        manifest["pca"] = _timed_pca(spark, config, layout, timer, manifest["counts"]["features"])
+        manifest["pca"] = _timed_pca(spark, config, layout, out, timer, manifest["counts"]["features"])
         manifest["config"] = {**manifest.get("config", {}),
                               **{k: v for k, v in config.to_dict().items() if k.startswith("pca_")}}
         manifest["timings_s"] = {**manifest.get("timings_s", {}), "pca": timer.seconds["pca"]}
@@ -298,10 +357,11 @@ def refit_pca(config: PipelineConfig) -> dict:
         return _finish(out, lock, layout, manifest, timer, refit=True)
 
 
-def _timed_pca(spark: SparkSession, config: PipelineConfig, layout: OutputLayout, timer: Timer, rows: int) -> dict:
+def _timed_pca(spark: SparkSession, config: PipelineConfig, layout: OutputLayout, out: Store, timer: Timer,
+               rows: int) -> dict:
     t = time.perf_counter()
     with task_bar(spark.sparkContext, "pca", enabled=config.progress):
-        pca = pca_stage(spark, config, layout, rows)
+        pca = pca_stage(spark, config, layout, out, rows)
     seconds = timer.lap("pca", t)
     if "k" in pca:
         log(f"pca: k={pca['k']} keeps {pca['variance_kept']:.1%} of the variance of {pca['rows']} rows "

@@ -16,21 +16,29 @@ def project_batch(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, components
     return ((x.astype(np.float64) - mean) * scale) @ components
 
 
+def project_table(table: pa.Table | pa.RecordBatch, mean: np.ndarray, scale: np.ndarray,
+                  components: np.ndarray) -> pa.Table:
+    """(path, label, split, features) rows → (path, label, split, pca list<float>)."""
+    col = table.column("features")
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    x = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
+    k = components.shape[1]
+    y = project_batch(x, mean, scale, components).astype(np.float32)
+    offsets = pa.array(np.arange(0, (len(col) + 1) * k, k, dtype=np.int32))
+    return pa.Table.from_arrays(
+        [table.column("path"), table.column("label"), table.column("split"),
+         pa.ListArray.from_arrays(offsets, pa.array(y.reshape(-1)))],
+        names=["path", "label", "split", "pca"],
+    )
+
+
 def make_projector(broadcast):
     """mapInArrow function: (path, label, split, features) batches → (path, label, split, pca)."""
 
     def projector(batches):
-        mean, scale, components = broadcast.value
-        k = components.shape[1]
+        arrays = broadcast.value
         for batch in batches:
-            col = batch.column("features")
-            x = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
-            y = project_batch(x, mean, scale, components).astype(np.float32)
-            offsets = pa.array(np.arange(0, (len(col) + 1) * k, k, dtype=np.int32))
-            yield pa.RecordBatch.from_arrays(
-                [batch.column("path"), batch.column("label"), batch.column("split"),
-                 pa.ListArray.from_arrays(offsets, pa.array(y.reshape(-1)))],
-                names=["path", "label", "split", "pca"],
-            )
+            yield from project_table(batch, *arrays).to_batches()
 
     return projector

@@ -16,7 +16,7 @@ def spark_settings(config: PipelineConfig) -> dict[str, str]:
     """Settings fruitlens needs whatever the cluster; ``config.spark_conf`` overrides any of them."""
     settings = {
         "spark.app.name": "fruitlens",
-        # Arrow batches carry raw image bytes: keep them small; inference batches are sized separately.
+        # Arrow batches of feature rows (the PCA's Spark passes on large sets): one commit batch each.
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(config.arrow_batch_size),
         # Reused Python workers keep their model between tasks (built once per worker, not per task).
         "spark.python.worker.reuse": "true",
