@@ -184,6 +184,29 @@ def baseline_run(root: Path, workdir: Path, args: argparse.Namespace) -> dict:
             "peak_rss_mb": {k: round(v) for k, v in peak.items()}, **base}
 
 
+#: On-demand Linux prices, us-east-1, USD (AWS price pages, read 2026-11; they change: check before use).
+#: EMR on EKS bills the vCPU and memory a pod requests, from its image pull until it ends, on top of EC2.
+EMR_ON_EKS_VCPU_HOUR = 0.01012
+EMR_ON_EKS_GB_HOUR = 0.00111125
+EC2_ON_DEMAND = {  # instance: (USD per hour, vCPUs, GiB, CPU)
+    "c6a.xlarge": (0.153, 4, 8, "AMD EPYC Zen 3, AVX2 (this machine's kind)"),
+    "c7a.xlarge": (0.20532, 4, 8, "AMD EPYC Zen 4, AVX-512 VNNI/BF16"),
+    "c7i.xlarge": (0.1785, 4, 8, "Intel Sapphire Rapids, AVX-512 VNNI, AMX"),
+    "m7i.xlarge": (0.2016, 4, 16, "Intel Sapphire Rapids, AVX-512 VNNI, AMX"),
+}
+
+
+def emr_cost_per_100k(images_per_s_per_vcpu: float) -> dict[str, dict]:
+    """USD per 100,000 images of feature extraction on EMR on EKS, executors filling whole nodes, at the
+    per-vCPU rate measured here (the fixed cost of a job, its driver pod and image pulls, comes on top)."""
+    out = {}
+    for name, (price, vcpus, gib, cpu) in EC2_ON_DEMAND.items():
+        node_hours = 100_000 / (images_per_s_per_vcpu * vcpus) / 3600
+        hourly = price + vcpus * EMR_ON_EKS_VCPU_HOUR + gib * EMR_ON_EKS_GB_HOUR
+        out[name] = {"usd": round(node_hours * hourly, 4), "node_hours": round(node_hours, 4), "cpu": cpu}
+    return out
+
+
 def bench(args: argparse.Namespace) -> dict:
     roots = [Path(i) for i in args.input]
     sets = {root: sample_paths(root, args.limit) for root in roots}
@@ -224,6 +247,13 @@ def bench(args: argparse.Namespace) -> dict:
             _say(f"baseline_process_images_per_s_{n}", run["baseline"]["process_images_per_s"])
             _say(f"speedup_vs_baseline_{n}", run["speedup_vs_baseline"])
         results["runs"].append(run)
+    # Cost at scale, from the steady state of the largest run (its extract stage, per task slot = vCPU).
+    largest = max(results["runs"], key=lambda r: r["images"])
+    per_vcpu = largest["extract_images_per_s"] / largest["task_slots"]
+    results["emr_on_eks_cost_per_100k_images"] = {"images_per_s_per_vcpu": round(per_vcpu, 2),
+                                                  **emr_cost_per_100k(per_vcpu)}
+    for name, cost in emr_cost_per_100k(per_vcpu).items():
+        _say(f"emr_on_eks_usd_per_100k_images_{name.replace('.', '_')}", cost["usd"])
     # Memory must not grow with the number of images: each run's peak vs the previous (smaller) one.
     by_size = sorted(results["runs"], key=lambda r: r["images"])
     for small, big in zip(by_size, by_size[1:]):
