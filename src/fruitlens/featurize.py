@@ -59,8 +59,8 @@ def _task_threads() -> int:
 
 def make_warmer(artifact: ModelArtifact, *, batch_size: int) -> Callable[[Iterable], Iterator[tuple[int, float]]]:
     """A task that starts a Python worker, imports the stage's libraries and builds its engine (with a
-    first inference: ONNX Runtime sizes its buffers on the first call), so that the feature tasks find
-    it ready (Spark reuses Python workers). Run while the driver still lists and plans."""
+    first, tiny inference: ONNX Runtime finishes setting up on its first call), so that the feature
+    tasks find it ready (Spark reuses Python workers). Run while the driver still takes the lock and plans."""
     engine_name, file_name = artifact.engine, artifact.file_name
 
     def warm(_: Iterable) -> Iterator[tuple[int, float]]:
@@ -68,7 +68,7 @@ def make_warmer(artifact: ModelArtifact, *, batch_size: int) -> Callable[[Iterab
 
         t = time.perf_counter()
         engine = load_engine(engine_name, SparkFiles.get(file_name), _task_threads())
-        engine.predict(preprocess(np.zeros((batch_size, *INPUT_SHAPE), dtype=np.uint8)))
+        engine.predict(preprocess(np.zeros((min(batch_size, 2), *INPUT_SHAPE), dtype=np.uint8)))
         yield os.getpid(), time.perf_counter() - t
 
     return warm
