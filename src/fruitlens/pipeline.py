@@ -269,12 +269,12 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         plan = ledger.plan(ledger.read_index(out), listing)
         ledger.apply(out, plan, after_write=lambda: faults.kill_point("cleanup"))
         drop_derived(out)
+        warm.wait() if plan.todo else warm.cancel()  # the workers' start-up counts as setup
         timer.lap("setup", t)
         log(f"setup: input {input_uri}: {len(listing)} images; reused {plan.reused}, new {plan.new}, "
             f"changed {plan.changed}, removed {plan.removed}; engine {artifact.engine}, "
             f"{spark.sparkContext.defaultParallelism} task slots ({timer.seconds['setup']:.1f} s)")
 
-        warm.wait() if plan.todo else warm.cancel()
         t = time.perf_counter()
         with image_progress(spark, "extract", enabled=config.progress) as progress:
             progress.total = len(plan.todo)
