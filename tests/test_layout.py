@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fruitlens"
-STAGES = ("images", "engine", "featurize", "pca", "moments", "projection", "pipeline", "output", "hadoopfs",
+STAGES = ("images", "engine", "featurize", "pca", "mlsave", "moments", "projection", "pipeline", "output", "hadoopfs",
           "ledger", "lock", "status", "faults",
           "spark", "config", "console", "progress")
 CLOUD = ("boto3", "botocore", "kubernetes")
