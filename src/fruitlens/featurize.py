@@ -33,7 +33,7 @@ def make_featurizer(
     progress: tuple[str, int] | None = None,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """Return the function Spark runs on each partition; all its settings are captured here."""
-    engine_name, file_name = artifact.engine, artifact.file_name
+    engine_name, file_name, size = artifact.engine, artifact.file_name, artifact.image_size
 
     def featurize(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import SparkFiles, TaskContext
@@ -46,7 +46,7 @@ def make_featurizer(
         reporter = ProgressClient(progress)
         try:
             for batch in batches:
-                result = _process(batch, engine, batch_size, source, out, pool)
+                result = _process(batch, engine, batch_size, source, out, pool, size)
                 reporter.add(batch.num_rows)  # image-level progress for the driver (fire and forget)
                 yield result
                 faults.fail_once()  # after a commit: the retried task must rewrite, not duplicate, it
@@ -66,20 +66,21 @@ def _read(source: Store, path: str) -> bytes | Exception:
         return exc
 
 
-def _process(batch: pa.RecordBatch, engine, batch_size: int, source: Store, out: Store, pool) -> pa.RecordBatch:
+def _process(batch: pa.RecordBatch, engine, batch_size: int, source: Store, out: Store, pool,
+             size: int = 224) -> pa.RecordBatch:
     paths = batch.column("path").to_pylist()
     sizes = batch.column("size").to_pylist()
     modified = batch.column("modified_us").to_pylist()
     t0 = time.perf_counter()
     contents = pool.map(lambda p: _read(source, p), paths) if pool else (_read(source, p) for p in paths)
     errors: list[str | None] = [None] * len(paths)
-    pixels = np.empty((len(paths), 224, 224, 3), dtype=np.uint8)
+    pixels = np.empty((len(paths), size, size, 3), dtype=np.uint8)  # size: the model's (--image-size)
     ok: list[int] = []
     for i, content in enumerate(contents):
         try:
             if isinstance(content, Exception):
                 raise DecodeError(f"cannot read file: {content}")
-            pixels[len(ok)] = decode_rgb(content)
+            pixels[len(ok)] = decode_rgb(content, (size, size))
             ok.append(i)
         except DecodeError as exc:
             errors[i] = str(exc)
