@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import real_images
 
-from conftest import SAMPLE, real_images
 from fruitlens.cli import build_parser, config_from_args, main, pipeline_args
 from fruitlens.config import ConfigError, load_config
 from fruitlens.images import decode_rgb, preprocess
@@ -85,7 +86,7 @@ def test_the_int8_model_gives_features_close_to_fp32_on_real_photos():
 
     training = [str(p) for p in real_images("Training", per_class=40)]
     chosen = select_calibration(training, 100)
-    calibration = Calibration(tuple(chosen), tuple(open(p, "rb").read() for p in chosen))
+    calibration = Calibration(tuple(chosen), tuple(Path(p).read_bytes() for p in chosen))
     fp32 = prepare_model("onnx", "imagenet")
     int8 = prepare_model("onnx-int8", "imagenet", calibration=calibration)
     assert (int8.precision, int8.image_size, int8.sha256) == ("int8", 224, fp32.sha256)

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fruitlens.engine import ModelArtifact, ModelError, _writable, cache_dir, sha256_file
+from fruitlens.engine import (
+    ModelArtifact,
+    ModelError,
+    _writable,
+    cache_dir,
+    sha256_file,
+)
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
 
 #: Photos the activation ranges are calibrated on: enough for stable ranges, a few seconds to decode and run.
