@@ -143,7 +143,7 @@ def quantize(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str]
     with tempfile.TemporaryDirectory(prefix="fruitlens-quantize-") as tmp:
         # ORT's own graph clean-up first (folds the Pads into the Convs): fewer tensors to quantize.
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre))
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)  # static shapes: no sympy needed
         graph = onnx.load(str(pre)).graph
         convs = [node.name for node in graph.node if node.op_type == "Conv"]
         input_name = graph.input[0].name
