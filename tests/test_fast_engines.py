@@ -180,3 +180,42 @@ def test_int8_run_keeps_its_model_and_train_predict_export_use_it_at_its_size(sm
     capsys.readouterr()  # a resume with fp32 is refused naming the precision
     assert main(["run", str(small_input), str(out), "--image-size", "160", "--no-progress"]) == 1
     assert "was built with precision='int8', this run has precision='fp32'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ bench
+
+
+def test_bench_variants_parse_with_the_reference_first():
+    import argparse
+
+    from fruitlens.bench_engines import parse_variants
+
+    assert parse_variants("int8-160,fp32-96,int8-160") == [("fp32", 224), ("int8", 160), ("fp32", 96)]
+    with pytest.raises(argparse.ArgumentTypeError, match="PRECISION-SIZE such as int8-224, got 'int4-224'"):
+        parse_variants("int4-224")
+
+
+def test_the_bench_classifier_learns_real_features_and_is_deterministic():
+    from fruitlens.bench_engines import fit_softmax
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 20))
+    y = np.repeat(np.arange(3), 30)
+    x = centres[y] + 0.3 * rng.normal(size=(90, 20))
+    predict = fit_softmax(x[::2], y[::2], 3)
+    assert (predict(x[1::2]) == y[1::2]).mean() > 0.95
+    assert (fit_softmax(x[::2], y[::2], 3)(x) == predict(x)).all()
+
+
+@pytest.mark.slow
+def test_bench_engines_reports_speed_and_fidelity_per_variant(small_input):
+    from fruitlens.bench_engines import measure_engines
+
+    lines: list[str] = []
+    result = measure_engines(small_input, variants=[("fp32", 224), ("fp32", 96)], train_per_class=8,
+                             threads=2, say=lines.append)
+    ref, small = result["variants"]["fp32-224"], result["variants"]["fp32-96"]
+    assert (ref["cosine_mean"], ref["speedup_vs_fp32_224"], ref["accuracy_delta_points"]) == (1.0, 1.0, 0.0)
+    assert 0.5 < small["cosine_min"] <= small["cosine_mean"] < 0.999  # a smaller input is another feature
+    assert result["test_images"] == 9 and result["train_images"] == 24 and "avx2" in result["cpu"]["flags"]
+    assert "engines.fp32-96.cosine_mean: " + str(small["cosine_mean"]) in lines
