@@ -1,8 +1,9 @@
 """`fruitlens bench-engines`: the opt-in faster engines (int8, smaller inputs) — their speed and fidelity.
 
 For each variant, in one process, on the same photos of a sample with Training/ and Test/ folders:
-- images/s of the engine alone (same batch size and threads as `fruitlens bench`'s ceiling), and the
-  ratio to fp32 224 measured in the same run;
+- images/s of the engine alone (same batch size and threads as `fruitlens bench`'s ceiling) on a pool of
+  preprocessed photos, and the ratio to fp32 224: the variants take turns, pass after pass, so that a
+  machine whose load changes during the run slows them alike;
 - the cosine similarity of its 1280-d features to the fp32 224 features of the same photos (mean, min,
   5th percentile);
 - Test accuracy of the same classifier (multinomial logistic regression, numpy) trained on its features
@@ -95,14 +96,24 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, classes: int, *, l2: float = 1e-3,
     return lambda feats: (((feats - mean) / std) @ w + b).argmax(1)
 
 
-def _features(engine, pixels: np.ndarray, batch: int) -> tuple[np.ndarray, float]:
-    """All features, and the engine's images/s over them (after one warm-up batch)."""
-    engine.predict(pixels[:batch])
+def _features(engine, pixels: np.ndarray, batch: int) -> np.ndarray:
     out = np.empty((len(pixels), 1280), dtype=np.float32)
-    start = time.perf_counter()
     for i in range(0, len(pixels), batch):
         out[i:i + batch] = engine.predict(pixels[i:i + batch])
-    return out, len(pixels) / (time.perf_counter() - start)
+    return out
+
+
+def interleaved_speed(engines: dict, pools: dict, batch: int, rounds: int) -> dict[str, float]:
+    """Images/s of each engine over its pool, the engines taking turns ``rounds`` times (after a warm-up)."""
+    seconds = dict.fromkeys(engines, 0.0)
+    for name, engine in engines.items():
+        engine.predict(pools[name][:batch])
+    for _ in range(rounds):
+        for name, engine in engines.items():
+            start = time.perf_counter()
+            _features(engine, pools[name], batch)
+            seconds[name] += time.perf_counter() - start
+    return {name: rounds * len(pools[name]) / seconds[name] for name in engines}
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -111,7 +122,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def measure_engines(sample: str | os.PathLike[str], *, variants=VARIANTS, train_per_class: int = 60,
                     batch: int = 64, threads: int | None = None, weights: str = "imagenet",
-                    say=print) -> dict:
+                    pool: int = 256, rounds: int = 4, say=print) -> dict:
     """The figures of every variant (see the module docstring); ``say`` gets each `key: value` line."""
     root = Path(sample)
     listing = {split: sorted(str(p) for p in (root / split).rglob("*") if p.is_file() and is_image_path(p.name))
@@ -133,29 +144,35 @@ def measure_engines(sample: str | os.PathLike[str], *, variants=VARIANTS, train_
                     "train_images": len(train_paths), "test_images": len(test_paths),
                     "calibration_images": len(calibration_paths), "variants": {}}
     say(f"engines.cpu: {result['cpu']['model']} ({', '.join(result['cpu']['flags'])})")
-    reference = None
-    for precision, size in variants:
+    reference: dict = {}
+    engines, pools, rows = {}, {}, {}
+    for precision, size in variants:  # fidelity: every photo through every variant
         name = variant_name(precision, size)
         t = time.perf_counter()
         artifact = prepare_model("onnx-int8" if precision == "int8" else "onnx", weights, image_size=size,
                                  calibration=calibration)
         prepare_s = time.perf_counter() - t
         pixels = preprocess(np.stack([decode_rgb(c, (size, size)) for c in contents]))
-        engine = load_engine(artifact.engine, artifact.path, threads)
-        feats, speed = _features(engine, pixels, batch)
+        engines[name] = load_engine(artifact.engine, artifact.path, threads)
+        feats = _features(engines[name], pixels, batch)
+        pools[name] = pixels[len(train_paths):len(train_paths) + pool].copy()  # Test photos
         del pixels
-        if reference is None:
-            reference = {"features": feats, "speed": speed}
+        reference.setdefault("features", feats)
         cos = _cosine(feats, reference["features"])
         predict = fit_softmax(feats[:len(train_paths)], y_train, len(labels))
         accuracy = float((predict(feats[len(train_paths):]) == y_test).mean())
         reference.setdefault("accuracy", accuracy)
-        row = {"precision": precision, "image_size": size, "model_file": artifact.file_name,
-               "images_per_s": round(speed, 1), "speedup_vs_fp32_224": round(speed / reference["speed"], 3),
-               "cosine_mean": round(float(cos.mean()), 5), "cosine_min": round(float(cos.min()), 5),
-               "cosine_p5": round(float(np.percentile(cos, 5)), 5), "test_accuracy": round(accuracy, 5),
-               "accuracy_delta_points": round(100 * (accuracy - reference["accuracy"]), 2),
-               "prepare_s": round(prepare_s, 1)}
+        rows[name] = {"precision": precision, "image_size": size, "model_file": artifact.file_name,
+                      "cosine_mean": round(float(cos.mean()), 5), "cosine_min": round(float(cos.min()), 5),
+                      "cosine_p5": round(float(np.percentile(cos, 5)), 5), "test_accuracy": round(accuracy, 5),
+                      "accuracy_delta_points": round(100 * (accuracy - reference["accuracy"]), 2),
+                      "prepare_s": round(prepare_s, 1)}
+    speed = interleaved_speed(engines, pools, batch, rounds)  # speed: the same pool, taking turns
+    first = variant_name(*variants[0])
+    result["speed"] = {"pool_images": min(pool, len(test_paths)), "rounds": rounds}
+    for name, row in rows.items():
+        row["images_per_s"] = round(speed[name], 1)
+        row["speedup_vs_fp32_224"] = round(speed[name] / speed[first], 3)
         result["variants"][name] = row
         for key in ("images_per_s", "speedup_vs_fp32_224", "cosine_mean", "cosine_min", "cosine_p5",
                     "test_accuracy", "accuracy_delta_points"):
@@ -168,7 +185,8 @@ def _main(ns: argparse.Namespace) -> int:
 
     console.configure("quiet")
     result = measure_engines(ns.sample, variants=ns.variants, train_per_class=ns.train_per_class,
-                             batch=ns.batch_size, threads=ns.threads, weights=ns.weights)
+                             batch=ns.batch_size, threads=ns.threads, weights=ns.weights, pool=ns.pool,
+                             rounds=ns.rounds)
     if ns.json:
         Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
         Path(ns.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -188,5 +206,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, help="engine threads (default: all cores, as `fruitlens bench`)")
     p.add_argument("--weights", default="imagenet")
+    p.add_argument("--pool", type=int, default=256, help="Test photos each engine is timed on (default 256)")
+    p.add_argument("--rounds", type=int, default=4, help="timed passes per engine, taking turns (default 4)")
     p.add_argument("--json", help="write the figures here as JSON")
     p.set_defaults(func=_main)
