@@ -98,18 +98,15 @@ def resolve_model(spark: SparkSession, config: PipelineConfig, out: Store | None
                   listing: list[SourceFile] = (), source: Store | None = None) -> ModelArtifact:
     """Resolve weights on the driver (fetching a remote .h5 once) and ship the engine's file to workers.
 
-    int8 (fruitlens.quantize): OUTPUT's own int8 model when it has one (a resumed run), else one
-    calibrated on INPUT's photos (``listing``, read from ``source``)."""
+    int8: OUTPUT's own model (a resumed run), else one calibrated on INPUT's photos (``listing``)."""
     weights = config.weights if config.weights == "imagenet" else str(hadoopfs.fetch(spark, config.weights))
-    if config.engine != "onnx-int8":
-        artifact = prepare_model(config.engine, weights, image_size=config.image_size)
-    else:
-        from fruitlens import quantize
+    if config.engine == "onnx-int8":
+        from fruitlens.quantize import int8_for_run
 
-        fp32 = prepare_model("onnx", weights, image_size=config.image_size)
-        artifact = (quantize.from_output(out, fp32) if out is not None and not config.overwrite else None) or \
-            prepare_model("onnx-int8", weights, image_size=config.image_size, calibration=lambda: quantize.calibration_from(
-                [f.path for f in listing], lambda p: source.read_bytes(source.path_of(p)), root=source.uri))
+        artifact = int8_for_run(weights, config.image_size, out=None if config.overwrite else out,
+                                paths=[f.path for f in listing], source=source)
+    else:
+        artifact = prepare_model(config.engine, weights, image_size=config.image_size)
     spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
     return artifact
 

@@ -27,6 +27,7 @@ from fruitlens.engine import (
     ModelError,
     _writable,
     cache_dir,
+    prepare_model,
     sha256_file,
 )
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
@@ -190,6 +191,15 @@ def model_info(onnx_path: str | os.PathLike[str]) -> dict:
 
 
 # ---------------------------------------------------------------- OUTPUT keeps the model of its features
+
+def int8_for_run(weights: str, image_size: int, *, out, paths: list[str], source) -> ModelArtifact:
+    """`run --engine onnx-int8`: ``out``'s own int8 model when it has one (a resumed run; ``out`` None
+    with --overwrite), else one calibrated on ``paths``, read from the INPUT store ``source``."""
+    fp32 = prepare_model("onnx", weights, image_size=image_size)
+    pinned = from_output(out, fp32) if out is not None else None
+    return pinned or prepare_model("onnx-int8", weights, image_size=image_size, calibration=lambda: calibration_from(
+        paths, lambda p: source.read_bytes(source.path_of(p)), root=source.uri))
+
 
 def pinned_name(artifact: ModelArtifact) -> str:
     return f"_fruitlens/model-int8-{artifact.sha256[:16]}-{artifact.image_size}px.onnx"
