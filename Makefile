@@ -38,7 +38,7 @@ test-fast: setup ## unit tests only
 	$(VENV)/bin/pytest -q -m "not slow and not docker" tests $(ARGS)
 
 BENCH_INPUT ?= $(SHARED)/data/fruits-360-sample/Test
-BENCH_ARGS ?= --baseline --variants
+BENCH_ARGS ?= --baseline --variants $(SHARED)/data/fruits-360-sample
 SCALE_DIR ?= .bench/scale
 .PHONY: bench
 bench: setup scale-set ## ceilings (engine, decode), opt-in engines, then the pipeline vs the common approach on 2,170 and 19,611 photos

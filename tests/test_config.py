@@ -34,7 +34,7 @@ def test_a_k_on_the_command_line_replaces_a_variance_target_from_the_file(tmp_pa
     ({"output": "o", "pca_variance": 1.5}, r"--pca-variance must be in \(0, 1\]"),
     ({"output": "o", "pca_k": 3, "pca_variance": 0.9}, "either --pca-k or --pca-variance"),
     ({"output": "o", "batch_size": 0}, "--batch-size must be a positive integer"),
-    ({"output": "o", "engine": "torch"}, "--engine must be one of auto, onnx, keras"),
+    ({"output": "o", "engine": "torch"}, "--engine must be one of auto, onnx, onnx-int8, keras"),
     ({}, "OUTPUT is required"),
 ])
 def test_bad_settings_are_refused_with_what_to_fix(cli, message):

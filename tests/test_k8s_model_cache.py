@@ -17,7 +17,7 @@ def weights(tmp_path) -> Path:
 
 
 def _fake_export(calls):
-    def export(weights_path, out_path):
+    def export(weights_path, out_path, image_size=224):
         calls.append(Path(out_path))
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         Path(out_path).write_bytes(b"onnx")

@@ -217,3 +217,16 @@ def test_standardised_pca_matches_numpys_correlation_spectrum(run_output, tmp_pa
     m = json.loads((copy / "manifest.json").read_text())
     assert m["pca"]["standardize"] is True and m["config"]["pca_standardize"] is True
     np.testing.assert_allclose(m["pca"]["explained_variance"], (values / values.sum())[:4], rtol=1e-6)
+    # The saved model (written without Spark jobs, fruitlens.mlsave) scales and projects as the pca rows.
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.functions import array_to_vector, vector_to_array
+    from pyspark.sql import SparkSession
+
+    rows = read(copy, "pca")["rows"][:4]
+    feats = {r["path"]: r["features"] for r in read(copy, "features")["rows"]}
+    model = PipelineModel.load(str(copy / "pca_model"))
+    assert model.stages[0].getWithStd() is True
+    new = SparkSession.builder.getOrCreate().createDataFrame([(feats[r["path"]],) for r in rows], "features array<float>")
+    again = [r[0] for r in model.transform(new.select(array_to_vector("features").alias("vector")))
+             .select(vector_to_array("pca")).collect()]
+    np.testing.assert_allclose(again, [r["pca"] for r in rows], atol=1e-4)

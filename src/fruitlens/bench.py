@@ -221,10 +221,10 @@ def bench(args: argparse.Namespace) -> dict:
 
     # The same photos for every ceiling: the first input's first `pool` photos.
     results["ceilings"] = ceil = ceilings(sets[roots[0]], args)
-    if args.variants:
-        from fruitlens.bench_engines import bench_variants
+    if args.variants:  # the opt-in engines: speed (taking turns on one pool) and fidelity vs fp32 224
+        from fruitlens.bench_engines import measure_engines
 
-        results["variants"] = bench_variants(args)
+        results["engines"] = measure_engines(args.variants, batch=args.batch_size, say=print)
 
     results["runs"] = []
     for root in roots:
@@ -315,8 +315,8 @@ def register(sub) -> None:
     p.add_argument("--keras-images", type=int, default=256, help="images timed for TensorFlow's throughput")
     p.add_argument("--skip-keras", action="store_true")
     p.add_argument("--baseline", action="store_true", help="also time the common public approach on each input")
-    p.add_argument("--variants", action="store_true", help="also the opt-in engines (int8, smaller inputs): "
-                   "speed and fidelity (fruitlens.bench_engines)")
+    p.add_argument("--variants", metavar="SAMPLE", help="also the opt-in engines (int8, smaller inputs): speed and "
+                   "fidelity on SAMPLE's Training/ and Test/ photos, as `fruitlens bench-engines SAMPLE`")
     p.add_argument("--workdir", help="where outputs go (default: a temp folder)")
     p.add_argument("--json", help="write the figures here (default: WORKDIR/bench.json)")
     p.set_defaults(func=lambda ns: bool(bench(ns)) and 0)

@@ -34,7 +34,8 @@ def _train(ns: argparse.Namespace) -> int:
     with RunLock.acquire(out, command=command_line(), timeout_s=60.0):  # no run may rewrite OUTPUT meanwhile
         summary = train(spark, layout, on=ns.on, seed=ns.seed, reg_param=ns.reg_param, max_iter=ns.max_iter,
                         weights=(manifest.get("config") or {}).get("weights", "imagenet"),
-                        weights_sha256=(manifest.get("engine") or {}).get("weights_sha256"))
+                        weights_sha256=(manifest.get("engine") or {}).get("weights_sha256"),
+                        engine=manifest.get("engine"))
         manifest = read_manifest(out)
         manifest["classifier"] = summary
         manifest.setdefault("timings_s", {})["train"] = summary["seconds"]
@@ -106,7 +107,7 @@ def register(sub) -> None:
     p.add_argument("--timing", action="store_true", help="print the time taken to stderr")
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("export", help="one ONNX graph: uint8 224x224 RGB batch → class probabilities")
+    p = sub.add_parser("export", help="one ONNX graph: uint8 RGB batch (224x224, or the run's --image-size) → class probabilities")
     p.add_argument("output", metavar="OUTPUT", help="a trained output: local folder or s3:// URI")
     p.add_argument("file", metavar="FILE.onnx")
     p.set_defaults(func=_export)

@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from fruitlens import __version__, console
-from fruitlens.config import DEFAULT_INPUT, load_config
+from fruitlens.config import DEFAULT_INPUT, ENGINES, IMAGE_SIZES, load_config
 from fruitlens.errors import FruitlensError
 
 #: Modules adding subcommands; a module that is not there yet is skipped.
-COMMAND_MODULES = ("fruitlens.status", "fruitlens.bench", "fruitlens.emr.cli", "fruitlens.k8s.cli",
+COMMAND_MODULES = ("fruitlens.status", "fruitlens.bench", "fruitlens.bench_engines", "fruitlens.emr.cli", "fruitlens.k8s.cli",
                    "fruitlens.emr.data_cli", "fruitlens.classify_cli", "fruitlens.doctor")
 
 
@@ -45,7 +45,10 @@ def add_pipeline_options(parser: argparse.ArgumentParser, *, pca: bool = True) -
     g.add_argument("--arrow-batch-size", type=int, help="images per committed batch: one Parquet file, one progress step and what a crash can lose (default 256)")
     g.add_argument("--partitions", type=int, help="repartition the images into N tasks (default: Spark's split)")
     g.add_argument("--limit", type=int, help="process only the first N images (sorted by path)")
-    g.add_argument("--engine", choices=("auto", "onnx", "keras"), help="inference engine (default auto = onnx)")
+    g.add_argument("--engine", choices=ENGINES, help="inference engine (default auto = onnx; onnx-int8: "
+                   "opt-in, quantized, calibrated on INPUT's photos)")
+    g.add_argument("--image-size", type=int, choices=IMAGE_SIZES, help="resize photos to this square and "
+                   "build the model at it (default 224; smaller is faster, less faithful)")
     g.add_argument("--weights", help="'imagenet' (Keras cache) or a .h5 file path/URI")
     g.add_argument("--master", help="Spark master (default local[*], or what spark-submit set)")
     g.add_argument("--overwrite", action="store_true", default=None,
@@ -81,7 +84,7 @@ def add_lock_options(parser: argparse.ArgumentParser) -> None:
 PIPELINE_FLAGS = {
     "pca_k": "--pca-k", "pca_variance": "--pca-variance", "pca_standardize": "--pca-standardize",
     "batch_size": "--batch-size", "arrow_batch_size": "--arrow-batch-size", "partitions": "--partitions",
-    "limit": "--limit", "engine": "--engine", "weights": "--weights", "overwrite": "--overwrite",
+    "limit": "--limit", "engine": "--engine", "image_size": "--image-size", "weights": "--weights", "overwrite": "--overwrite",
 }
 #: Stages after the PCA (fruitlens.classify_cli); forwarded by `emr submit`, not (yet) chart values.
 STAGE_FLAGS = {"train": "--train", "report": "--report"}

@@ -17,7 +17,9 @@ from typing import Any
 from fruitlens.errors import FruitlensError
 
 ENV_PREFIX = "FRUITLENS_"
-ENGINES = ("auto", "onnx", "keras")
+ENGINES = ("auto", "onnx", "onnx-int8", "keras")
+#: Input sizes of the model (see fruitlens.engine.IMAGE_SIZES); 224 is the faithful default.
+IMAGE_SIZES = (224, 160, 128, 96)
 VERBOSITY = ("quiet", "normal", "verbose")
 #: Where ``make data`` puts the public dataset: the job's input when none is given.
 DEFAULT_INPUT = "data/fruits-360"
@@ -44,7 +46,11 @@ class PipelineConfig:
         (one Parquet file each; the name is kept from when batches came as Arrow batches).
     engine
         ``onnx`` (ONNX Runtime on an export of the Keras model), ``keras`` (TensorFlow), or ``auto``:
-        ONNX when ONNX Runtime is installed.
+        ONNX when ONNX Runtime is installed. ``onnx-int8`` (opt-in, faster, slightly less faithful): the ONNX
+        export quantized to int8, calibrated on a class-balanced set of INPUT's photos (docs/performance.md).
+    image_size
+        Side of the square the photos are resized to and the model is built at: 224 (default, the
+        weights' own size) or 160, 128, 96 (faster; the fidelity cost is measured in docs/performance.md).
     verbosity
         ``quiet`` (errors and the summary), ``normal`` (fruitlens' lines and progress) or ``verbose``
         (also Spark's, the JVM's and TensorFlow's output).
@@ -83,6 +89,7 @@ class PipelineConfig:
     lock_timeout: float = 60.0
     lock_wait: float = 0.0
     engine: str = "auto"
+    image_size: int = 224
     weights: str = "imagenet"
     progress: bool = True
     verbosity: str = "normal"
@@ -112,6 +119,9 @@ class PipelineConfig:
             raise ConfigError(f"--lock-timeout must be a positive number of seconds, got {self.lock_timeout}")
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.image_size not in IMAGE_SIZES:
+            raise ConfigError(f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))} (pixels), "
+                              f"got {self.image_size}")
         if self.verbosity not in VERBOSITY:
             raise ConfigError(f"verbosity must be one of {', '.join(VERBOSITY)}, got {self.verbosity!r}")
         if not self.output:

@@ -25,6 +25,9 @@ WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" + WEIGHTS_FILE
 FEATURE_DIM = 1280
 INPUT_SHAPE = (224, 224, 3)
+#: Input sizes MobileNetV2 may be built at (fully convolutional: the weights fit any of them); 224 is
+#: the size the weights were trained at and the default.
+IMAGE_SIZES = (224, 160, 128, 96)  # the same as fruitlens.config.IMAGE_SIZES
 ONNX_OPSET = 17
 
 
@@ -36,7 +39,7 @@ class Engine(Protocol):
     name: str
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 224, 224, 3) float32, already preprocessed → (N, 1280) float32."""
+        """(N, S, S, 3) float32 at the model's size S, already preprocessed → (N, 1280) float32."""
         ...
 
 
@@ -44,9 +47,11 @@ class Engine(Protocol):
 class ModelArtifact:
     """What the driver hands to workers: the engine and one local file it loads."""
 
-    engine: str  # "onnx" | "keras"
+    engine: str  # "onnx" | "keras": which engine class loads ``path``
     path: str
-    sha256: str
+    sha256: str  # of the Keras weights
+    precision: str = "fp32"  # "int8": an ONNX Runtime static quantization of the fp32 export
+    image_size: int = 224  # the model's input side; photos are resized to it
 
     @property
     def file_name(self) -> str:
@@ -96,12 +101,12 @@ def resolve_weights(spec: str) -> Path:
     return path
 
 
-def build_keras_model(weights_path: str | os.PathLike[str]):
+def build_keras_model(weights_path: str | os.PathLike[str], image_size: int = 224):
     """MobileNetV2, no classifier, global average pool: the 1280-d layer before the top."""
     import keras
 
     model = keras.applications.MobileNetV2(
-        input_shape=INPUT_SHAPE, include_top=False, pooling="avg", weights=None
+        input_shape=(image_size, image_size, 3), include_top=False, pooling="avg", weights=None
     )
     try:
         model.load_weights(str(weights_path))
@@ -110,13 +115,14 @@ def build_keras_model(weights_path: str | os.PathLike[str]):
     return model
 
 
-def export_onnx(weights_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> Path:
+def export_onnx(weights_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
+                image_size: int = 224) -> Path:
     """Export the Keras model to ONNX (atomically: a partly written file is never used)."""
     import tensorflow as tf
     import tf2onnx
 
-    model = build_keras_model(weights_path)
-    spec = (tf.TensorSpec((None, *INPUT_SHAPE), tf.float32, name="input"),)
+    model = build_keras_model(weights_path, image_size)
+    spec = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="input"),)
 
     @tf.function(input_signature=spec)
     def forward(x):
@@ -138,21 +144,40 @@ def onnx_available() -> bool:
     return True
 
 
-def prepare_model(engine: str, weights: str) -> ModelArtifact:
-    """Driver side: resolve the weights once; for ONNX, reuse or make the export for these weights."""
+def onnx_file_name(weights_sha256: str, image_size: int = 224) -> str:
+    """The fp32 export's name; 224 keeps the name images bake in (see docker/)."""
+    size = "" if image_size == 224 else f"_{image_size}px"
+    return f"mobilenet_v2_avg_{weights_sha256[:16]}{size}_opset{ONNX_OPSET}.onnx"
+
+
+def prepare_model(engine: str, weights: str, *, image_size: int = 224, calibration=None) -> ModelArtifact:
+    """Driver side: resolve the weights once; for ONNX, reuse or make the export for these weights.
+
+    ``onnx-int8`` quantizes that export on ``calibration`` (a :class:`fruitlens.quantize.Calibration`,
+    or a function returning one, called only when the quantized model is not cached yet).
+    """
     if engine == "auto":
         engine = "onnx" if onnx_available() else "keras"
+    if image_size not in IMAGE_SIZES:
+        raise ModelError(f"image size must be one of {', '.join(map(str, IMAGE_SIZES))}, got {image_size}")
     weights_path = resolve_weights(weights)
     digest = sha256_file(weights_path)
     if engine == "keras":
-        return ModelArtifact("keras", str(weights_path), digest)
-    name = f"mobilenet_v2_avg_{digest[:16]}_opset{ONNX_OPSET}.onnx"
+        return ModelArtifact("keras", str(weights_path), digest, image_size=image_size)
+    name = onnx_file_name(digest, image_size)
     onnx_path = cache_dir() / name
     if not onnx_path.is_file():
         onnx_path = _writable(cache_dir()) / name
         if not onnx_path.is_file():
-            export_onnx(weights_path, onnx_path)
-    return ModelArtifact("onnx", str(onnx_path), digest)
+            export_onnx(weights_path, onnx_path, image_size)
+    if engine == "onnx-int8":
+        from fruitlens.quantize import quantized_model
+
+        if calibration is None:
+            raise ModelError("the int8 engine needs calibration photos")
+        int8_path = quantized_model(onnx_path, calibration)
+        return ModelArtifact("onnx", str(int8_path), digest, precision="int8", image_size=image_size)
+    return ModelArtifact("onnx", str(onnx_path), digest, image_size=image_size)
 
 
 def _writable(cache: Path) -> Path:

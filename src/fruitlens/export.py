@@ -1,7 +1,8 @@
 """`fruitlens export`: one ONNX graph, photo pixels → class probabilities, for an app or a server.
 
-input  ``images``: (N, 224, 224, 3) uint8 RGB, already decoded and resized (bicubic, as
-       ``images.decode_rgb`` does; the resize stays outside the graph, in the caller's image library)
+input  ``images``: (N, S, S, 3) uint8 RGB, S = 224 or the run's --image-size (the engine export's own),
+       already decoded and resized (bicubic, as ``images.decode_rgb`` does; the resize stays outside the
+       graph, in the caller's image library)
 output ``probabilities``: (N, classes) float32, in the order of the ``labels`` metadata (a JSON list)
 
 Built with the ``onnx`` package by appending nodes around the engine's MobileNetV2 export:
@@ -30,6 +31,7 @@ def build_model(engine_path: Path, head: Head):
     graph = model.graph
     (engine_in,), (engine_out,) = graph.input, graph.output
     batch = engine_in.type.tensor_type.shape.dim[0].dim_param or "N"
+    side = engine_in.type.tensor_type.shape.dim[1].dim_value or 224  # the size the features were made at
 
     def const(name: str, value) -> str:
         graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
@@ -58,16 +60,16 @@ def build_model(engine_path: Path, head: Head):
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.input[:]
-    graph.input.append(helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, [batch, 224, 224, 3]))
+    graph.input.append(helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, [batch, side, side, 3]))
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [batch, len(head.labels)]))
     graph.name = "fruitlens_classifier"
-    model.doc_string = ("fruitlens: (N,224,224,3) uint8 RGB, resized bicubic → MobileNetV2 → PCA → "
+    model.doc_string = (f"fruitlens: (N,{side},{side},3) uint8 RGB, resized bicubic → MobileNetV2 → PCA → "
                         "logistic regression → class probabilities (order: metadata 'labels')")
     del model.metadata_props[:]
     for key, value in {"labels": json.dumps(head.labels, ensure_ascii=False),
                        "fruitlens_version": __version__,
-                       "input": "images: uint8 RGB (N,224,224,3), resized with bicubic interpolation",
+                       "input": f"images: uint8 RGB (N,{side},{side},3), resized with bicubic interpolation",
                        "output": "probabilities: float32 (N, classes), softmax"}.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     onnx.checker.check_model(model)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fruitlens import faults
-from fruitlens.engine import FEATURE_DIM, INPUT_SHAPE, ModelArtifact, load_engine
+from fruitlens.engine import FEATURE_DIM, ModelArtifact, load_engine
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
 from fruitlens.ledger import ERRORS_DIR, FEATURES_DIR, batch_name, errors_table, features_table
 from fruitlens.progress import ProgressClient
@@ -61,14 +61,14 @@ def make_warmer(artifact: ModelArtifact, *, batch_size: int) -> Callable[[Iterab
     """A task that starts a Python worker, imports the stage's libraries and builds its engine (with a
     first, tiny inference: ONNX Runtime finishes setting up on its first call), so that the feature
     tasks find it ready (Spark reuses Python workers). Run while the driver still takes the lock and plans."""
-    engine_name, file_name = artifact.engine, artifact.file_name
+    engine_name, file_name, size = artifact.engine, artifact.file_name, artifact.image_size
 
     def warm(_: Iterable) -> Iterator[tuple[int, float]]:
         from pyspark import SparkFiles
 
         t = time.perf_counter()
         engine = load_engine(engine_name, SparkFiles.get(file_name), _task_threads())
-        engine.predict(preprocess(np.zeros((min(batch_size, 2), *INPUT_SHAPE), dtype=np.uint8)))
+        engine.predict(preprocess(np.zeros((min(batch_size, 2), size, size, 3), dtype=np.uint8)))
         yield os.getpid(), time.perf_counter() - t
 
     return warm
@@ -79,7 +79,7 @@ def make_featurizer(
     options: StoreOptions, progress: tuple[str, int] | None = None,
 ) -> Callable[[Iterable[Row]], Iterator[tuple]]:
     """Return the function Spark runs on each partition; all its settings are captured here."""
-    engine_name, file_name = artifact.engine, artifact.file_name
+    engine_name, file_name, size = artifact.engine, artifact.file_name, artifact.image_size
 
     def featurize(rows: Iterable[Row]) -> Iterator[tuple]:
         from pyspark import SparkFiles
@@ -92,7 +92,7 @@ def make_featurizer(
                 ThreadPoolExecutor(1) as committer:
             read_pool = None if source.is_local else readers  # S3: overlap the GETs
             committing: Future | None = None
-            for decoded in _ahead(batches, lambda b: _decode(b, source, read_pool), decoder):
+            for decoded in _ahead(batches, lambda b: _decode(b, source, read_pool, size), decoder):
                 t = time.perf_counter()
                 features = _infer(engine, decoded, batch_size)
                 inference_s = time.perf_counter() - t
@@ -138,18 +138,18 @@ def _read(source: Store, path: str) -> bytes | Exception:
         return exc
 
 
-def _decode(rows: list[Row], source: Store, pool: ThreadPoolExecutor | None) -> Decoded:
+def _decode(rows: list[Row], source: Store, pool: ThreadPoolExecutor | None, size: int = 224) -> Decoded:
     t = time.perf_counter()
     paths = [r[0] for r in rows]
     contents = pool.map(lambda p: _read(source, p), paths) if pool else (_read(source, p) for p in paths)
     errors: list[str | None] = [None] * len(rows)
-    pixels = np.empty((len(rows), *INPUT_SHAPE), dtype=np.uint8)
+    pixels = np.empty((len(rows), size, size, 3), dtype=np.uint8)  # size: the model's (--image-size)
     ok: list[int] = []
     for i, content in enumerate(contents):
         try:
             if isinstance(content, Exception):
                 raise DecodeError(f"cannot read file: {content}")
-            pixels[len(ok)] = decode_rgb(content)
+            pixels[len(ok)] = decode_rgb(content, (size, size))
             ok.append(i)
         except DecodeError as exc:
             errors[i] = str(exc)

@@ -82,14 +82,19 @@ def check_reusable(store: Store, input_uri: str, *, overwrite: bool) -> None:
             "pass --overwrite to replace them, or choose another OUTPUT")
 
 
+#: Settings that outputs made before they existed did not record, and the value they had then.
+SETTING_DEFAULTS = {"precision": "fp32"}
+
+
 def check_settings(store: Store, settings: dict, *, overwrite: bool) -> None:
     """Same feature-defining settings as OUTPUT's, or refuse naming the first that differs; then record them."""
     old = None if overwrite else read_json(store, SETTINGS)
     if old is not None:
-        for key, value in settings.items():
-            if old.get(key) != value:
+        for key in dict.fromkeys([*settings, *old]):
+            before, value = old.get(key, SETTING_DEFAULTS.get(key)), settings.get(key, SETTING_DEFAULTS.get(key))
+            if before != value:
                 raise OutputExistsError(
-                    f"OUTPUT {store.uri} was built with {key}={old.get(key)!r}, this run has {key}={value!r}: "
+                    f"OUTPUT {store.uri} was built with {key}={before!r}, this run has {key}={value!r}: "
                     "its features would not be comparable. Pass --overwrite to rebuild OUTPUT from scratch, "
                     "or choose another OUTPUT")
         return

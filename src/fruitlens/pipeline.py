@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 
 from fruitlens import faults, hadoopfs, ledger
 from fruitlens.config import PipelineConfig
-from fruitlens.engine import FEATURE_DIM, INPUT_SHAPE, ModelArtifact, prepare_model
+from fruitlens.engine import FEATURE_DIM, ModelArtifact, prepare_model, sha256_file
 from fruitlens.errors import FruitlensError
 from fruitlens.featurize import SUMMARY_FIELDS, make_featurizer, make_warmer
 from fruitlens.images import IMAGE_EXTENSIONS, is_image_path
@@ -97,10 +97,19 @@ def partition_count(images: int, slots: int, *, max_images: int = 2500) -> int:
     return slots * rounds
 
 
-def resolve_model(spark: SparkSession, config: PipelineConfig) -> ModelArtifact:
-    """Resolve weights on the driver (fetching a remote .h5 once) and ship the engine's file to workers."""
+def resolve_model(spark: SparkSession, config: PipelineConfig, out: Store | None = None,
+                  listing: list[SourceFile] = (), source: Store | None = None) -> ModelArtifact:
+    """Resolve weights on the driver (fetching a remote .h5 once) and ship the engine's file to workers.
+
+    int8: OUTPUT's own model (a resumed run), else one calibrated on INPUT's photos (``listing``)."""
     weights = config.weights if config.weights == "imagenet" else str(hadoopfs.fetch(spark, config.weights))
-    artifact = prepare_model(config.engine, weights)
+    if config.engine == "onnx-int8":
+        from fruitlens.quantize import int8_for_run
+
+        artifact = int8_for_run(weights, config.image_size, out=None if config.overwrite else out,
+                                paths=[f.path for f in listing], source=source)
+    else:
+        artifact = prepare_model(config.engine, weights, image_size=config.image_size)
     spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
     return artifact
 
@@ -151,9 +160,13 @@ def warm_workers(spark: SparkSession, artifact: ModelArtifact, config: PipelineC
 
 def feature_settings(input_uri: str, artifact: ModelArtifact) -> dict:
     """What makes two feature vectors comparable; a run continues OUTPUT only if these are equal."""
-    return {"input": input_uri, "layout_version": LAYOUT_VERSION, "model": "MobileNetV2, ImageNet, no top, avg pool",
-            "weights_sha256": artifact.sha256, "image_size": list(INPUT_SHAPE[:2]), "feature_dim": FEATURE_DIM,
-            "preprocess": "RGB, bicubic resize, scale to [-1, 1]"}
+    size = artifact.image_size
+    settings = {"input": input_uri, "layout_version": LAYOUT_VERSION, "model": "MobileNetV2, ImageNet, no top, avg pool",
+                "weights_sha256": artifact.sha256, "image_size": [size, size], "precision": artifact.precision,
+                "feature_dim": FEATURE_DIM, "preprocess": "RGB, bicubic resize, scale to [-1, 1]"}
+    if artifact.precision != "fp32":  # an int8 model also depends on its calibration photos
+        settings["model_sha256"] = sha256_file(artifact.path)
+    return settings
 
 
 def image_progress(spark: SparkSession, name: str, *, enabled: bool) -> ImageProgress:
@@ -254,13 +267,17 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     source, out = Store(input_uri, options), Store(output_uri, options)
     listing = list_input(source, config.limit)
     check_reusable(out, input_uri, overwrite=config.overwrite)
-    artifact = resolve_model(spark, config)
+    artifact = resolve_model(spark, config, out, listing, source)
     warm = warm_workers(spark, artifact, config)
     with warm, RunLock.acquire(out, command=command_line(), timeout_s=config.lock_timeout,
                                force=config.force_unlock, wait_s=config.lock_wait) as lock:
         if config.overwrite:
             clear(out)
         check_settings(out, feature_settings(input_uri, artifact), overwrite=config.overwrite)
+        if artifact.precision == "int8":
+            from fruitlens.quantize import pin
+
+            pin(out, artifact)  # resumed runs and `train` use this very model
         history = start_record(out, lock)
         out.make_dirs(ledger.FEATURES_DIR, ledger.ERRORS_DIR)
         for folder in ("", "_fruitlens", *ledger.KINDS):  # temporary files of writes a killed run left
@@ -272,7 +289,8 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         warm.wait() if plan.todo else warm.cancel()  # the workers' start-up counts as setup
         timer.lap("setup", t)
         log(f"setup: input {input_uri}: {len(listing)} images; reused {plan.reused}, new {plan.new}, "
-            f"changed {plan.changed}, removed {plan.removed}; engine {artifact.engine}, "
+            f"changed {plan.changed}, removed {plan.removed}; engine {artifact.engine} {artifact.precision} "
+            f"{artifact.image_size}px, "
             f"{spark.sparkContext.defaultParallelism} task slots ({timer.seconds['setup']:.1f} s)")
 
         t = time.perf_counter()
@@ -301,7 +319,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             "input": input_uri,
             "output": layout.root,
             "counts": counts,
-            "engine": {"name": artifact.engine, "model_file": artifact.file_name, "weights_sha256": artifact.sha256},
+            "engine": engine_entry(artifact),
             "pca": pca,
             "timings_s": timer.seconds,
             # decode_resize_s includes reading the file (workers read images themselves now)
@@ -316,7 +334,8 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             from fruitlens.train import train
 
             t = time.perf_counter()
-            manifest["classifier"] = train(spark, layout, weights=config.weights, weights_sha256=artifact.sha256)
+            manifest["classifier"] = train(spark, layout, weights=config.weights, weights_sha256=artifact.sha256,
+                                           engine=manifest["engine"])
             timer.lap("train", t)
         manifest = _finish(out, lock, layout, manifest, timer)
         if config.report:  # after: the report shows the finished manifest
@@ -324,6 +343,17 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
 
             write_report(spark, layout)
         return manifest
+
+
+def engine_entry(artifact: ModelArtifact) -> dict:
+    """The manifest's account of the engine that made the features."""
+    entry = {"name": artifact.engine, "precision": artifact.precision, "image_size": artifact.image_size,
+             "model_file": artifact.file_name, "weights_sha256": artifact.sha256}
+    if artifact.precision == "int8":
+        from fruitlens.quantize import model_info, pinned_name
+
+        entry.update(model_info(artifact.path), pinned=pinned_name(artifact))
+    return entry
 
 
 #: Outputs made from the PCA (`fruitlens train`, `report`): stale once the PCA is refit, so removed at the

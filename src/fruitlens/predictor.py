@@ -90,6 +90,9 @@ class Predictor:
 
     def __init__(self, folder: Path, *, batch_size: int = 32, threads: int = 0) -> None:
         self.engine = OnnxEngine(str(folder / "model.onnx"), threads)
+        # Photos are resized to the size the features were made at: the model's own input size.
+        side = self.engine._session.get_inputs()[0].shape[1]
+        self.size = (side, side) if isinstance(side, int) else (224, 224)
         self.head = Head.load(folder)
         self.batch_size = batch_size
 
@@ -102,7 +105,7 @@ class Predictor:
         return self.head.labels
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(N, 224, 224, 3) uint8 RGB → (N, classes) float64."""
+        """(N, S, S, 3) uint8 RGB at the model's size S (``self.size``) → (N, classes) float64."""
         feats = [self.engine.predict(preprocess(images[i:i + self.batch_size]))
                  for i in range(0, len(images), self.batch_size)]
         return self.head.probabilities(np.concatenate(feats)) if feats else np.zeros((0, len(self.labels)))
@@ -124,7 +127,7 @@ class Predictor:
             try:
                 if isinstance(content, OSError):
                     raise content
-                decoded.append(decode_rgb(content))
+                decoded.append(decode_rgb(content, self.size))
                 where.append(i)
             except (OSError, DecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -223,7 +223,8 @@ def render(spark: SparkSession, layout: OutputLayout) -> str:
     return page.substitute(
         title=_esc(manifest.get("input", layout.root)),
         subtitle=_esc(f"input {manifest.get('input')} → output {manifest.get('output', layout.root)}; engine "
-                      f"{engine.get('name')}; fruitlens {manifest.get('fruitlens')}"),
+                      f"{engine.get('name')} {engine.get('precision', 'fp32')} {engine.get('image_size', 224)}px; "
+                      f"fruitlens {manifest.get('fruitlens')}"),
         cards="".join(f'<div class="card">{_esc(k)}<b>{_esc(v)}</b></div>' for k, v in cards),
         counts_table=_table(["count", "value"], [[k, v] for k, v in counts.items()], numeric={1}),
         errors_table=errors_table,

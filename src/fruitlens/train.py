@@ -3,7 +3,8 @@ arrays `fruitlens predict` / `export` need (so they run without Spark or TensorF
 
 OUTPUT/classifier/          Spark ML PipelineModel: vector → StringIndexer(labels) → LogisticRegression → IndexToString
 OUTPUT/classifier/metrics.json   accuracy, macro-F1, per-class precision/recall/support, confusion matrix
-OUTPUT/predictor/           model.onnx (the engine's MobileNetV2 export), head.npz (PCA + LR arrays), labels.json
+OUTPUT/predictor/           model.onnx (the MobileNetV2 export the features were made with: same image size
+                            and precision), head.npz (PCA + LR arrays), labels.json
 """
 from __future__ import annotations
 
@@ -128,10 +129,21 @@ def head_arrays(pca_model: PipelineModel | None, classifier: PipelineModel) -> d
     return arrays
 
 
-def model_file(spark: SparkSession, weights: str, sha256: str | None) -> Path:
-    """The engine's ONNX export for the run's weights (from the fruitlens cache; exported if missing)."""
+def model_file(spark: SparkSession, weights: str, sha256: str | None, engine: dict | None = None,
+               root: str | None = None) -> Path:
+    """The engine the features were made with (manifest's ``engine``): the fp32 ONNX export at their
+    image size (from the fruitlens cache; exported if missing), or the int8 model OUTPUT keeps."""
+    engine = engine or {}
+    size = int(engine.get("image_size") or 224)
+    if engine.get("precision", "fp32") == "int8":
+        uri = f"{root.rstrip('/')}/{engine.get('pinned')}" if root and engine.get("pinned") else None
+        if uri is None or not hadoopfs.exists(spark, uri):
+            raise TrainError(f"OUTPUT's features were made by an int8 model, and OUTPUT does not hold it "
+                             f"({uri or 'no pinned model in the manifest'}): rerun `fruitlens run --engine "
+                             "onnx-int8 --overwrite` to make features and model together")
+        return hadoopfs.fetch(spark, uri)
     local = weights if weights == "imagenet" else str(hadoopfs.fetch(spark, weights))
-    artifact = prepare_model("onnx", local)
+    artifact = prepare_model("onnx", local, image_size=size)
     if sha256 and artifact.sha256 != sha256:
         raise TrainError(f"the weights {weights} here (sha256 {artifact.sha256[:12]}) are not the run's "
                          f"({sha256[:12]}); pass the run's weights so predict matches the features")
@@ -153,7 +165,7 @@ def write_predictor(spark: SparkSession, uri: str, arrays: dict, labels: list[st
 
 def train(spark: SparkSession, layout: OutputLayout, *, on: str = "pca", seed: int = 0,
           reg_param: float = 1e-3, max_iter: int = 200, weights: str = "imagenet",
-          weights_sha256: str | None = None) -> dict:
+          weights_sha256: str | None = None, engine: dict | None = None) -> dict:
     """Fit, evaluate, save classifier + metrics + predictor; return the manifest's ``classifier`` entry."""
     if on not in SOURCES:
         raise TrainError(f"--on must be one of {', '.join(SOURCES)}, got {on!r}")
@@ -161,7 +173,8 @@ def train(spark: SparkSession, layout: OutputLayout, *, on: str = "pca", seed: i
     if not hadoopfs.exists(spark, source):
         hint = "fit it with `fruitlens pca OUTPUT` or train with --on features" if on == "pca" else ""
         raise TrainError(f"{source} not found; {hint or 'run `fruitlens extract` first'}")
-    onnx_path = model_file(spark, weights, weights_sha256)  # before any work: a wrong model fails fast
+    # The predictor must see photos as the features did (size, precision): before any work, fails fast.
+    onnx_path = model_file(spark, weights, weights_sha256, engine, layout.root)
     t = time.perf_counter()
     data = (spark.read.parquet(source)
             .select("path", "label", "split", array_to_vector(SOURCES[on]).alias("vector")))
@@ -185,10 +198,11 @@ def train(spark: SparkSession, layout: OutputLayout, *, on: str = "pca", seed: i
         "reg_param": reg_param, "max_iter": max_iter, "seed": seed,
         "model": classifier_uri, "metrics": f"{classifier_uri}/metrics.json",
         "predictor": child(layout, "predictor"), "engine_sha256": sha256_file(onnx_path),
+        "precision": (engine or {}).get("precision", "fp32"), "image_size": (engine or {}).get("image_size", 224),
     }
     hadoopfs.write_text(spark, summary["metrics"], json.dumps({**summary, **metrics}, indent=2) + "\n")
     write_predictor(spark, summary["predictor"], head_arrays(pca_model, model), labels, onnx_path,
-                    {k: summary[k] for k in ("on", "classes", "accuracy", "engine_sha256")})
+                    {k: summary[k] for k in ("on", "classes", "accuracy", "engine_sha256", "precision", "image_size")})
     summary["seconds"] = round(time.perf_counter() - t, 3)
     log(f"train: {n_train} training rows ({how}), {metrics['test_rows']} test rows: accuracy "
         f"{metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} (fit+evaluate {fit_s:.1f} s)")

@@ -89,7 +89,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and (ne .Values.job.command "extract") $p.pcaStandardize }}
 {{- $args = append $args "--pca-standardize" }}
 {{- end }}
-{{- range $key, $flag := dict "batchSize" "--batch-size" "arrowBatchSize" "--arrow-batch-size" "partitions" "--partitions" "limit" "--limit" }}
+{{- range $key, $flag := dict "batchSize" "--batch-size" "arrowBatchSize" "--arrow-batch-size" "partitions" "--partitions" "limit" "--limit" "imageSize" "--image-size" }}
 {{- $v := index $p $key }}
 {{- if not (kindIs "invalid" $v) }}
 {{- $args = concat $args (list $flag ($v | int | toString)) }}

@@ -22,7 +22,7 @@ from fruitlens.k8s.errors import K8sError
 PIPELINE_VALUES = {
     "pca_k": "pcaK", "pca_variance": "pcaVariance", "pca_standardize": "pcaStandardize",
     "batch_size": "batchSize", "arrow_batch_size": "arrowBatchSize", "partitions": "partitions",
-    "limit": "limit", "engine": "engine", "weights": "weights", "overwrite": "overwrite",
+    "limit": "limit", "engine": "engine", "image_size": "imageSize", "weights": "weights", "overwrite": "overwrite",
 }
 
 
