@@ -25,6 +25,8 @@ DOCKER_RUN_ARGS ?=
 REGISTRY ?=
 WEIGHTS_FILE := mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 DOCKER_STAGE := build/docker
+# What the image's model stage runs to export the weights to ONNX (not the whole wheel: see Dockerfile.oss).
+EXPORTER_FILES := src/fruitlens/__init__.py src/fruitlens/errors.py src/fruitlens/engine.py
 # Reproducible wheel bytes: an unchanged source gives an unchanged wheel, so Docker reuses the layer.
 WHEEL_EPOCH := 315532800
 
@@ -54,13 +56,15 @@ runtime-lock: ## regenerate requirements/runtime.lock and runtime-slim.lock (the
 	$(PY) docker/runtime_lock.py
 
 .PHONY: docker-stage
-docker-stage: ## stage the build inputs in build/docker: dependency wheels, fruitlens wheel, weights
+docker-stage: ## stage the build inputs in build/docker: dependency wheels, fruitlens wheel, exporter modules, weights
 	@mkdir -p $(DOCKER_STAGE)/wheels $(DOCKER_STAGE)/dist $(DOCKER_STAGE)/weights
 	$(PY) docker/runtime_lock.py --check
 	grep -viE '^(pyspark|py4j)==' requirements/runtime.lock > $(DOCKER_STAGE)/deps.txt
 	$(VENV)/bin/pip download -q --no-deps --only-binary=:all: -d $(DOCKER_STAGE)/wheels -r $(DOCKER_STAGE)/deps.txt
 	rm -f $(DOCKER_STAGE)/dist/fruitlens-*.whl
 	SOURCE_DATE_EPOCH=$(WHEEL_EPOCH) $(VENV)/bin/pip wheel -q --no-deps -w $(DOCKER_STAGE)/dist .
+	rm -rf $(DOCKER_STAGE)/exporter && mkdir -p $(DOCKER_STAGE)/exporter/fruitlens
+	cp $(EXPORTER_FILES) $(DOCKER_STAGE)/exporter/fruitlens/
 	@w="$(DOCKER_STAGE)/weights/$(WEIGHTS_FILE)"; \
 	for src in "$${KERAS_HOME:-$$HOME/.keras}/models/$(WEIGHTS_FILE)" "$(SHARED)/models/$(WEIGHTS_FILE)"; do \
 	  if [ -f "$$src" ]; then cmp -s "$$src" "$$w" || cp "$$src" "$$w"; break; fi; \
