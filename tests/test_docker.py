@@ -263,6 +263,7 @@ def test_slim_image_refuses_the_keras_engine_clearly(slim_image: str, sample_inp
 def test_a_code_only_change_adds_about_a_megabyte_of_layers(oss_image: str, tmp_path: Path) -> None:
     """Rebuild from a copy of the sources with one changed module; compare the layers by content."""
     copy = tmp_path / "repo"
+    copy.mkdir()
     for name in ("Makefile", "mk", "docker", "requirements", "requirements.lock", "pyproject.toml", "README.md",
                  "src", ".dockerignore"):
         src = REPO / name
