@@ -241,12 +241,20 @@ def test_slim_run_trains_reports_and_matches_the_full_image(slim_run: Path, cont
     assert worst <= 1e-4, f"the slim image's features differ from the full image's by up to {worst}"
 
 
-def test_slim_image_predicts_with_its_trained_model(slim_image: str, slim_run: Path, sample_input: Path) -> None:
+def test_slim_image_predicts_and_exports_with_its_trained_model(slim_image: str, slim_run: Path, sample_input: Path,
+                                                                  tmp_path: Path) -> None:
     photo = sorted((sample_input / CLASSES[1]).iterdir())[-1]  # not one of the photos it was trained on
     out = docker("run", "--rm", *NO_NET, "-v", f"{slim_run}:/data/output:ro", "-v", f"{photo}:/data/photo.jpg:ro",
                  slim_image, "fruitlens", "predict", "/data/output", "/data/photo.jpg", "--json")
     answer = json.loads(out.strip().splitlines()[-1])
     assert answer["path"].endswith("photo.jpg") and answer["label"] == CLASSES[1], answer
+    exported = tmp_path / "export"
+    exported.mkdir()
+    exported.chmod(0o777)  # written by the image's uid 185
+    out = docker("run", "--rm", *NO_NET, "-v", f"{slim_run}:/data/output:ro", "-v", f"{exported}:/export",
+                 slim_image, "fruitlens", "export", "/data/output", "/export/model.onnx")
+    assert json.loads(out.strip().splitlines()[-1])["classes"] == len(CLASSES)
+    assert (exported / "model.onnx").stat().st_size > 8_000_000  # MobileNetV2 + PCA + classifier in one graph
 
 
 def test_slim_image_refuses_the_keras_engine_clearly(slim_image: str, sample_input: Path, tmp_path: Path) -> None:
