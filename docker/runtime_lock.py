@@ -1,8 +1,12 @@
-"""Derive requirements/runtime.lock from requirements.lock: the pins fruitlens[tf] needs at run time.
+"""Derive the images' locks from requirements.lock: the pins fruitlens needs at run time.
 
-The closure of fruitlens' own dependencies (plus the ``tf`` extra: the image exports the ONNX model
-at build time and can run the Keras engine) is taken from the installed distributions' metadata;
-every version comes from requirements.lock, so the two files can never disagree (tests check it).
+requirements/runtime.lock (the default image): the closure of fruitlens' own dependencies plus the ``tf``
+extra (the image exports the ONNX model at build time and can run the Keras engine).
+requirements/runtime-slim.lock (the slim image, no TensorFlow): the closure of fruitlens' own
+dependencies plus ``onnx`` (`fruitlens export` builds its graph with it), so it is runtime.lock minus
+TensorFlow, tf2onnx and what only they need.
+Closures are taken from the installed distributions' metadata; every version comes from
+requirements.lock, so the files can never disagree (tests check it).
 Usage: python docker/runtime_lock.py [--check]
 """
 from __future__ import annotations
@@ -17,10 +21,16 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK, RUNTIME = ROOT / "requirements.lock", ROOT / "requirements" / "runtime.lock"
+SLIM = ROOT / "requirements" / "runtime-slim.lock"
+#: What each lock is the closure of.
+ROOTS = {RUNTIME: ["fruitlens[tf]"], SLIM: ["fruitlens", "onnx"]}
 #: Packaging tools `pip freeze` omits; pinned at the versions installed beside requirements.lock.
 BOOTSTRAP = {"setuptools", "wheel"}
-HEADER = ("# Runtime pins of the container images: fruitlens + its [tf] extra, versions from requirements.lock.\n"
-          "# Regenerate: make runtime-lock (docker/runtime_lock.py). Python 3.11, linux x86_64.\n")
+HEADERS = {
+    RUNTIME: "# Runtime pins of the container images: fruitlens + its [tf] extra, versions from requirements.lock.\n",
+    SLIM: "# Runtime pins of the slim images (no TensorFlow): fruitlens + onnx, versions from requirements.lock.\n",
+}
+REGENERATE = "# Regenerate: make runtime-lock (docker/runtime_lock.py). Python 3.11, linux x86_64.\n"
 
 
 def norm(name: str) -> str:
@@ -72,20 +82,23 @@ def _applies(req: Requirement, extras: set[str]) -> bool:
     return any(req.marker.evaluate({**default_environment(), "extra": e}) for e in (extras or {""}))
 
 
-def render() -> str:
+def render(target: Path = RUNTIME) -> str:
     locked = pins(LOCK)
-    names = closure([Requirement("fruitlens[tf]")])
+    names = closure([Requirement(r) for r in ROOTS[target]])
     for name in BOOTSTRAP & names:  # `pip freeze` leaves these out of requirements.lock: use the venv's
         locked.setdefault(name, f"{name}=={metadata.version(name)}")
     missing = sorted(n for n in names if n not in locked)
     if missing:
         sys.exit(f"runtime_lock: not pinned in {LOCK.name}: {missing}")
-    return HEADER + "".join(f"{locked[n]}\n" for n in sorted(names))
+    return HEADERS[target] + REGENERATE + "".join(f"{locked[n]}\n" for n in sorted(names))
 
 
 if __name__ == "__main__":
-    text = render()
-    if "--check" in sys.argv:
-        sys.exit(0 if RUNTIME.is_file() and RUNTIME.read_text() == text else f"{RUNTIME} is stale: make runtime-lock")
-    RUNTIME.write_text(text)
-    print(f"wrote {RUNTIME} ({text.count(chr(10)) - 2} pins)")
+    for target in ROOTS:
+        text = render(target)
+        if "--check" in sys.argv:
+            if not (target.is_file() and target.read_text() == text):
+                sys.exit(f"{target} is stale: make runtime-lock")
+            continue
+        target.write_text(text)
+        print(f"wrote {target} ({text.count(chr(10)) - 2} pins)")

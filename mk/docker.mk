@@ -1,6 +1,7 @@
 # Container images (docs/docker.md): `make build`, `make push`, `make docker-run`, `make base-local`.
 #   FLAVOUR=oss  apache/spark python3 base, Spark on Kubernetes (user 185 `spark`)
 #   FLAVOUR=emr  EMR on EKS Spark base (user hadoop)
+#   VARIANT=full (default, TensorFlow included) | slim (no TensorFlow; TAG defaults to FLAVOUR-slim)
 # BASE_IMAGE defaults to the flavour's real base; where it cannot be pulled (no registry reachable) a
 # local Debian-based stand-in is used instead: LOCAL_BASE (`make base-local`) for oss, EMR_LOCAL_BASE
 # (`make base-emr-local`: the EMR base's contract, see docker/Dockerfile.base-emr-local) for emr.
@@ -8,8 +9,9 @@
 export DOCKER_BUILDKIT := 0
 
 FLAVOUR ?= oss
+VARIANT ?= full
 IMAGE ?= fruitlens
-TAG ?= $(FLAVOUR)
+TAG ?= $(FLAVOUR)$(if $(filter slim,$(VARIANT)),-slim)
 LOCAL_BASE ?= fruitlens-spark-base:local
 EMR_LOCAL_BASE ?= fruitlens-spark-base:emr-local
 FALLBACK_BASE = $(if $(filter emr,$(FLAVOUR)),$(EMR_LOCAL_BASE),$(LOCAL_BASE))
@@ -23,11 +25,16 @@ DOCKER_RUN_ARGS ?=
 REGISTRY ?=
 WEIGHTS_FILE := mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 DOCKER_STAGE := build/docker
+# What the image's model stage runs to export the weights to ONNX (not the whole wheel: see Dockerfile.oss).
+EXPORTER_FILES := src/fruitlens/__init__.py src/fruitlens/errors.py src/fruitlens/engine.py
 # Reproducible wheel bytes: an unchanged source gives an unchanged wheel, so Docker reuses the layer.
 WHEEL_EPOCH := 315532800
 
 ifeq ($(filter $(FLAVOUR),oss emr),)
 $(error FLAVOUR must be oss or emr, got '$(FLAVOUR)')
+endif
+ifeq ($(filter $(VARIANT),full slim),)
+$(error VARIANT must be full or slim, got '$(VARIANT)')
 endif
 
 ##@ Containers
@@ -45,25 +52,28 @@ validate-image: ## check IMAGE:TAG against its flavour's contract (CONTRACT=emr|
 	$(PY) docker/validate_image.py "$(IMAGE):$(TAG)" $(if $(CONTRACT),--contract $(CONTRACT)) $(if $(NO_APP),--no-app)
 
 .PHONY: runtime-lock
-runtime-lock: ## regenerate requirements/runtime.lock (the image's pins) from requirements.lock
+runtime-lock: ## regenerate requirements/runtime.lock and runtime-slim.lock (the images' pins) from requirements.lock
 	$(PY) docker/runtime_lock.py
 
 .PHONY: docker-stage
-docker-stage: ## stage the build inputs in build/docker: dependency wheels, fruitlens wheel, weights
+docker-stage: ## stage the build inputs in build/docker: dependency wheels, fruitlens wheel, exporter modules, weights
 	@mkdir -p $(DOCKER_STAGE)/wheels $(DOCKER_STAGE)/dist $(DOCKER_STAGE)/weights
 	$(PY) docker/runtime_lock.py --check
 	grep -viE '^(pyspark|py4j)==' requirements/runtime.lock > $(DOCKER_STAGE)/deps.txt
 	$(VENV)/bin/pip download -q --no-deps --only-binary=:all: -d $(DOCKER_STAGE)/wheels -r $(DOCKER_STAGE)/deps.txt
 	rm -f $(DOCKER_STAGE)/dist/fruitlens-*.whl
 	SOURCE_DATE_EPOCH=$(WHEEL_EPOCH) $(VENV)/bin/pip wheel -q --no-deps -w $(DOCKER_STAGE)/dist .
+	rm -rf $(DOCKER_STAGE)/exporter && mkdir -p $(DOCKER_STAGE)/exporter/fruitlens
+	cp $(EXPORTER_FILES) $(DOCKER_STAGE)/exporter/fruitlens/
 	@w="$(DOCKER_STAGE)/weights/$(WEIGHTS_FILE)"; \
 	for src in "$${KERAS_HOME:-$$HOME/.keras}/models/$(WEIGHTS_FILE)" "$(SHARED)/models/$(WEIGHTS_FILE)"; do \
 	  if [ -f "$$src" ]; then cmp -s "$$src" "$$w" || cp "$$src" "$$w"; break; fi; \
 	done; \
-	[ -f "$$w" ] || { echo "docker-stage: $(WEIGHTS_FILE) not found in Keras' cache nor $(SHARED)/models (run make setup)"; exit 1; }
+	[ -f "$$w" ] || { echo "docker-stage: $(WEIGHTS_FILE) not found in Keras' cache nor $(SHARED)/models (run make setup)"; exit 1; }; \
+	chmod a+rX,go-w $(DOCKER_STAGE)/weights "$$w"  # the image's COPY keeps these modes: read-only for the job
 
 .PHONY: build
-build: docker-stage ## build IMAGE:TAG for FLAVOUR (oss|emr) on BASE_IMAGE; prints build time and size
+build: docker-stage ## build IMAGE:TAG for FLAVOUR (oss|emr) and VARIANT (full|slim) on BASE_IMAGE; prints build time and size
 	@base="$(BASE_IMAGE)"; \
 	if ! docker image inspect "$$base" >/dev/null 2>&1 && ! docker pull -q "$$base" >/dev/null 2>&1; then \
 	  if [ "$(origin BASE_IMAGE)" != file ] && [ "$$base" != "$(FALLBACK_BASE)" ]; then \
@@ -73,11 +83,16 @@ build: docker-stage ## build IMAGE:TAG for FLAVOUR (oss|emr) on BASE_IMAGE; prin
 	fi; \
 	start=$$(date +%s); \
 	docker build -f docker/Dockerfile.$(FLAVOUR) --build-arg BASE_IMAGE="$$base" \
-	  $(if $(filter oss,$(FLAVOUR)),--build-arg WITH_S3A=$(WITH_S3A)) \
+	  $(if $(filter oss,$(FLAVOUR)),--build-arg WITH_S3A=$(WITH_S3A)) --build-arg VARIANT=$(VARIANT) \
 	  --label org.opencontainers.image.source=fruitlens --label fruitlens.flavour=$(FLAVOUR) \
-	  --label fruitlens.base="$$base" $(DOCKER_BUILD_ARGS) -t "$(IMAGE):$(TAG)" . ; \
+	  --label fruitlens.variant=$(VARIANT) \
+	  --label fruitlens.base="$$base" $(DOCKER_BUILD_ARGS) -t "$(IMAGE):$(TAG)" . || exit 1; \
 	size=$$(docker image inspect -f '{{.Size}}' "$(IMAGE):$(TAG)"); \
-	echo "build: $(IMAGE):$(TAG) (FLAVOUR=$(FLAVOUR), base $$base) in $$(( $$(date +%s) - start )) s, size $$size bytes ($$(( size / 1048576 )) MiB)"
+	echo "build: $(IMAGE):$(TAG) (FLAVOUR=$(FLAVOUR) VARIANT=$(VARIANT), base $$base) in $$(( $$(date +%s) - start )) s, size $$size bytes ($$(( size / 1048576 )) MiB)"
+
+.PHONY: image-layers
+image-layers: ## size of each layer of IMAGE:TAG and what made it (SINCE=old image: what is new; GZIP=1: pull sizes)
+	$(PY) docker/layer_sizes.py "$(IMAGE):$(TAG)" $(if $(SINCE),--since "$(SINCE)") $(if $(GZIP),--gzip) $(if $(JSON),--json "$(JSON)")
 
 .PHONY: push
 push: ## push IMAGE:TAG (to REGISTRY/IMAGE:TAG if REGISTRY is set), then print the pushed repo@sha256 digest

@@ -3,6 +3,8 @@
 Needs a Docker engine: skipped with the reason when none answers, except in CI (CI=true), where a
 missing engine is a failure. The image is built once per session by `make build` (on the local base
 when the real Spark bases cannot be pulled), then run on two classes of the shared Fruits-360 sample.
+The slim variant (no TensorFlow) is built beside the oss image and checked against it; a code-only
+change is rebuilt from a copy of the sources to check how little it adds (docker/layer_sizes.py).
 """
 from __future__ import annotations
 
@@ -57,10 +59,11 @@ def make(*args: str, timeout: int = 2400) -> subprocess.CompletedProcess:
     return done
 
 
-def build(flavour: str) -> str:
-    out = make("build", f"FLAVOUR={flavour}", f"IMAGE={IMAGE}", f"TAG={flavour}")
-    assert f"build: {IMAGE}:{flavour}" in out.stdout and "size" in out.stdout  # time and size are reported
-    return f"{IMAGE}:{flavour}"
+def build(flavour: str, variant: str = "full") -> str:
+    tag = flavour if variant == "full" else f"{flavour}-{variant}"
+    out = make("build", f"FLAVOUR={flavour}", f"VARIANT={variant}", f"IMAGE={IMAGE}", f"TAG={tag}")
+    assert f"build: {IMAGE}:{tag}" in out.stdout and "size" in out.stdout  # time and size are reported
+    return f"{IMAGE}:{tag}"
 
 
 def docker(*args: str, timeout: int = 900) -> str:
@@ -77,6 +80,11 @@ def oss_image(docker_engine) -> str:
 @pytest.fixture(scope="session")
 def emr_image(docker_engine) -> str:
     return build("emr")
+
+
+@pytest.fixture(scope="session")
+def slim_image(oss_image) -> str:
+    return build("oss", "slim")  # after the oss image: it shares its build stages (venv, ONNX export)
 
 
 @pytest.fixture(scope="session")
@@ -191,3 +199,111 @@ def test_container_features_match_host(container_run: Path, sample_input: Path, 
     assert host.keys() == container.keys()
     worst = max(float(np.max(np.abs(host[k] - container[k]))) for k in host)
     assert worst <= 1e-4, f"container features differ from the host's by up to {worst}"
+
+
+# ---- the slim variant: no TensorFlow, the same ONNX export, the same features ----
+
+SLIM_PER_CLASS = 50
+
+
+@pytest.fixture(scope="session")
+def slim_run(slim_image, sample_input, tmp_path_factory) -> Path:
+    """`fruitlens run --train --report` in the slim image on 50 photos of each class, no network."""
+    subset = tmp_path_factory.mktemp("slim-input") / "Test"
+    for name in CLASSES:
+        (subset / name).mkdir(parents=True)
+        for photo in sorted((sample_input / name).iterdir())[:SLIM_PER_CLASS]:
+            shutil.copy(photo, subset / name / photo.name)
+    out = tmp_path_factory.mktemp("slim-output") / "out"
+    make("docker-run", f"IMAGE={IMAGE}", "TAG=oss-slim", f"INPUT={subset}", f"OUTPUT={out}",
+         "ARGS=--pca-k 8 --train --report")
+    return out
+
+
+def test_slim_image_has_no_tensorflow_and_is_smaller(slim_image: str, oss_image: str) -> None:
+    script = ("import importlib.util as u, os;"
+              "print([m for m in ('tensorflow', 'keras', 'tf2onnx', 'tensorboard', 'h5py') if u.find_spec(m)],"
+              " os.environ['FRUITLENS_IMAGE_VARIANT'])")
+    assert docker("run", "--rm", *NO_NET, slim_image, "python", "-c", script).strip() == "[] slim"
+    sizes = {image: int(docker("image", "inspect", "-f", "{{.Size}}", image)) for image in (slim_image, oss_image)}
+    assert sizes[oss_image] - sizes[slim_image] > 1.0e9, sizes  # TensorFlow is ~1.3 GB of the full image
+
+
+def test_slim_run_trains_reports_and_matches_the_full_image(slim_run: Path, container_run: Path) -> None:
+    manifest = json.loads((slim_run / "manifest.json").read_text())
+    expected = SLIM_PER_CLASS * len(CLASSES)
+    assert manifest["counts"]["features"] == expected and manifest["counts"]["errors"] == 0
+    assert manifest["engine"]["name"] == "onnx"
+    assert (slim_run / "report" / "index.html").is_file()
+    slim, full = read_features(slim_run), read_features(container_run)
+    assert len(slim) == expected and slim.keys() <= full.keys()
+    worst = max(float(np.max(np.abs(slim[k] - full[k]))) for k in slim)
+    assert worst <= 1e-4, f"the slim image's features differ from the full image's by up to {worst}"
+
+
+def test_slim_image_predicts_and_exports_with_its_trained_model(slim_image: str, slim_run: Path, sample_input: Path,
+                                                                  tmp_path: Path) -> None:
+    photo = sorted((sample_input / CLASSES[1]).iterdir())[-1]  # not one of the photos it was trained on
+    out = docker("run", "--rm", *NO_NET, "-v", f"{slim_run}:/data/output:ro", "-v", f"{photo}:/data/photo.jpg:ro",
+                 slim_image, "fruitlens", "predict", "/data/output", "/data/photo.jpg", "--json")
+    answer = json.loads(out.strip().splitlines()[-1])
+    assert answer["path"].endswith("photo.jpg") and answer["label"] == CLASSES[1], answer
+    exported = tmp_path / "export"
+    exported.mkdir()
+    exported.chmod(0o777)  # written by the image's uid 185
+    out = docker("run", "--rm", *NO_NET, "-v", f"{slim_run}:/data/output:ro", "-v", f"{exported}:/export",
+                 slim_image, "fruitlens", "export", "/data/output", "/export/model.onnx")
+    assert json.loads(out.strip().splitlines()[-1])["classes"] == len(CLASSES)
+    assert (exported / "model.onnx").stat().st_size > 8_000_000  # MobileNetV2 + PCA + classifier in one graph
+
+
+def test_slim_image_refuses_the_keras_engine_clearly(slim_image: str, sample_input: Path, tmp_path: Path) -> None:
+    done = subprocess.run(["docker", "run", "--rm", *NO_NET, "-v", f"{sample_input}:/data/input:ro", slim_image,
+                           "fruitlens", "run", "/data/input", "/tmp/out", "--engine", "keras", "--no-progress"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "--engine keras needs TensorFlow, and this image has none" in done.stderr, done.stderr[-2000:]
+    assert "fruitlens:oss" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---- layer order: a code-only change re-makes megabytes, not the venv, weights or ONNX export ----
+
+def test_a_code_only_change_adds_about_a_megabyte_of_layers(oss_image: str, tmp_path: Path) -> None:
+    """Rebuild from a copy of the sources with one changed module; compare the layers by content."""
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for name in ("Makefile", "mk", "docker", "requirements", "requirements.lock", "pyproject.toml", "README.md",
+                 "src", ".dockerignore"):
+        src = REPO / name
+        (shutil.copytree(src, copy / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+         if src.is_dir() else shutil.copy2(src, copy / name))
+    # The staged dependency wheels, linked (not downloaded again): docker-stage finds them in place.
+    shutil.copytree(REPO / "build/docker/wheels", copy / "build/docker/wheels", copy_function=_link_or_copy)
+    (copy / ".venv").symlink_to(Path(sys.executable).parents[1])
+    module = copy / "src/fruitlens/status.py"
+    module.write_text(module.read_text() + "\n# a code-only change (tests/test_docker.py)\n")
+    changed = f"{IMAGE}:code-change"
+    done = subprocess.run(["make", "--no-print-directory", "build", f"IMAGE={IMAGE}", "TAG=code-change",
+                           f"SHARED={SHARED}"], cwd=copy, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    try:
+        sys.path.insert(0, str(REPO / "docker"))
+        import layer_sizes
+    finally:
+        sys.path.pop(0)
+    try:
+        out = layer_sizes.report(changed, since=oss_image)
+    finally:
+        subprocess.run(["docker", "rmi", changed], capture_output=True)
+    new = [row["created_by"] for row in out["layers"] if row["new"]]
+    assert out["new_bytes"] <= 3_000_000, (out["new_bytes"], new)
+    assert not any("/opt/fruitlens/venv" in row or "/opt/fruitlens/cache" in row or "keras/models" in row
+                   for row in new), new
+    assert any("install-app.sh" in row for row in new), new  # the code did change
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -84,6 +84,40 @@ def test_runtime_lock_is_consistent() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_slim_lock_is_the_runtime_lock_minus_tensorflow_and_what_only_it_needs() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("runtime_lock", REPO / "docker/runtime_lock.py")
+    lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock)
+    full, slim = lock.pins(REPO / "requirements/runtime.lock"), lock.pins(REPO / "requirements/runtime-slim.lock")
+    assert set(slim.items()) < set(full.items()), "every slim pin is the full lock's, at the same version"
+    dropped = full.keys() - slim.keys()
+    assert {"tensorflow-cpu", "keras", "tf2onnx", "h5py", "grpcio"} <= dropped
+    assert {"onnxruntime", "onnx", "numpy", "pillow", "pyarrow", "pandas", "pyspark", "boto3"} <= slim.keys()
+    # Exactly TensorFlow, tf2onnx and what only they need: every dropped pin is in their closure, and
+    # nothing the slim roots (fruitlens' own requirements + onnx) need was dropped.
+    tf_side = lock.closure([lock.Requirement("tensorflow-cpu"), lock.Requirement("tf2onnx")]) | {"tensorflow-cpu", "tf2onnx"}
+    assert dropped <= tf_side, dropped - tf_side
+    assert not lock.closure([lock.Requirement(r) for r in lock.ROOTS[lock.SLIM]]) & dropped
+
+
+def test_tensorflow_missing_is_a_clear_error(monkeypatch) -> None:
+    """--engine keras and a new ONNX export need TensorFlow: without it (the slim image) a ModelError says so."""
+    import importlib.util
+
+    from fruitlens import engine
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    monkeypatch.setenv("FRUITLENS_IMAGE_VARIANT", "slim")
+    with pytest.raises(engine.ModelError, match=r"--engine keras needs TensorFlow, and this image has none.*fruitlens:oss"):
+        engine.require_tensorflow("--engine keras")
+    monkeypatch.delenv("FRUITLENS_IMAGE_VARIANT")
+    with pytest.raises(engine.ModelError, match=r"fruitlens\[tf\]"):
+        engine.export_onnx("/nonexistent.h5", "/tmp/x.onnx")
+
+
 def test_s3a_fetch_verifies_checksums(tmp_path: Path) -> None:
     """The s3a stage's download script checks Maven's SHA-1 and, when pinned, our SHA-256 (file:// repo)."""
     import hashlib

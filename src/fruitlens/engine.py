@@ -101,6 +101,20 @@ def resolve_weights(spec: str) -> Path:
     return path
 
 
+def require_tensorflow(what: str) -> None:
+    """Fail early and clearly where TensorFlow is needed but absent (the slim image, an install without
+    the ``tf`` extra): the ONNX engine with already exported weights never needs it."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        return
+    if os.environ.get("FRUITLENS_IMAGE_VARIANT") == "slim":
+        raise ModelError(f"{what} needs TensorFlow, and this image has none (the slim image). Use the full image "
+                         "(fruitlens:oss or fruitlens:emr), or the ONNX engine with the baked-in ImageNet weights "
+                         "(--engine onnx --weights imagenet).")
+    raise ModelError(f"{what} needs TensorFlow, which is not installed: pip install 'fruitlens[tf]'.")
+
+
 def build_keras_model(weights_path: str | os.PathLike[str], image_size: int = 224):
     """MobileNetV2, no classifier, global average pool: the 1280-d layer before the top."""
     import keras
@@ -118,6 +132,7 @@ def build_keras_model(weights_path: str | os.PathLike[str], image_size: int = 22
 def export_onnx(weights_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
                 image_size: int = 224) -> Path:
     """Export the Keras model to ONNX (atomically: a partly written file is never used)."""
+    require_tensorflow(f"exporting the weights {weights_path} to ONNX (new weights need a new export)")
     import tensorflow as tf
     import tf2onnx
 
@@ -163,6 +178,7 @@ def prepare_model(engine: str, weights: str, *, image_size: int = 224, calibrati
     weights_path = resolve_weights(weights)
     digest = sha256_file(weights_path)
     if engine == "keras":
+        require_tensorflow("--engine keras")
         return ModelArtifact("keras", str(weights_path), digest, image_size=image_size)
     name = onnx_file_name(digest, image_size)
     onnx_path = cache_dir() / name
