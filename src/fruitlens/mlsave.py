@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark.ml import PipelineModel
 from pyspark.ml.linalg import MatrixUDT, VectorUDT
 from pyspark.sql import SparkSession
@@ -53,12 +52,6 @@ def _data_table(columns: dict[str, tuple[pa.DataType, object, object]]) -> pa.Ta
     return pa.Table.from_pylist([{name: value for name, (_, _, value) in columns.items()}], schema=schema)
 
 
-def _write_table(store: Store, rel: str, table: pa.Table) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="snappy")
-    store.write_bytes(rel, sink.getvalue().to_pybytes())
-
-
 def _stage_metadata(spark: SparkSession, stage) -> str:
     stage._transfer_params_to_java()
     writer = spark.sparkContext._jvm.org.apache.spark.ml.util.DefaultParamsWriter
@@ -84,7 +77,7 @@ def save_pca_pipeline(spark: SparkSession, model: PipelineModel, store: Store, r
         folder = f"{rel}/stages/{i}_{stage.uid}"
         store.make_dirs(f"{folder}/metadata", f"{folder}/data")
         store.write_text(f"{folder}/metadata/part-00000", _stage_metadata(spark, stage) + "\n")
-        _write_table(store, f"{folder}/data/part-00000.snappy.parquet", _data_table(data[stage]))
+        store.write_table(f"{folder}/data/part-00000.snappy.parquet", _data_table(data[stage]))
     store.make_dirs(f"{rel}/metadata")
     # Last: a model folder without its top metadata does not load, so a crash leaves no half model.
     store.write_text(f"{rel}/metadata/part-00000", json.dumps(pipeline_meta, separators=(",", ":")) + "\n")

@@ -18,6 +18,10 @@ class Moments:
     total: np.ndarray  # Σx, (d,)
     gram: np.ndarray  # XᵀX, (d, d)
 
+    @classmethod
+    def zero(cls) -> Moments:
+        return cls(0, np.zeros(FEATURE_DIM), np.zeros((FEATURE_DIM, FEATURE_DIM)))
+
     def __add__(self, other: Moments) -> Moments:
         return Moments(self.n + other.n, self.total + other.total, self.gram + other.gram)
 

@@ -9,7 +9,6 @@ models (``StandardScalerModel`` → ``PCAModel`` in a ``PipelineModel``) that pr
 """
 from __future__ import annotations
 
-import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -119,7 +118,7 @@ def driver_moments(store: Store, files: list[str], *, threads: int = 2) -> Momen
     """(n, Σx, XᵀX) of the ``features`` column of ``files``, read and reduced on the driver."""
 
     def reduce(chunk: list[str]) -> Moments:
-        total = Moments(0, np.zeros(FEATURE_DIM), np.zeros((FEATURE_DIM, FEATURE_DIM)))
+        total = Moments.zero()
         for path in chunk:
             total = total + moments_of(feature_matrix(store.read_table(path, columns=["features"]).column(0)))
         return total
@@ -127,8 +126,7 @@ def driver_moments(store: Store, files: list[str], *, threads: int = 2) -> Momen
     parts = _chunks(files, threads)
     with ThreadPoolExecutor(max_workers=max(1, len(parts))) as pool:
         partials = list(pool.map(reduce, parts))
-    return functools.reduce(lambda a, b: a + b, partials,
-                            Moments(0, np.zeros(FEATURE_DIM), np.zeros((FEATURE_DIM, FEATURE_DIM))))
+    return sum(partials, Moments.zero())
 
 
 def driver_project(model: PipelineModel, store: Store, files: list[str], folder: str, *, threads: int = 2) -> int:

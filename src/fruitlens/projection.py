@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from fruitlens.moments import feature_matrix
+
 
 def project_batch(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, components: np.ndarray) -> np.ndarray:
     """(n, d) features → (n, k): centre, scale (1 or 1/std; 0 for constant features), project."""
@@ -19,13 +21,10 @@ def project_batch(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, components
 def project_table(table: pa.Table | pa.RecordBatch, mean: np.ndarray, scale: np.ndarray,
                   components: np.ndarray) -> pa.Table:
     """(path, label, split, features) rows → (path, label, split, pca list<float>)."""
-    col = table.column("features")
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    x = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
+    x = feature_matrix(table.column("features"))
     k = components.shape[1]
     y = project_batch(x, mean, scale, components).astype(np.float32)
-    offsets = pa.array(np.arange(0, (len(col) + 1) * k, k, dtype=np.int32))
+    offsets = pa.array(np.arange(0, (len(x) + 1) * k, k, dtype=np.int32))
     return pa.Table.from_arrays(
         [table.column("path"), table.column("label"), table.column("split"),
          pa.ListArray.from_arrays(offsets, pa.array(y.reshape(-1)))],
