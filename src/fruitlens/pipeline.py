@@ -124,7 +124,6 @@ class WarmUp:
         self._group = f"fruitlens-warmup-{time.monotonic_ns()}"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmup")
         self._future = self._pool.submit(self._run, job)
-        self.seconds: float | None = None
 
     def _run(self, job):
         self._sc.setJobGroup(self._group, "warm up the Python workers", interruptOnCancel=True)
@@ -132,8 +131,7 @@ class WarmUp:
 
     def wait(self) -> None:
         t = time.perf_counter()
-        rows = self._future.result()  # a worker that cannot load the model fails here, before any image
-        self.seconds = max(seconds for _, seconds in rows)
+        self._future.result()  # a worker that cannot load the model fails here, before any image
         if time.perf_counter() - t > 0.1:
             log(f"extract: waited {time.perf_counter() - t:.1f} s for the Python workers to load the model")
 
