@@ -249,3 +249,20 @@ def test_lock_wait_still_refuses_a_live_run_once_the_wait_is_over(tmp_path):
         with pytest.raises(LockedError, match="in use by another fruitlens run"):
             RunLock.acquire(store, command="y", timeout_s=30, wait_s=1.0, sleep=time.sleep)
         assert time.monotonic() - t >= 1.0
+
+
+def test_feature_tasks_shrink_towards_the_end_and_cover_every_image_once():
+    from fruitlens.pipeline import even_sizes, task_sizes
+
+    sizes = task_sizes(19_611, 2)
+    assert sum(sizes) == 19_611 and max(sizes) == 2500
+    assert sizes == sorted(sizes, reverse=True)  # big tasks first, small ones last
+    assert sizes[-1] <= 2 * 256  # a slower worker idles the other for one small task at most
+    assert task_sizes(2170, 2) == [543, 407, 403, 305, 256, 256]
+    assert task_sizes(100, 2) == [100]  # below one commit batch: a single task
+    assert task_sizes(0, 2) == []
+    for n in (1, 255, 257, 999, 5001, 123_456):
+        for slots in (1, 2, 3, 16, 40):
+            sizes = task_sizes(n, slots)
+            assert sum(sizes) == n and all(256 <= s <= 2500 for s in sizes[:-1]) and 0 < sizes[-1] <= 2500 + 256
+    assert even_sizes(10, 3) == [4, 3, 3] and even_sizes(2, 5) == [1, 1]

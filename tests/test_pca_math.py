@@ -34,16 +34,6 @@ def test_eigen_sorts_descending_with_a_deterministic_sign(rng):
     np.testing.assert_array_equal(vectors, v2)
 
 
-def test_feature_tasks_fill_every_slot_in_every_round():
-    from fruitlens.pipeline import partition_count
-
-    assert partition_count(2170, 2) == 2  # one round of two tasks, 1,085 images each
-    assert partition_count(10, 2) == 2
-    assert partition_count(6537, 2) == 4  # not 3: a lone last task would idle a core
-    assert partition_count(90_000, 40) == 40
-    assert all(partition_count(n, s) % s == 0 for n in (1, 999, 5001, 123_456) for s in (1, 2, 3, 16))
-
-
 def test_partition_moments_read_sliced_arrow_batches_correctly(rng):
     import pyarrow as pa
 

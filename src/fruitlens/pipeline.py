@@ -7,6 +7,7 @@ manifest last. Killed at any point, the same command continues from what was com
 """
 from __future__ import annotations
 
+import itertools
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -87,14 +88,26 @@ def list_input(source: Store, limit: int | None) -> list[SourceFile]:
     return files[:limit] if limit else files
 
 
-def partition_count(images: int, slots: int, *, max_images: int = 2500) -> int:
-    """Tasks for the feature stage: a whole number of rounds over the task slots (a last round that
-    fills only some slots leaves cores idle), each task at most ``max_images`` images. Few, large
-    tasks: each task start and end drains the worker's decode/infer/commit overlap (~0.3 s); a retried
-    task redoes at most ``max_images`` images (~25 s of one core)."""
-    slots = max(1, slots)
-    rounds = max(1, -(-images // (slots * max_images)))
-    return slots * rounds
+def task_sizes(images: int, slots: int, *, max_images: int = 2500, min_images: int = 256) -> list[int]:
+    """Images per feature task, in the order Spark starts them (factoring, a guided self-scheduling):
+    each task takes half its slot's share of what is left (``left / (2 slots)``), at most ``max_images`` (a retried task redoes at most
+    that, ~25 s of one core), at least ``min_images`` (one commit batch: smaller loses the worker's
+    decode/infer overlap). Tasks shrink towards the end, so a worker that runs slower (a noisy neighbour,
+    a slower node, S3 latency) leaves the others idle for one small task at most, not for a big one."""
+    sizes, left, slots = [], images, max(1, slots)
+    while left > 0:
+        size = min(max_images, max(min_images, -(-left // (2 * slots))), left)
+        if left - size < min_images:  # no runt task at the end
+            size = left
+        sizes.append(size)
+        left -= size
+    return sorted(sizes, reverse=True)
+
+
+def even_sizes(images: int, tasks: int) -> list[int]:
+    """``--partitions N``: N tasks of (nearly) equal size."""
+    tasks = max(1, min(tasks, images))
+    return [images // tasks + (1 if i < images % tasks else 0) for i in range(tasks)]
 
 
 def resolve_model(spark: SparkSession, config: PipelineConfig, out: Store | None = None,
@@ -184,11 +197,14 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
     if not todo:
         return totals
     sc = spark.sparkContext
-    partitions = min(len(todo), config.partitions or partition_count(len(todo), sc.defaultParallelism))
-    rows = sc.parallelize([(f.path, f.size, f.modified_us) for f in todo], partitions)
+    sizes = (even_sizes(len(todo), config.partitions) if config.partitions
+             else task_sizes(len(todo), sc.defaultParallelism, min_images=config.arrow_batch_size))
+    rows, bounds = [(f.path, f.size, f.modified_us) for f in todo], list(itertools.accumulate(sizes, initial=0))
+    tasks = [rows[a:b] for a, b in zip(bounds, bounds[1:])]
     fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.arrow_batch_size,
                          input_uri=input_uri, output_uri=out.uri, options=options, progress=progress)
-    for summary in rows.mapPartitions(fn).collect():
+    # One element (a task's list of rows) per partition: Spark runs partitions in this order.
+    for summary in sc.parallelize(tasks, len(tasks)).mapPartitions(lambda it: fn(next(it, []))).collect():
         row = dict(zip(SUMMARY_FIELDS, summary, strict=True))
         for key in totals:
             totals[key] += row[key]
