@@ -55,3 +55,14 @@ def test_unknown_yaml_settings_and_missing_files_are_errors(tmp_path):
         load_config({}, env={}, config_file=yml)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config({}, env={}, config_file=tmp_path / "nope.yaml")
+
+
+def test_local_jvm_compiles_with_c1_only_unless_the_user_sets_its_options():
+    from fruitlens.config import PipelineConfig
+    from fruitlens.spark import spark_settings
+
+    local = spark_settings(PipelineConfig(output="o", master="local[*]"))
+    assert local["spark.driver.extraJavaOptions"] == "-XX:TieredStopAtLevel=1"
+    mine = spark_settings(PipelineConfig(output="o", master="local[2]", spark_conf={"spark.driver.extraJavaOptions": "-Xss4m"}))
+    assert mine["spark.driver.extraJavaOptions"] == "-Xss4m"
+    assert "spark.driver.extraJavaOptions" not in spark_settings(PipelineConfig(output="o", master="k8s://https://k:443"))
