@@ -101,8 +101,9 @@ def test_the_int8_model_gives_features_close_to_fp32_on_real_photos():
     got = OnnxEngine(int8.path, threads=2).predict(photos)
     assert got.shape == ref.shape == (len(photos), 1280)
     cos = _cosine(got, ref)
-    # Measured here (AVX2): mean 0.982, min 0.970; every Conv in int8 gave 0.85 / 0.55 (docs/performance.md).
-    assert cos.mean() >= 0.97 and cos.min() >= 0.93, (cos.mean(), cos.min())
+    # Measured here (AVX2, no VNNI): mean 0.988, min 0.980; every Conv in int8 gave 0.85 / 0.55, the previous
+    # settings (8-bit weights whose pair sums saturate) 0.982 / 0.970 (docs/performance.md). The issue asks >= 0.98.
+    assert cos.mean() >= 0.98 and cos.min() >= 0.95, (cos.mean(), cos.min())
 
 
 @pytest.mark.slow
