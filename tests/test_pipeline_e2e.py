@@ -230,3 +230,19 @@ def test_standardised_pca_matches_numpys_correlation_spectrum(run_output, tmp_pa
     again = [r[0] for r in model.transform(new.select(array_to_vector("features").alias("vector")))
              .select(vector_to_array("pca")).collect()]
     np.testing.assert_allclose(again, [r["pca"] for r in rows], atol=1e-4)
+
+
+def test_python_workers_and_their_model_are_reused_across_feature_tasks(tmp_path):
+    """Every feature task in a fresh Python worker would rebuild the model each time (~1 s per task): the
+    manifest counts the workers that ran the tasks."""
+    import os
+
+    from conftest import SAMPLE
+
+    tasks = 3 * (os.cpu_count() or 1)  # local[*]: more tasks than slots, so that workers must be reused
+    out = tmp_path / "out"
+    assert main(["run", str(SAMPLE / "Test"), str(out), "--limit", str(4 * tasks), "--partitions", str(tasks),
+                 "--arrow-batch-size", "4", "--batch-size", "4", "--pca-k", "2", "--no-progress"]) == 0
+    spark = json.loads((out / "manifest.json").read_text())["spark"]
+    assert spark["feature_tasks"] == tasks > spark["task_slots"]
+    assert 1 <= spark["python_workers"] <= spark["task_slots"]

@@ -34,8 +34,9 @@ from fruitlens.ledger import ERRORS_DIR, FEATURES_DIR, batch_name, errors_table,
 from fruitlens.progress import ProgressClient
 from fruitlens.store import Store, StoreOptions
 
-#: One summary per committed batch: (file, images, features, errors, read_decode_s, inference_s).
-SUMMARY_FIELDS = ("file", "images", "features", "errors", "read_decode_s", "inference_s")
+#: One summary per committed batch: (file, images, features, errors, read_decode_s, inference_s, the
+#: Python worker's pid: the driver counts workers, to see that Spark reused them and their model).
+SUMMARY_FIELDS = ("file", "images", "features", "errors", "read_decode_s", "inference_s", "worker")
 READ_THREADS = 8
 
 Row = tuple[str, int, int]  # path, size, modified_us
@@ -180,4 +181,4 @@ def _commit(out: Store, decoded: Decoded, features: np.ndarray, inference_s: flo
             [rows[i][0] for i in bad], [errors[i] for i in bad], [rows[i][1] for i in bad],
             [rows[i][2] for i in bad]))
     reporter.add(len(rows))  # image-level progress for the driver (fire and forget)
-    return name, len(rows), len(ok), len(bad), decoded.seconds, inference_s
+    return name, len(rows), len(ok), len(bad), decoded.seconds, inference_s, os.getpid()

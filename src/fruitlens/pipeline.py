@@ -195,7 +195,7 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
     """Featurize ``todo``; the workers commit as they go; returns the summed per-batch summaries."""
     totals = {"images": 0, "features": 0, "errors": 0, "read_decode_s": 0.0, "inference_s": 0.0}
     if not todo:
-        return totals
+        return {**totals, "tasks": 0, "python_workers": 0}
     sc = spark.sparkContext
     sizes = (even_sizes(len(todo), config.partitions) if config.partitions
              else task_sizes(len(todo), sc.defaultParallelism, min_images=config.arrow_batch_size))
@@ -203,12 +203,16 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
     tasks = [rows[a:b] for a, b in zip(bounds, bounds[1:])]
     fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.arrow_batch_size,
                          input_uri=input_uri, output_uri=out.uri, options=options, progress=progress)
-    # One element (a task's list of rows) per partition: Spark runs partitions in this order.
-    for summary in sc.parallelize(tasks, len(tasks)).mapPartitions(lambda it: fn(next(it, []))).collect():
+    workers: set[int] = set()
+    # One element (a task's list of rows) per partition: Spark runs partitions in this order. The input
+    # must be read to its end, else PySpark does not reuse the Python worker (and its loaded model).
+    for summary in sc.parallelize(tasks, len(tasks)).mapPartitions(
+            lambda it: fn(itertools.chain.from_iterable(it))).collect():
         row = dict(zip(SUMMARY_FIELDS, summary, strict=True))
         for key in totals:
             totals[key] += row[key]
-    return totals
+        workers.add(row["worker"])
+    return {**totals, "tasks": len(tasks), "python_workers": len(workers)}
 
 
 def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout, out: Store, rows: int) -> dict:
@@ -339,7 +343,8 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             # decode_resize_s includes reading the file (workers read images themselves now)
             "worker_seconds": {"decode_resize_s": round(done["read_decode_s"], 3),
                                "inference_s": round(done["inference_s"], 3), "images": done["images"]},
-            "spark": {"master": spark.sparkContext.master, "task_slots": spark.sparkContext.defaultParallelism},
+            "spark": {"master": spark.sparkContext.master, "task_slots": spark.sparkContext.defaultParallelism,
+                      "feature_tasks": done["tasks"], "python_workers": done["python_workers"]},
             "config": config.to_dict(),
             "versions": versions,
             "history": history,
