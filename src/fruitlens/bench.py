@@ -93,9 +93,8 @@ class ProcessFailed(SystemExit):
     def __init__(self, cmd: list[str], returncode: int, stderr: str) -> None:
         self.returncode, self.stderr = returncode, stderr
         # -9: the kernel's OOM killer, the usual reason here (or someone's kill -9)
-        why = "killed by SIGKILL (out of memory?)" if returncode in (-9, 137) else f"exit {returncode}"
-        self.reason = why
-        super().__init__(f"bench: {' '.join(cmd)} failed ({why}):\n{stderr[-3000:]}")
+        self.reason = "killed by SIGKILL (out of memory?)" if returncode in (-9, 137) else f"exit {returncode}"
+        super().__init__(f"bench: {' '.join(cmd)} failed ({self.reason}):\n{stderr[-3000:]}")
 
 
 def run_process(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, dict]:
@@ -255,13 +254,14 @@ def bench(args: argparse.Namespace) -> dict:
 
     results["runs"] = []
     quick = argparse.Namespace(**{**vars(args), "skip_keras": True})
+    latest = None if args.variants else ceil  # ceilings measured with nothing run since
     for root in roots:
         _say("input", f"{root} ({len(sets[root])} images)")
         # The host's speed drifts over minutes (shared machine): the ratios use the ceilings measured right
         # before and right after this run (on the same photos as the first ones), averaged.
-        before = ceil if (root == roots[0] and not args.variants) else ceilings_apart(sets[roots[0]], quick)
+        before = latest or ceilings_apart(sets[roots[0]], quick)
         run = pipeline_run(root, workdir, args, ceil["engine"])
-        after = ceilings_apart(sets[roots[0]], quick)
+        after = latest = ceilings_apart(sets[roots[0]], quick)
         run["input"] = str(root)
         run["ceilings"] = {"before": before, "after": after}
         near = {key: round((before[key] + after[key]) / 2, 2) for key in
@@ -288,6 +288,7 @@ def bench(args: argparse.Namespace) -> dict:
                     run["process_images_per_s"] / run["baseline"]["process_images_per_s"], 2)
                 _say(f"baseline_process_images_per_s_{n}", run["baseline"]["process_images_per_s"])
                 _say(f"speedup_vs_baseline_{n}", run["speedup_vs_baseline"])
+            latest = None  # the reference ran since: the next run's "before" is measured again
         results["runs"].append(run)
     # Cost at scale, from the steady state of the largest run (its extract stage, per task slot = vCPU).
     largest = max(results["runs"], key=lambda r: r["images"])

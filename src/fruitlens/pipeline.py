@@ -90,9 +90,9 @@ def list_input(source: Store, limit: int | None) -> list[SourceFile]:
 
 def task_sizes(images: int, slots: int, *, max_images: int = 2500, min_images: int = 256) -> list[int]:
     """Images per feature task, in the order Spark starts them (factoring, a guided self-scheduling):
-    each task takes half its slot's share of what is left (``left / (2 slots)``), at most ``max_images`` (a retried task redoes at most
-    that, ~25 s of one core), at least ``min_images`` (one commit batch: smaller loses the worker's
-    decode/infer overlap). Tasks shrink towards the end, so a worker that runs slower (a noisy neighbour,
+    each task takes half its slot's share of what is left (``left / (2 slots)``), at most ``max_images``
+    (a retried task redoes at most that, ~25 s of one core), at least ``min_images`` (one commit batch:
+    smaller loses the worker's decode/infer overlap). Tasks shrink towards the end, so a worker that runs slower (a noisy neighbour,
     a slower node, S3 latency) leaves the others idle for one small task at most, not for a big one."""
     sizes, left, slots = [], images, max(1, slots)
     while left > 0:
@@ -200,7 +200,7 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
     sizes = (even_sizes(len(todo), config.partitions) if config.partitions
              else task_sizes(len(todo), sc.defaultParallelism, min_images=config.arrow_batch_size))
     rows, bounds = [(f.path, f.size, f.modified_us) for f in todo], list(itertools.accumulate(sizes, initial=0))
-    tasks = [rows[a:b] for a, b in zip(bounds, bounds[1:])]
+    tasks = [rows[a:b] for a, b in itertools.pairwise(bounds)]
     fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.arrow_batch_size,
                          input_uri=input_uri, output_uri=out.uri, options=options, progress=progress)
     workers: set[int] = set()

@@ -150,8 +150,9 @@ def quantize(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str]
         convs = [node.name for node in graph.node if node.op_type == "Conv"]
         input_name = graph.input[0].name
         clipped = {i for node in graph.node if node.op_type == "Clip" for i in node.input}
-        expand_weights = [node.input[1] for node in graph.node if node.op_type == "Conv"
-                          and node.output[0] in clipped and not any(a.name == "group" and a.i > 1 for a in node.attribute)]
+        expand_weights = [node.input[1] for node in graph.node
+                          if node.op_type == "Conv" and node.output[0] in clipped
+                          and not any(a.name == "group" and a.i > 1 for a in node.attribute)]  # not depthwise
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
