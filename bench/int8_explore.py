@@ -40,7 +40,7 @@ def fp32_pool(exclude):
 
 BASE = {"calib": 100, "method": "MinMax", "format": "QDQ", "act": "QUInt8", "weight": "QInt8",
         "per_channel": True, "reduce_range": False, "exclude": first_and_last(6), "extra": {},
-        "u8u8_kernels": False, "rr_on": None, "rr_axis": True}
+        "u8u8_kernels": False, "rr_on": None, "rr_axis": True, "gptq": False}
 
 
 def kind(graph, node) -> str:
@@ -79,6 +79,16 @@ CONFIGS = {
     "rr_expand_first1": {"rr_on": EXPAND, "exclude": first_and_last(1)},
     "rr_expand_f3_fpool": {"rr_on": EXPAND, "exclude": fp32_pool(first_and_last(3))},
     "rr_expand_f3only_fpool": {"rr_on": EXPAND, "exclude": fp32_pool(lambda convs, adds, *_: convs[:3])},
+    # which of the first three Convs costs the fidelity: two of them fp32, the third int8
+    "rr_expand_int8_conv1": {"rr_on": EXPAND, "exclude": lambda convs, *_: [convs[1], convs[2], convs[-1]]},
+    "rr_expand_int8_dw0": {"rr_on": EXPAND, "exclude": lambda convs, *_: [convs[0], convs[2], convs[-1]]},
+    "rr_expand_int8_proj0": {"rr_on": EXPAND, "exclude": lambda convs, *_: [convs[0], convs[1], convs[-1]]},
+    # GPTQ rounding + bias correction (fruitlens.rounding) of every int8 Conv's weights
+    "gptq_rr_expand_first3": {"gptq": True, "rr_on": EXPAND, "exclude": first_and_last(3)},
+    "gptq_rr_expand_all": {"gptq": True, "rr_on": EXPAND, "exclude": lambda *_: []},
+    "gptq_rr_expand_last": {"gptq": True, "rr_on": EXPAND, "exclude": lambda convs, *_: [convs[-1]]},
+    "gptq_rr_expand_first1": {"gptq": True, "rr_on": EXPAND, "exclude": lambda convs, *_: [convs[0]]},
+    "gptq_rr_all": {"gptq": True, "rr_on": reduce_range_on("expand", "project", "depthwise"), "exclude": lambda *_: []},
 }
 
 
@@ -126,7 +136,22 @@ def quantize(fp32: str, out: Path, cfg: dict, calib_pixels: np.ndarray) -> None:
         pool = [n.name for n in graph.node if n.op_type in ("GlobalAveragePool", "Squeeze")]
         input_name = graph.input[0].name
         extra = dict(cfg["extra"])
-        if cfg["rr_on"]:
+        if cfg["gptq"]:
+            from fruitlens.rounding import snap_convs
+
+            model = onnx.load(str(pre))
+            excluded = set(cfg["exclude"](convs, adds, pool))
+            seven_bit = {n.name for n in cfg["rr_on"](graph)} if cfg["rr_on"] else set()
+            todo = [c for c in convs if c not in excluded]
+            scales = snap_convs(model, todo, (np.ascontiguousarray(calib_pixels[i:i + 10])
+                                              for i in range(0, len(calib_pixels), 10)),
+                                {c: 64 if c in seven_bit else 127 for c in todo})
+            onnx.save(model, str(pre))
+            weight_of = {n.name: n.input[1] for n in graph.node if n.op_type == "Conv"}
+            extra["TensorQuantOverrides"] = {
+                weight_of[c]: [{"scale": np.float32(v), "zero_point": np.int8(0), **({"axis": 0} if i == 0 else {})}
+                               for i, v in enumerate(scales[weight_of[c]])] for c in todo}
+        elif cfg["rr_on"]:
             override = {"reduce_range": True, **({"axis": 0} if cfg["rr_axis"] else {})}
             extra["TensorQuantOverrides"] = {n.input[1]: [override] for n in cfg["rr_on"](graph)}
 

@@ -104,15 +104,21 @@ def _features(engine, pixels: np.ndarray, batch: int) -> np.ndarray:
 
 
 def interleaved_speed(engines: dict, pools: dict, batch: int, rounds: int) -> dict[str, float]:
-    """Images/s of each engine over its pool, the engines taking turns ``rounds`` times (after a warm-up)."""
+    """Images/s of each engine over its pool, after a warm-up, the engines taking turns batch by batch
+    (``rounds`` passes): this host's speed drifts by 10-20 % within seconds, and turns of a whole pass
+    (~2 s) let that drift land on one engine (int8 / fp32 ratios of 1.5-2.0 from one pass to the next);
+    turns of one batch share it (1.61-1.65 in three runs)."""
     seconds = dict.fromkeys(engines, 0.0)
     for name, engine in engines.items():
         engine.predict(pools[name][:batch])
     for _ in range(rounds):
-        for name, engine in engines.items():
-            start = time.perf_counter()
-            _features(engine, pools[name], batch)
-            seconds[name] += time.perf_counter() - start
+        for i in range(0, max(len(p) for p in pools.values()), batch):
+            for name, engine in engines.items():
+                chunk = pools[name][i:i + batch]
+                if len(chunk):
+                    start = time.perf_counter()
+                    engine.predict(chunk)
+                    seconds[name] += time.perf_counter() - start
     return {name: rounds * len(pools[name]) / seconds[name] for name in engines}
 
 

@@ -31,6 +31,7 @@ from fruitlens.engine import (
     sha256_file,
 )
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
+from fruitlens.rounding import snap_convs
 
 #: Photos the activation ranges are calibrated on: enough for stable ranges, a few seconds to decode and run.
 CALIBRATION_IMAGES = 100
@@ -39,9 +40,8 @@ CALIBRATION_IMAGES = 100
 SETTINGS = {
     "format": "QDQ", "activations": "uint8", "weights": "int8", "per_channel": True,
     "reduce_range": "7-bit weights in the 1x1 Convs before a ReLU6", "calibration": "minmax",
-    "fp32_nodes": "first 3 and last Conv", "pre_process": True,
+    "fp32_nodes": "none", "rounding": "GPTQ + bias correction on the calibration photos", "pre_process": True,
 }
-
 
 @dataclass(frozen=True)
 class Calibration:
@@ -146,13 +146,28 @@ def quantize(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str]
         # ORT's own graph clean-up first (folds the Pads into the Convs): fewer tensors to quantize.
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)  # static shapes: no sympy needed
-        graph = onnx.load(str(pre)).graph
+        model = onnx.load(str(pre))
+        graph = model.graph
         convs = [node.name for node in graph.node if node.op_type == "Conv"]
         input_name = graph.input[0].name
         clipped = {i for node in graph.node if node.op_type == "Clip" for i in node.input}
-        expand_weights = [node.input[1] for node in graph.node
-                          if node.op_type == "Conv" and node.output[0] in clipped
-                          and not any(a.name == "group" and a.i > 1 for a in node.attribute)]  # not depthwise
+        # The 1x1 Convs before a ReLU6 read the linear block outputs, whose uint8 zero point is ~128: on
+        # CPUs without VNNI, ORT's u8 x s8 kernels add products in pairs into int16, and these saturate.
+        # 7-bit weights cannot (mean cosine 0.979 -> 0.987 before the rounding below); 7 bits everywhere
+        # loses more than it saves.
+        expand = {node.name for node in graph.node
+                  if node.op_type == "Conv" and node.output[0] in clipped
+                  and not any(a.name == "group" and a.i > 1 for a in node.attribute)}  # not depthwise
+        # Every Conv int8, its weights rounded against its real inputs (fruitlens.rounding): round-to-nearest
+        # made the first Convs unusable in int8 (mean cosine 0.92 with the first depthwise Conv int8), so
+        # they had to stay fp32, which cost the speed. The quantizer is given the very scales the rounding
+        # used, so it keeps those integers.
+        scales = snap_convs(model, convs, (pixels[i:i + 10] for i in range(0, len(pixels), 10)),
+                            {c: 64 if c in expand else 127 for c in convs})
+        onnx.save(model, str(pre))
+        weight_of = {node.name: node.input[1] for node in graph.node if node.op_type == "Conv"}
+        overrides = {weight_of[c]: [{"scale": np.float32(v), "zero_point": np.int8(0), **({"axis": 0} if i == 0 else {})}
+                                    for i, v in enumerate(scales[weight_of[c]])] for c in convs}
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
@@ -167,16 +182,7 @@ def quantize(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str]
             str(pre), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
             reduce_range=False, calibrate_method=CalibrationMethod.MinMax,
-            # Measured (docs/performance.md): int8 in the first 3 Convs (raw pixels, few channels) costs the
-            # most fidelity (mean cosine 0.957 with 2 of them int8, 0.987 with none); the last Conv in fp32
-            # costs no fidelity and ran faster than with it int8 (1.50x fp32 against 1.40x).
-            nodes_to_exclude=[*convs[:3], convs[-1]],
-            # The 1x1 Convs before a ReLU6 read the linear block outputs, whose uint8 zero point is ~128: on
-            # CPUs without VNNI, ORT's u8 x s8 kernels add products in pairs into int16, and these saturate.
-            # 7-bit weights (per channel) cannot: mean cosine 0.979 -> 0.987 at the same speed. All weights
-            # 7-bit loses more than it saves (0.970); ORT's U8U8 kernels (session.x64quantprecision) give
-            # 0.988 but only 1.1x fp32.
-            extra_options={"TensorQuantOverrides": {w: [{"reduce_range": True, "axis": 0}] for w in expand_weights}},
+            extra_options={"TensorQuantOverrides": overrides},
         )
         model = onnx.load(str(tmp_out))
         for k, v in {"fruitlens_precision": "int8", "fruitlens_calibration_sha256": calibration.digest,
