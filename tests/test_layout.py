@@ -11,7 +11,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fruitlens"
 STAGES = ("images", "engine", "featurize", "pca", "mlsave", "moments", "projection", "pipeline", "output", "hadoopfs",
-          "ledger", "lock", "status", "faults",
+          "ledger", "lock", "status", "faults", "quantize", "rounding",
           "spark", "config", "console", "progress")
 CLOUD = ("boto3", "botocore", "kubernetes")
 #: The storage layer: pyarrow for all I/O; boto3 only, lazily, for S3's conditional PUT (the run lock),

@@ -2,8 +2,8 @@
 
 For each variant, in one process, on the same photos of a sample with Training/ and Test/ folders:
 - images/s of the engine alone (same batch size and threads as `fruitlens bench`'s ceiling) on a pool of
-  preprocessed photos, and the ratio to fp32 224: the variants take turns, pass after pass, so that a
-  machine whose load changes during the run slows them alike;
+  preprocessed photos, and the ratio to fp32 224: the variants take turns batch by batch, so that a
+  machine whose speed changes during the run slows them alike;
 - the cosine similarity of its 1280-d features to the fp32 224 features of the same photos (mean, min,
   5th percentile);
 - Test accuracy of the same classifier (multinomial logistic regression, numpy) trained on its features
