@@ -137,7 +137,7 @@ def quantize(fp32: str, out: Path, cfg: dict, calib_pixels: np.ndarray) -> None:
         input_name = graph.input[0].name
         extra = dict(cfg["extra"])
         if cfg["gptq"]:
-            from fruitlens.rounding import snap_convs
+            from fruitlens.rounding import scale_overrides, snap_convs
 
             model = onnx.load(str(pre))
             excluded = set(cfg["exclude"](convs, adds, pool))
@@ -147,10 +147,7 @@ def quantize(fp32: str, out: Path, cfg: dict, calib_pixels: np.ndarray) -> None:
                                               for i in range(0, len(calib_pixels), 10)),
                                 {c: 64 if c in seven_bit else 127 for c in todo})
             onnx.save(model, str(pre))
-            weight_of = {n.name: n.input[1] for n in graph.node if n.op_type == "Conv"}
-            extra["TensorQuantOverrides"] = {
-                weight_of[c]: [{"scale": np.float32(v), "zero_point": np.int8(0), **({"axis": 0} if i == 0 else {})}
-                               for i, v in enumerate(scales[weight_of[c]])] for c in todo}
+            extra["TensorQuantOverrides"] = scale_overrides(scales)
         elif cfg["rr_on"]:
             override = {"reduce_range": True, **({"axis": 0} if cfg["rr_axis"] else {})}
             extra["TensorQuantOverrides"] = {n.input[1]: [override] for n in cfg["rr_on"](graph)}

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fruitlens.rounding import ConvShape, Moments, bias_correction, gptq, patches, snap_convs
+from fruitlens.rounding import ConvShape, Moments, bias_correction, gptq, patches, scale_overrides, snap_convs
 
 # The Conv shapes MobileNetV2's export has: 3x3 stride 2 with TF's asymmetric padding, depthwise 3x3, 1x1.
 SHAPES = {
@@ -114,8 +114,7 @@ def test_the_quantizer_keeps_the_rounded_integers_and_the_bias_is_corrected():
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(fp32))
-        overrides = {"w": [{"scale": np.float32(s), "zero_point": np.int8(0), **({"axis": 0} if i == 0 else {})}
-                           for i, s in enumerate(scales["w"])]}
+        overrides = scale_overrides(scales)
         quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                         extra_options={"TensorQuantOverrides": overrides})

@@ -31,7 +31,7 @@ from fruitlens.engine import (
     sha256_file,
 )
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
-from fruitlens.rounding import snap_convs
+from fruitlens.rounding import scale_overrides, snap_convs
 
 #: Photos the activation ranges are calibrated on: enough for stable ranges, a few seconds to decode and run.
 CALIBRATION_IMAGES = 100
@@ -42,6 +42,7 @@ SETTINGS = {
     "reduce_range": "7-bit weights in the 1x1 Convs before a ReLU6", "calibration": "minmax",
     "fp32_nodes": "none", "rounding": "GPTQ + bias correction on the calibration photos", "pre_process": True,
 }
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -165,9 +166,6 @@ def quantize(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str]
         scales = snap_convs(model, convs, (pixels[i:i + 10] for i in range(0, len(pixels), 10)),
                             {c: 64 if c in expand else 127 for c in convs})
         onnx.save(model, str(pre))
-        weight_of = {node.name: node.input[1] for node in graph.node if node.op_type == "Conv"}
-        overrides = {weight_of[c]: [{"scale": np.float32(v), "zero_point": np.int8(0), **({"axis": 0} if i == 0 else {})}
-                                    for i, v in enumerate(scales[weight_of[c]])] for c in convs}
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
@@ -182,7 +180,7 @@ def quantize(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str]
             str(pre), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
             reduce_range=False, calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"TensorQuantOverrides": overrides},
+            extra_options={"TensorQuantOverrides": scale_overrides(scales)},
         )
         model = onnx.load(str(tmp_out))
         for k, v in {"fruitlens_precision": "int8", "fruitlens_calibration_sha256": calibration.digest,

@@ -71,7 +71,7 @@ class Moments:
     def add(self, batch: np.ndarray) -> None:
         for image in batch:  # one at a time: an early depthwise Conv's patches are ~90 MB per photo
             p = np.ascontiguousarray(patches(image[None], self.shape), dtype=np.float32)
-            # float32 products (BLAS) summed per photo, float64 across photos: exact enough, ~10x faster
+            # float32 products (BLAS) within a photo, float64 sums across photos
             xx, x = np.matmul(p.transpose(0, 2, 1), p).astype(np.float64), p.sum(1).astype(np.float64)
             self.xx = xx if self.xx is None else self.xx + xx
             self.x = x if self.x is None else self.x + x
@@ -155,3 +155,10 @@ def snap_convs(model, conv_names: Iterable[str], batches: Iterable[np.ndarray], 
         b_init.CopyFrom(numpy_helper.from_array(bias.astype(np.float32), b_init.name))
         scales[w_init.name] = scale.astype(np.float32)
     return scales
+
+
+def scale_overrides(scales: dict) -> dict:
+    """:func:`snap_convs`' scales as ``quantize_static``'s per-channel TensorQuantOverrides (the axis goes
+    in the first channel's entry; without it ORT makes the weight per-tensor)."""
+    return {name: [{"scale": np.float32(v), "zero_point": np.int8(0), **({"axis": 0} if i == 0 else {})}
+                   for i, v in enumerate(per_channel)] for name, per_channel in scales.items()}
