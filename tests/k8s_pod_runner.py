@@ -14,8 +14,9 @@ containers of the real image:
   temp dirs bind-mounted; memory/CPU limits (and CPU requests as shares);
 - host network (``--network host``): every pod's IP is 127.0.0.1, and kubernetes.default.svc plus the
   Services' DNS names resolve to it (``--add-host``);
-- phases and container states (exit code, reason, OOMKilled, FallbackToLogsOnError messages) come from
-  ``docker inspect``; logs from ``docker logs``; deleting a pod removes its container; owner references
+- phases and container states (exit code, reason, OOMKilled) come from ``docker inspect``; the termination
+  message is the file the container wrote at terminationMessagePath, else (FallbackToLogsOnError) the
+  log tail; logs from ``docker logs``; deleting a pod removes its container; owner references
   are garbage-collected (a Job's pod, the driver's executors);
 - a minimal Job controller: a Job makes its pod from the template, backoffLimit retries, status
   succeeded/failed with Complete/Failed conditions.
@@ -400,6 +401,9 @@ class PodRunner:
             (base / rel).chmod(0o644)
         return str(base), True
 
+    def _termination_file(self, pod: dict) -> Path:
+        return self.workdir / "pods" / pod["metadata"]["uid"] / "termination-log"
+
     def _docker_run(self, pod: dict) -> list[str]:
         meta, spec = pod["metadata"], copy.deepcopy(pod["spec"])
         if len(spec["containers"]) != 1:
@@ -463,6 +467,14 @@ class PodRunner:
                 src = os.path.join(src, m["subPath"])
             opts = "ro" if (ro or m.get("readOnly")) else "rw"
             cmd += ["--mount", f"type=bind,source={src},target={m['mountPath']},{'readonly' if opts == 'ro' else 'bind-propagation=rprivate'}"]
+        # As the kubelet: an empty, world-writable file at terminationMessagePath for the container's own
+        # account of why it ended.
+        term_file = self._termination_file(pod)
+        term_file.parent.mkdir(parents=True, exist_ok=True)
+        term_file.write_text("")
+        term_file.chmod(0o666)
+        cmd += ["--mount", f"type=bind,source={term_file},"
+                           f"target={c.get('terminationMessagePath') or '/dev/termination-log'}"]
         for k, v in env.items():
             cmd += ["--env", f"{k}={v}"]
         if c.get("workingDir"):
@@ -516,7 +528,10 @@ class PodRunner:
             reason = "OOMKilled" if state.get("OOMKilled") else ("Completed" if code == 0 else "Error")
             term: dict[str, Any] = {"exitCode": code, "reason": reason, "startedAt": state["StartedAt"],
                                     "finishedAt": state["FinishedAt"]}
-            if code != 0 and c.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            written = self._termination_file(pod).read_text(errors="replace")[:4096]
+            if written:
+                term["message"] = written
+            elif code != 0 and c.get("terminationMessagePolicy") == "FallbackToLogsOnError":
                 # As the kubelet: the last 80 lines (at most 2 KiB) of the log.
                 tail = subprocess.run(["docker", "logs", "--tail", "80", cname], stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True, errors="replace").stdout

@@ -115,3 +115,25 @@ def test_a_default_run_prints_only_fruitlens_lines_with_image_progress(tmp_path)
     assert len(lines) <= 25
     assert any("/300 images" in ln for ln in lines)
     assert lines[-1].startswith("[fruitlens] done:")
+
+
+def test_a_failing_command_leaves_its_error_line_as_the_pods_termination_message(tmp_path, monkeypatch, capsys):
+    """In a pod the kubelet shows this file's text as the termination message; Spark's shutdown output
+    after the error can run past the 2 KiB log tail FallbackToLogsOnError would keep."""
+    from fruitlens.cli import main
+
+    log = tmp_path / "termination-log"
+    log.write_text("")  # the kubelet creates it, empty
+    monkeypatch.setattr(console, "TERMINATION_LOG", log)
+    assert main(["run", str(tmp_path / "in"), str(tmp_path / "out"), "--pca-k", "0"]) != 0
+    line = log.read_text().strip()
+    assert line.startswith("fruitlens: error: --pca-k must be between 1 and 1280"), line
+    assert line in capsys.readouterr().err
+
+
+def test_outside_a_pod_no_termination_file_is_made(tmp_path, monkeypatch):
+    from fruitlens.cli import main
+
+    monkeypatch.setattr(console, "TERMINATION_LOG", tmp_path / "termination-log")
+    assert main(["run", str(tmp_path / "in"), str(tmp_path / "out"), "--pca-k", "0"]) != 0
+    assert not (tmp_path / "termination-log").exists()

@@ -276,6 +276,11 @@ def test_bad_input_fails_the_job_with_the_real_reason(chart_run, runner, image, 
     info = json.loads(status.stdout)
     assert info["state"] == "failed" and info["exit_code"] != 0
     assert info["reason"].startswith("fruitlens: error:") and "no-such-folder" in info["reason"], info["reason"]
+    # The driver wrote that line to its termination-message file: it does not depend on how much Spark
+    # prints while it shuts down (a log tail of 2 KiB can miss it).
+    (driver,) = runner.pods(NAMESPACE, "app.kubernetes.io/instance=bad,app.kubernetes.io/component=driver")
+    message = driver["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+    assert len(message.strip().splitlines()) == 1 and info["reason"].startswith(message.strip()), message
     wait_for(lambda: not runner.pods(NAMESPACE, "app.kubernetes.io/instance=bad,spark-role=executor"), 60,
              what="the bad run's executors to go")
 

@@ -184,8 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ns.func(ns)
     except FruitlensError as exc:
         print(f"fruitlens: error: {exc}", file=sys.stderr)
+        console.record_termination(f"fruitlens: error: {exc}")
         return exc.exit_code
-    except Exception:
+    except Exception as exc:
+        console.record_termination(f"{type(exc).__name__}: {exc}".splitlines()[0])
         if console.jvm_stderr is not None:  # the JVM's own account of what failed, hidden so far
             console.jvm_stderr.dump()
         raise

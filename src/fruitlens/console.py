@@ -28,6 +28,11 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "ABSL_MIN_LOG_LEVEL": "3", "GRPC_VERBO
 
 _verbosity = "normal"
 
+#: The kubelet mounts this file in every container and, when it is not empty, shows its text as the
+#: termination message: one exact error line, whatever Spark's shutdown prints after it. It does not
+#: exist outside a Kubernetes pod, and then nothing is written.
+TERMINATION_LOG = Path("/dev/termination-log")
+
 
 def configure(verbosity: str = "normal") -> None:
     """Set the level once, before Spark or TensorFlow is imported or started."""
@@ -110,3 +115,12 @@ class JvmStderr:
 
 #: The JVM stderr reader of the session fruitlens started, if any (one JVM per process).
 jvm_stderr: JvmStderr | None = None
+
+
+def record_termination(line: str) -> None:
+    """Leave the line that says why the process fails where Kubernetes reads it (see :data:`TERMINATION_LOG`)."""
+    try:
+        if TERMINATION_LOG.exists():
+            TERMINATION_LOG.write_text(line[:4096] + "\n", encoding="utf-8")  # the kubelet keeps 4 KiB
+    except OSError:  # read-only or not ours: the log tail (FallbackToLogsOnError) still carries the error
+        pass
