@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from fruitlens.bench import cpu_flags, cpu_model
 
 BATCH = 64
 RUNS = 5
@@ -76,10 +77,7 @@ def kernel_ms(model: bytes, channels: int, side: int, workdir: str) -> dict[str,
 
 
 def main() -> None:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    print(f"cpu: {cpu}; flags: {' '.join(f for f in flags if f.startswith(('avx', 'fma', 'amx')))}")
+    print(f"cpu: {cpu_model()}; flags: {' '.join(cpu_flags())}")
     print(f"onnxruntime: {ort.__version__}; batch {BATCH}, {THREADS} thread(s); ms per run of the Conv kernel alone")
     with tempfile.TemporaryDirectory() as workdir:
         for channels, side in [(144, 56), (192, 28), (384, 14), (960, 7), (136, 56)]:

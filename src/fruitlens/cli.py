@@ -183,8 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return ns.func(ns)
     except FruitlensError as exc:
-        print(f"fruitlens: error: {exc}", file=sys.stderr)
-        console.record_termination(f"fruitlens: error: {exc}")
+        line = f"fruitlens: error: {exc}"
+        print(line, file=sys.stderr)
+        console.record_termination(line)
         return exc.exit_code
     except Exception as exc:
         console.record_termination(f"{type(exc).__name__}: {exc}".splitlines()[0])
