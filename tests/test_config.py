@@ -66,3 +66,28 @@ def test_local_jvm_compiles_with_c1_only_unless_the_user_sets_its_options():
     mine = spark_settings(PipelineConfig(output="o", master="local[2]", spark_conf={"spark.driver.extraJavaOptions": "-Xss4m"}))
     assert mine["spark.driver.extraJavaOptions"] == "-Xss4m"
     assert "spark.driver.extraJavaOptions" not in spark_settings(PipelineConfig(output="o", master="k8s://https://k:443"))
+
+
+def test_a_malformed_yaml_file_is_one_line_naming_the_file_and_line_and_exit_2(tmp_path, capsys):
+    from fruitlens.cli import main
+
+    yml = tmp_path / "job.yaml"
+    yml.write_text("output: /out\nbatch_size: 8\nspark_conf:\n  a: [1, 2\n  b: 3\n")
+    with pytest.raises(ConfigError, match=rf"config file {yml}: line \d+, column \d+: not valid YAML"):
+        load_config({}, env={}, config_file=yml)
+    assert main(["run", "in", "--config", str(yml)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"fruitlens: error: config file {yml}: line ")
+
+
+def test_retries_and_the_error_rate_bound_are_settings_like_any_other(tmp_path):
+    cfg = load_config({"output": "o"}, env={})
+    assert (cfg.retry_timeout, cfg.max_error_rate) == (45.0, 0.05)
+    yml = tmp_path / "job.yaml"
+    yml.write_text("retry-timeout: 3\nmax_error_rate: 0.2\n")
+    cfg = load_config({"output": "o"}, env={"FRUITLENS_MAX_ERROR_RATE": "0"}, config_file=yml)
+    assert (cfg.retry_timeout, cfg.max_error_rate) == (3.0, 0.0)
+    with pytest.raises(ConfigError, match=r"--max-error-rate must be between 0 \(off\) and 1"):
+        load_config({"output": "o", "max_error_rate": 5}, env={})
+    with pytest.raises(ConfigError, match="--retry-timeout must be 0 or more"):
+        load_config({"output": "o", "retry_timeout": -1}, env={})

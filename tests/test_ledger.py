@@ -266,3 +266,28 @@ def test_feature_tasks_shrink_towards_the_end_and_cover_every_image_once():
             sizes = task_sizes(n, slots)
             assert sum(sizes) == n and all(256 <= s <= 2500 for s in sizes[:-1]) and 0 < sizes[-1] <= 2500 + 256
     assert even_sizes(10, 3) == [4, 3, 3] and even_sizes(2, 5) == [1, 1]
+
+
+@pytest.mark.parametrize("content", [b"", b"{\"run_id\": \"x\", \"hea", b"\xff\xfe\x00"])
+def test_an_empty_or_garbled_lock_file_goes_stale_by_its_age_and_status_stops_saying_starting(
+        tmp_path, capsys, content):
+    """A run that died between creating its lock and writing it (a full disk) left a lock with no holder
+    in it: it must not block OUTPUT for good."""
+    from fruitlens.status import status
+
+    store = Store(f"file://{tmp_path}")
+    (tmp_path / "_fruitlens").mkdir()
+    (tmp_path / LOCK).write_bytes(content)
+    with pytest.raises(LockedError, match="empty or unreadable lock file"):  # fresh: it may be being written
+        RunLock.acquire(store, command="c", timeout_s=60)
+    assert status(str(tmp_path), lock_timeout=60)["state"] == "starting"
+
+    old = time.time() - 30
+    os.utime(tmp_path / LOCK, (old, old))
+    report = status(str(tmp_path), lock_timeout=10)
+    assert report["state"] == "interrupted" and "no heartbeat for 30 s" in report["lock"]["stale"]
+    capsys.readouterr()
+    lock = RunLock.acquire(store, command="c", timeout_s=10)
+    assert "taking over the lock of a run that is gone (an empty or unreadable lock file" in capsys.readouterr().err
+    assert json.loads((tmp_path / LOCK).read_text())["run_id"] == lock.run_id
+    lock.release()

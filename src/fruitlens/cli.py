@@ -51,6 +51,12 @@ def add_pipeline_options(parser: argparse.ArgumentParser, *, pca: bool = True) -
                    "build the model at it (default 224; smaller is faster, less faithful)")
     g.add_argument("--weights", help="'imagenet' (Keras cache) or a .h5 file path/URI")
     g.add_argument("--master", help="Spark master (default local[*], or what spark-submit set)")
+    g.add_argument("--retry-timeout", type=float, metavar="SECONDS",
+                   help="how long a worker retries a read or write that may succeed later (network, S3 "
+                        "throttling, permission, I/O) before recording a read error (default 45; 0: no retries)")
+    g.add_argument("--max-error-rate", type=float, metavar="FRACTION",
+                   help="fail the run when more than this fraction of the images end as errors, decode or "
+                        "read (default 0.05; 0: never)")
     g.add_argument("--overwrite", action="store_true", default=None,
                    help="start OUTPUT from scratch (default: continue what it holds for the same INPUT)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
@@ -88,12 +94,14 @@ PIPELINE_FLAGS = {
 }
 #: Stages after the PCA (fruitlens.classify_cli); forwarded by `emr submit`, not (yet) chart values.
 STAGE_FLAGS = {"train": "--train", "report": "--report"}
+#: How failures are retried and bounded; no chart values: forwarded as raw arguments (k8s: extraArgs).
+ERROR_FLAGS = {"retry_timeout": "--retry-timeout", "max_error_rate": "--max-error-rate"}
 
 
 def pipeline_args(ns: argparse.Namespace) -> list[str]:
     """The pipeline options given on this command line, as arguments for a remote `fruitlens run`."""
     args: list[str] = []
-    for key, flag in {**PIPELINE_FLAGS, **STAGE_FLAGS}.items():
+    for key, flag in {**PIPELINE_FLAGS, **STAGE_FLAGS, **ERROR_FLAGS}.items():
         value = getattr(ns, key, None)
         if value is None or value is False:
             continue

@@ -72,6 +72,15 @@ class PipelineConfig:
         Seconds to wait for a live lock to be released or go stale before refusing (0: refuse at once).
         A retried cluster driver sets it (``FRUITLENS_LOCK_WAIT``) so that it continues its
         predecessor's run instead of failing on the lock that run left.
+    retry_timeout
+        Seconds a worker keeps retrying (with exponential backoff) a read of an image, or a write of
+        a committed batch, that fails for a reason that may pass: network, S3 throttling (503
+        SlowDown), permission, I/O. An image still unreadable then is a *read* error row, which is
+        not a verdict: the next run tries it again. 0: no retries.
+    max_error_rate
+        Fail the run (no manifest; what was committed stays) when more than this fraction of INPUT's
+        images end as error rows of either kind (decode or read): an outage cannot pass as a finished
+        run. 0 turns the check off.
     """
 
     output: str
@@ -88,6 +97,8 @@ class PipelineConfig:
     force_unlock: bool = False
     lock_timeout: float = 60.0
     lock_wait: float = 0.0
+    retry_timeout: float = 45.0
+    max_error_rate: float = 0.05
     engine: str = "auto"
     image_size: int = 224
     weights: str = "imagenet"
@@ -117,6 +128,10 @@ class PipelineConfig:
             raise ConfigError(f"--lock-wait must be 0 or more seconds, got {self.lock_wait}")
         if self.lock_timeout <= 0:
             raise ConfigError(f"--lock-timeout must be a positive number of seconds, got {self.lock_timeout}")
+        if self.retry_timeout < 0:
+            raise ConfigError(f"--retry-timeout must be 0 or more seconds, got {self.retry_timeout}")
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise ConfigError(f"--max-error-rate must be between 0 (off) and 1, got {self.max_error_rate}")
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.image_size not in IMAGE_SIZES:
@@ -166,6 +181,14 @@ def _coerce(name: str, raw: Any, hint: Any) -> Any:
         raise ConfigError(f"{name}: expected {target.__name__}, got {raw!r}") from None
 
 
+def _yaml_problem(exc) -> str:
+    """``line N, column M: what`` from a YAML parser error (its own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    what = " ".join(filter(None, [getattr(exc, "context", None), getattr(exc, "problem", None)])) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}not valid YAML ({' '.join(what.split())})"
+
+
 def merge_sources(
     cls: type,
     *,
@@ -195,7 +218,10 @@ def merge_sources(
         path = Path(file)
         if not path.is_file():
             raise ConfigError(f"{file_label} {path} does not exist; {file_hint}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file_label} {path}: {_yaml_problem(exc)}; {file_hint}") from None
         if not isinstance(data, Mapping):
             raise ConfigError(f"{file_label} {path}: expected a mapping of settings at the top level")
         unknown = sorted(set(str(k).replace("-", "_") for k in data) - set(names))

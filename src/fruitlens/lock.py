@@ -21,9 +21,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import pyarrow.fs as pafs
+
 from fruitlens.errors import FruitlensError
 from fruitlens.progress import log
-from fruitlens.store import Store
+from fruitlens.store import Store, StoreError
 
 LOCK = "_fruitlens/lock.json"
 
@@ -51,6 +53,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def describe(holder: dict) -> str:
+    if holder.get("unreadable"):
+        return (f"an empty or unreadable lock file ({holder['unreadable']}), last modified "
+                f"{now() - float(holder.get('heartbeat', 0)):.0f} s ago")
     return (f"host {holder.get('host')}, pid {holder.get('pid')}, started {iso(holder.get('started'))}, "
             f"last heartbeat {now() - float(holder.get('heartbeat', 0)):.0f} s ago")
 
@@ -145,13 +150,33 @@ class RunLock:
 
 
 def read(store: Store) -> dict | None:
-    text = store.read_text(LOCK)
+    """The holder's record, or None if there is no lock. A lock file that is empty or not JSON (a run
+    that died between creating it and writing it, e.g. on a full disk) counts as written by a run whose
+    last heartbeat was the file's modification time: it goes stale after the timeout like any other."""
+    try:
+        text = store.read_text(LOCK)
+    except StoreError as exc:
+        return _unreadable(store, str(exc))
+    except UnicodeDecodeError:
+        return _unreadable(store, "not UTF-8")
     if text is None:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:  # a lock being rewritten on a filesystem without atomic writes
-        return {"heartbeat": now(), "host": "?", "pid": "?", "started": None}
+        holder = json.loads(text)
+    except json.JSONDecodeError:
+        return _unreadable(store, "empty" if not text.strip() else "not JSON")
+    return holder if isinstance(holder, dict) else _unreadable(store, "not a JSON object")
+
+
+def _unreadable(store: Store, why: str) -> dict | None:
+    try:
+        info = store.info(LOCK)
+    except StoreError:
+        return {"heartbeat": now(), "host": "?", "pid": "?", "started": None, "unreadable": why}
+    if info.type == pafs.FileType.NotFound:  # released meanwhile
+        return None
+    mtime = info.mtime.timestamp() if info.mtime is not None else now()
+    return {"heartbeat": mtime, "host": "?", "pid": "?", "started": None, "unreadable": why}
 
 
 def stale_reason(holder: dict, timeout_s: float) -> str | None:

@@ -33,7 +33,10 @@ def status(uri: str, *, lock_timeout: float = 60.0) -> dict:
                       pca_k=(manifest.get("pca") or {}).get("k"), runs=len(manifest.get("history", [])))
         return report
     if run is None and read_json(out, SETTINGS) is None:
-        report["state"] = "not a fruitlens output" if lock is None else "starting"
+        if lock is None:
+            report["state"] = "not a fruitlens output"
+        else:  # a run that died before it wrote anything but its lock is not starting any more
+            report["state"] = "starting" if report["lock"]["stale"] is None else "interrupted"
         return report
     running = lock is not None and report["lock"]["stale"] is None
     report["state"] = "running" if running else "interrupted"
