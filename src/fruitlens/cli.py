@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from fruitlens import __version__, console
 from fruitlens.config import DEFAULT_INPUT, ENGINES, IMAGE_SIZES, load_config
 from fruitlens.errors import FruitlensError
+from fruitlens.redact import redact_text
 
 #: Modules adding subcommands; a module that is not there yet is skipped.
 COMMAND_MODULES = ("fruitlens.status", "fruitlens.bench", "fruitlens.bench_engines", "fruitlens.emr.cli", "fruitlens.k8s.cli",
@@ -191,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return ns.func(ns)
     except FruitlensError as exc:
-        line = f"fruitlens: error: {exc}"
+        line = redact_text(f"fruitlens: error: {exc}")
         print(line, file=sys.stderr)
         console.record_termination(line)
         return exc.exit_code

@@ -21,6 +21,8 @@ from collections import deque
 from pathlib import Path
 from typing import IO
 
+from fruitlens.redact import redact_text
+
 LEVELS = ("quiet", "normal", "verbose")
 LOGGER = logging.getLogger("fruitlens")
 #: Environment for TensorFlow, absl and oneDNN, set before any of them is imported (workers inherit it).
@@ -47,8 +49,13 @@ def configure(verbosity: str = "normal") -> None:
     LOGGER.propagate = False
     if not LOGGER.handlers:
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("[fruitlens] %(message)s"))
+        handler.setFormatter(_RedactingFormatter("[fruitlens] %(message)s"))
         LOGGER.addHandler(handler)
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -97,7 +104,7 @@ class JvmStderr:
 
     def _pump(self) -> None:
         for raw in iter(self._stream.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
+            line = redact_text(raw.decode("utf-8", "replace").rstrip("\n"))
             self.tail.append(line)
             if self._show:
                 print(line, file=sys.stderr, flush=True)
@@ -121,6 +128,6 @@ def record_termination(line: str) -> None:
     """Leave the line that says why the process fails where Kubernetes reads it (see :data:`TERMINATION_LOG`)."""
     try:
         if TERMINATION_LOG.exists():
-            TERMINATION_LOG.write_text(line[:4096] + "\n", encoding="utf-8")  # the kubelet keeps 4 KiB
+            TERMINATION_LOG.write_text(redact_text(line)[:4096] + "\n", encoding="utf-8")  # the kubelet keeps 4 KiB
     except OSError:  # read-only or not ours: the log tail (FallbackToLogsOnError) still carries the error
         pass

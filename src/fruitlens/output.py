@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from fruitlens.errors import FruitlensError
+from fruitlens.redact import redact, redact_text
 from fruitlens.store import Store
 
 SETTINGS = "_fruitlens/settings.json"
@@ -98,7 +99,7 @@ def check_settings(store: Store, settings: dict, *, overwrite: bool) -> None:
                     "its features would not be comparable. Pass --overwrite to rebuild OUTPUT from scratch, "
                     "or choose another OUTPUT")
         return
-    store.write_text(SETTINGS, json.dumps(settings, indent=2) + "\n")
+    write_json(store, SETTINGS, settings)
 
 
 def clear(store: Store) -> None:
@@ -128,9 +129,13 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def write_json(store: Store, rel: str, doc: dict, **kwargs) -> None:
+    """Every JSON record fruitlens leaves in OUTPUT is written here, secrets masked (fruitlens.redact)."""
+    store.write_text(rel, json.dumps(redact(doc), indent=2, sort_keys=False) + "\n", **kwargs)
+
+
 def write_manifest(store: Store, manifest: dict, *, before_publish=None) -> None:
-    store.write_text(MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n",
-                     before_publish=before_publish)
+    write_json(store, MANIFEST, manifest, before_publish=before_publish)
 
 
 def read_manifest(store: Store) -> dict:
@@ -143,4 +148,5 @@ def read_manifest(store: Store) -> dict:
 
 
 def command_line() -> str:
-    return " ".join(sys.argv)
+    """This process's command line as records and the lock show it (secrets masked)."""
+    return redact_text(" ".join(sys.argv))

@@ -36,6 +36,7 @@ from fruitlens.output import (
     library_versions,
     read_json,
     read_manifest,
+    write_json,
     write_manifest,
 )
 from fruitlens.pca import driver_moments, driver_project, fit_from_moments, fit_pca, project
@@ -261,17 +262,11 @@ def start_record(out: Store, lock: RunLock) -> list[dict]:
             "end": None, "finished": False, "counts": None}]
     else:
         history = []
-    out.write_text(RUN, _json({"run_id": lock.run_id, "command": lock.info["command"], "host": socket.gethostname(),
-                               "pid": lock.info["pid"], "start": iso(lock.info["started"]), "history": history}))
+    write_json(out, RUN, {"run_id": lock.run_id, "command": lock.info["command"], "host": socket.gethostname(),
+                          "pid": lock.info["pid"], "start": iso(lock.info["started"]), "history": history})
     if manifest is not None:
         out.delete(out.fs_path(MANIFEST))
     return history
-
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj, indent=2) + "\n"
 
 
 def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from fruitlens import hadoopfs
 from fruitlens.output import OutputLayout, OutputMissingError
 from fruitlens.progress import log
+from fruitlens.redact import redact
 
 MAX_ERRORS_SHOWN = 200
 MAX_MAP_POINTS = 4000
@@ -180,6 +181,7 @@ def render(spark: SparkSession, layout: OutputLayout) -> str:
     if manifest is None:
         raise OutputMissingError(f"{layout.manifest} not found: OUTPUT is not a finished fruitlens output "
                                  "(`fruitlens status OUTPUT` tells more)")
+    manifest = redact(manifest)  # a manifest written before fruitlens masked secrets
     metrics = _read_json(spark, f"{layout.root.rstrip('/')}/classifier/metrics.json")
     pca = manifest.get("pca") or {}
     counts = manifest.get("counts") or {}

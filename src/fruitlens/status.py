@@ -14,6 +14,7 @@ from fruitlens import ledger
 from fruitlens.hadoopfs import qualify
 from fruitlens.lock import describe, read as read_lock, stale_reason
 from fruitlens.output import MANIFEST, RUN, SETTINGS, read_json
+from fruitlens.redact import redact
 from fruitlens.store import Store, StoreOptions
 
 
@@ -81,7 +82,7 @@ def format_report(report: dict) -> str:
 
 
 def _status(ns: argparse.Namespace) -> int:
-    report = status(ns.output, lock_timeout=ns.lock_timeout)
+    report = redact(status(ns.output, lock_timeout=ns.lock_timeout))  # records written before masking
     print(json.dumps(report) if ns.json else format_report(report))
     return 0 if report["state"] not in ("missing", "not a fruitlens output") else 1
 
