@@ -137,3 +137,27 @@ def test_outside_a_pod_no_termination_file_is_made(tmp_path, monkeypatch):
     monkeypatch.setattr(console, "TERMINATION_LOG", tmp_path / "termination-log")
     assert main(["run", str(tmp_path / "in"), str(tmp_path / "out"), "--pca-k", "0"]) != 0
     assert not (tmp_path / "termination-log").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verbosity", ["normal", "verbose"])
+def test_the_first_export_of_the_model_is_quiet_unless_verbose(verbosity, tmp_path):
+    """A new machine exports the ONNX model once (TensorFlow); TF's absl/oneDNN start-up lines, which
+    ignore TF_CPP_MIN_LOG_LEVEL, are not a user's business unless they ask for them."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from fruitlens import console; console.configure(sys.argv[1]); "
+              "from fruitlens.engine import prepare_model; "
+              "print(prepare_model('onnx', 'imagenet', image_size=96).path)")
+    env = {**os.environ, "FRUITLENS_CACHE": str(tmp_path)}
+    for key in console.QUIET_ENV:
+        env.pop(key, None)
+    done = subprocess.run([sys.executable, "-c", script, verbosity], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().startswith(str(tmp_path))  # it did export, into the empty cache
+    if verbosity == "normal":
+        assert done.stderr == ""
+    else:
+        assert "oneDNN" in done.stderr or "absl" in done.stderr

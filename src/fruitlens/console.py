@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import threading
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -75,6 +77,33 @@ class _StderrHandler(logging.StreamHandler):
 
 def verbosity() -> str:
     return _verbosity
+
+
+@contextmanager
+def native_stderr_hidden():
+    """Unless verbose, hide what native code writes straight to file descriptor 2 inside the block:
+    TensorFlow's absl and oneDNN lines ("All log messages before absl::InitializeLog() ...", "oneDNN
+    custom operations are on ...") ignore TF_CPP_MIN_LOG_LEVEL since TF moved to absl logging. If the
+    block fails, what was hidden is printed after all: nothing needed for a diagnosis is lost."""
+    if _verbosity == "verbose":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode("utf-8", "replace"))
+                sys.stderr.flush()
 
 
 def log4j_config() -> Path:

@@ -87,9 +87,8 @@ def resolve_weights(spec: str) -> Path:
         if cached.is_file():
             return cached
         try:  # Only here, on the driver, may anything be downloaded (by Keras, into its cache).
-            from keras.utils import get_file
-
-            return Path(get_file(WEIGHTS_FILE, WEIGHTS_URL, cache_subdir="models"))
+            _, keras = import_tensorflow()
+            return Path(keras.utils.get_file(WEIGHTS_FILE, WEIGHTS_URL, cache_subdir="models"))
         except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
             raise ModelError(
                 f"ImageNet weights not in Keras' cache ({cached}) and could not be downloaded ({exc}). "
@@ -99,6 +98,19 @@ def resolve_weights(spec: str) -> Path:
     if not path.is_file():
         raise ModelError(f"weights file {spec} does not exist; pass --weights imagenet or a .h5 path")
     return path
+
+
+def import_tensorflow():
+    """The one place TensorFlow (and Keras with it) is imported: its native start-up lines are hidden
+    unless --verbose (fruitlens.console sets TF_CPP_MIN_LOG_LEVEL and absl's level before this)."""
+    from fruitlens import console
+
+    with console.native_stderr_hidden():
+        import keras
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("DEBUG" if console.verbosity() == "verbose" else "ERROR")
+    return tf, keras
 
 
 def require_tensorflow(what: str) -> None:
@@ -117,7 +129,7 @@ def require_tensorflow(what: str) -> None:
 
 def build_keras_model(weights_path: str | os.PathLike[str], image_size: int = 224):
     """MobileNetV2, no classifier, global average pool: the 1280-d layer before the top."""
-    import keras
+    _, keras = import_tensorflow()
 
     model = keras.applications.MobileNetV2(
         input_shape=(image_size, image_size, 3), include_top=False, pooling="avg", weights=None
@@ -132,22 +144,25 @@ def build_keras_model(weights_path: str | os.PathLike[str], image_size: int = 22
 def export_onnx(weights_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
                 image_size: int = 224) -> Path:
     """Export the Keras model to ONNX (atomically: a partly written file is never used)."""
+    from fruitlens import console
+
     require_tensorflow(f"exporting the weights {weights_path} to ONNX (new weights need a new export)")
-    import tensorflow as tf
-    import tf2onnx
+    tf, _ = import_tensorflow()
+    with console.native_stderr_hidden():  # the conversion starts TF's runtime: more native lines
+        import tf2onnx
 
-    model = build_keras_model(weights_path, image_size)
-    spec = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="input"),)
+        model = build_keras_model(weights_path, image_size)
+        spec = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="input"),)
 
-    @tf.function(input_signature=spec)
-    def forward(x):
-        return model(x, training=False)
+        @tf.function(input_signature=spec)
+        def forward(x):
+            return model(x, training=False)
 
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(f".tmp{os.getpid()}")
-    tf2onnx.convert.from_function(forward, input_signature=spec, opset=ONNX_OPSET, output_path=str(tmp))
-    os.replace(tmp, out_path)
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_suffix(f".tmp{os.getpid()}")
+        tf2onnx.convert.from_function(forward, input_signature=spec, opset=ONNX_OPSET, output_path=str(tmp))
+        os.replace(tmp, out_path)
     return out_path
 
 
@@ -218,7 +233,7 @@ class KerasEngine:
     name = "keras"
 
     def __init__(self, weights_path: str, threads: int = 0) -> None:
-        import tensorflow as tf
+        tf, _ = import_tensorflow()
 
         if threads:
             try:  # only possible before TF's runtime starts; a reused worker has it set already
