@@ -34,9 +34,9 @@ def test_a_fresh_output_processes_everything_and_a_finished_one_nothing():
     listing = [src("a"), src("b"), src("c")]
     first = plan([], listing)
     assert [s.path for s in first.todo] == [s.path for s in listing]
-    assert first.counts() == {"reused": 0, "new": 3, "changed": 0, "removed": 0}
+    assert first.counts() == {"reused": 0, "new": 3, "changed": 0, "removed": 0, "retried": 0}
     again = plan([committed("p1", listing[:2]), committed("e1", listing[2:], kind="errors")], listing)
-    assert again.todo == [] and again.counts() == {"reused": 3, "new": 0, "changed": 0, "removed": 0}
+    assert again.todo == [] and again.counts() == {"reused": 3, "new": 0, "changed": 0, "removed": 0, "retried": 0}
     assert again.kept == {"features": 2, "errors": 1} and again.delete == [] and again.rewrite == []
 
 
@@ -46,7 +46,7 @@ def test_new_changed_and_removed_images_are_told_apart():
     listing = [src("a"), src("b", size=11), src("c", t=2), src("e")]  # d vanished, e is new
     p = plan(index, listing)
     assert [s.path for s in p.todo] == ["file:/in/b", "file:/in/c", "file:/in/e"]
-    assert p.counts() == {"reused": 1, "new": 1, "changed": 2, "removed": 1}
+    assert p.counts() == {"reused": 1, "new": 1, "changed": 2, "removed": 1, "retried": 0}
     assert p.delete == ["/out/features/p2"]  # c (old version) and d: nothing left
     (f, keep), = p.rewrite
     assert f.path == "/out/features/p1" and keep == [True, False]
@@ -71,6 +71,35 @@ def test_duplicates_of_the_same_version_keep_exactly_one_row():
     assert p.reused == 2 and p.kept["features"] == 2
     (f, keep), = p.rewrite
     assert f.path == "/out/features/x" and keep == [True, False]
+
+
+def test_a_read_error_is_no_verdict_the_next_run_processes_it_again_but_a_decode_error_is_kept():
+    a, b, c, d = src("a"), src("b"), src("c"), src("d")
+    errors = CommittedFile("errors", "/out/errors/e1", 1, tuple((r.path, r.size, r.modified_us) for r in (b, c, d)),
+                           ("decode", "read", "read"))
+    d2 = src("d", t=2)  # d changed since its read error
+    p = plan([committed("p1", [a]), errors], [a, b, c, d2])
+    assert [s.path for s in p.todo] == ["file:/in/c", "file:/in/d"]
+    assert p.counts() == {"reused": 2, "new": 0, "changed": 1, "removed": 0, "retried": 1}
+    assert p.kept == {"features": 1, "errors": 1}
+    (f, keep), = p.rewrite
+    assert f.path == "/out/errors/e1" and keep == [True, False, False]  # only the decode error stays
+
+
+def test_error_files_record_their_kind_and_older_ones_without_it_hold_decode_errors(tmp_path):
+    store = Store(f"file://{tmp_path}")
+    store.make_dirs("features", "errors")
+    store.write_table("errors/new.parquet", ledger.errors_table(
+        ["file:/in/a", "file:/in/b"], ["not an image", "cannot read file"], ["decode", "read"], [1, 1], [7, 7]))
+    old = ledger.errors_table(["file:/in/c"], ["empty file (0 bytes)"], ["decode"], [1], [7]).drop_columns(["kind"])
+    assert old.schema.names == ["path", "error", "size", "modified"]  # the layout before kinds
+    store.write_table("errors/old.parquet", old)
+    listing = [SourceFile(f"file:/in/{x}", 1, 7) for x in "abc"]
+    p = plan(ledger.read_index(store), listing)
+    assert [s.path for s in p.todo] == ["file:/in/b"] and p.retried == 1 and p.kept["errors"] == 2
+    assert ledger.committed_rows(store) == {"features": 0, "errors": 3, "decode_errors": 2, "read_errors": 1}
+    reasons = dict(ledger.error_reasons(store))
+    assert reasons == {"decode: not an image": 1, "read: cannot read file": 1, "decode: empty file (0 bytes)": 1}
 
 
 def test_batch_names_depend_on_content_not_order():
@@ -212,11 +241,12 @@ def test_status_tells_running_interrupted_and_foreign_outputs_apart(tmp_path, ca
     _features(store, ["file:/in/a", "file:/in/b"], [1, 2])
     _write_lock(out, host="node-1", pid=7)
     running = status(str(out))
-    assert running["state"] == "running" and running["committed"] == {"features": 2, "errors": 0}
+    assert running["state"] == "running" and running["committed"] == {"features": 2, "errors": 0, "decode_errors": 0,
+                                                                      "read_errors": 0}
     _write_lock(out, host="node-1", pid=7, heartbeat=time.time() - 600)
     assert main(["status", str(out)]) == 0
     text = capsys.readouterr().out
-    assert ": interrupted" in text and "committed so far: 2 features, 0 errors" in text
+    assert ": interrupted" in text and "committed so far: 2 features, 0 errors: 0 decode, 0 read" in text
     assert "re-run the same command to continue it" in text and "stale: no heartbeat for 600 s" in text
 
 

@@ -13,6 +13,12 @@ on batch i (ONNX Runtime, which releases the GIL), committing batch i-1 (a threa
 bulk of the work; the other two then fill the gaps (file I/O, Parquet encoding, fsync) that would
 otherwise leave the worker's core idle between inference calls.
 
+Reading a file that fails for a reason that may pass (network, S3 throttling, permission, I/O) is
+retried with backoff (:mod:`fruitlens.retry`); still unreadable, it is a *read* error row, which the
+next run processes again, unlike a *decode* error (the bytes are not a usable image). Writing a batch
+is retried the same way; a write that waiting cannot cure (a full disk) fails the task, and the
+driver reports it as one line.
+
 The input is a plain RDD of tuples: a DataFrame made from Python rows would run a second Python worker
 per task only to convert them.
 """
@@ -27,16 +33,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fruitlens import faults
+from fruitlens import faults, retry
 from fruitlens.engine import FEATURE_DIM, ModelArtifact, load_engine
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
-from fruitlens.ledger import ERRORS_DIR, FEATURES_DIR, batch_name, errors_table, features_table
+from fruitlens.ledger import DECODE, ERRORS_DIR, FEATURES_DIR, READ, batch_name, errors_table, features_table
 from fruitlens.progress import ProgressClient
 from fruitlens.store import Store, StoreOptions
 
-#: One summary per committed batch: (file, images, features, errors, read_decode_s, inference_s, the
-#: Python worker's pid: the driver counts workers, to see that Spark reused them and their model).
-SUMMARY_FIELDS = ("file", "images", "features", "errors", "read_decode_s", "inference_s", "worker")
+#: One summary per committed batch: (file, images, features, errors, of which read errors, read_decode_s,
+#: inference_s, the Python worker's pid: the driver counts workers, to see that Spark reused them and
+#: their model).
+SUMMARY_FIELDS = ("file", "images", "features", "errors", "read_errors", "read_decode_s", "inference_s", "worker")
 READ_THREADS = 8
 
 Row = tuple[str, int, int]  # path, size, modified_us
@@ -47,7 +54,7 @@ class Decoded:
     rows: list[Row]
     pixels: np.ndarray  # (ok, H, W, 3) uint8
     ok: list[int]  # indexes into rows of the decoded images
-    errors: list[str | None]
+    errors: list[tuple[str, str] | None]  # (kind: DECODE | READ, reason) per row
     seconds: float
 
 
@@ -77,7 +84,7 @@ def make_warmer(artifact: ModelArtifact, *, batch_size: int) -> Callable[[Iterab
 
 def make_featurizer(
     artifact: ModelArtifact, *, batch_size: int, commit_size: int, input_uri: str, output_uri: str,
-    options: StoreOptions, progress: tuple[str, int] | None = None,
+    options: StoreOptions, progress: tuple[str, int] | None = None, retry_timeout: float = 45.0,
 ) -> Callable[[Iterable[Row]], Iterator[tuple]]:
     """Return the function Spark runs on each partition; all its settings are captured here."""
     engine_name, file_name, size = artifact.engine, artifact.file_name, artifact.image_size
@@ -88,18 +95,19 @@ def make_featurizer(
         engine = load_engine(engine_name, SparkFiles.get(file_name), _task_threads())
         source, out = Store(input_uri, options), Store(output_uri, options)
         reporter = ProgressClient(progress)
+        retrier = retry.for_worker(retry_timeout)
         batches = _batched(rows, commit_size)
         with ThreadPoolExecutor(READ_THREADS) as readers, ThreadPoolExecutor(1) as decoder, \
                 ThreadPoolExecutor(1) as committer:
             read_pool = None if source.is_local else readers  # S3: overlap the GETs
             committing: Future | None = None
-            for decoded in _ahead(batches, lambda b: _decode(b, source, read_pool, size), decoder):
+            for decoded in _ahead(batches, lambda b: _decode(b, source, read_pool, size, retrier), decoder):
                 t = time.perf_counter()
                 features = _infer(engine, decoded, batch_size)
                 inference_s = time.perf_counter() - t
                 if committing is not None:
                     yield _committed(committing, out)
-                committing = committer.submit(_commit, out, decoded, features, inference_s, reporter)
+                committing = committer.submit(_commit, out, decoded, features, inference_s, reporter, retrier)
             if committing is not None:
                 yield _committed(committing, out)
 
@@ -132,28 +140,43 @@ def _committed(future: Future, out: Store) -> tuple:
     return summary
 
 
-def _read(source: Store, path: str) -> bytes | Exception:
+def _read(source: Store, path: str, retrier: retry.Retrier) -> bytes | OSError:
     try:
-        return source.read_bytes(source.path_of(path))
-    except OSError as exc:  # vanished since the listing, or unreadable: an error row, not a failed job
+        return retrier.call(lambda: source.read_bytes(source.path_of(path)), retry.retryable_read)
+    except OSError as exc:  # vanished since the listing, or unreadable for the whole retry budget
         return exc
 
 
-def _decode(rows: list[Row], source: Store, pool: ThreadPoolExecutor | None, size: int = 224) -> Decoded:
+def read_failure(exc: OSError, budget_s: float) -> str:
+    """The reason a read error row gives."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if retry.vanished(exc):
+        return f"file vanished since the listing: {text}"
+    return f"cannot read file (retried for {budget_s:g} s): {text}"
+
+
+def _decode(rows: list[Row], source: Store, pool: ThreadPoolExecutor | None, size: int = 224,
+            retrier: retry.Retrier | None = None) -> Decoded:
     t = time.perf_counter()
+    retrier = retrier or retry.Retrier(0)
     paths = [r[0] for r in rows]
-    contents = pool.map(lambda p: _read(source, p), paths) if pool else (_read(source, p) for p in paths)
-    errors: list[str | None] = [None] * len(rows)
+
+    def read(path: str) -> bytes | OSError:
+        return _read(source, path, retrier)
+
+    contents = pool.map(read, paths) if pool else (read(p) for p in paths)
+    errors: list[tuple[str, str] | None] = [None] * len(rows)
     pixels = np.empty((len(rows), size, size, 3), dtype=np.uint8)  # size: the model's (--image-size)
     ok: list[int] = []
     for i, content in enumerate(contents):
+        if isinstance(content, OSError):
+            errors[i] = (READ, read_failure(content, retrier.budget_s))
+            continue
         try:
-            if isinstance(content, Exception):
-                raise DecodeError(f"cannot read file: {content}")
             pixels[len(ok)] = decode_rgb(content, (size, size))
             ok.append(i)
         except DecodeError as exc:
-            errors[i] = str(exc)
+            errors[i] = (DECODE, str(exc))
     return Decoded(rows, pixels[: len(ok)], ok, errors, time.perf_counter() - t)
 
 
@@ -167,18 +190,20 @@ def _infer(engine, decoded: Decoded, batch_size: int) -> np.ndarray:
 
 
 def _commit(out: Store, decoded: Decoded, features: np.ndarray, inference_s: float,
-            reporter: ProgressClient) -> tuple:
+            reporter: ProgressClient, retrier: retry.Retrier | None = None) -> tuple:
     rows, ok, errors = decoded.rows, decoded.ok, decoded.errors
+    retrier = retrier or retry.Retrier(0)
     name = batch_name(rows)
     if ok:
         labels, splits = zip(*(label_and_split(rows[i][0]) for i in ok), strict=True)
-        out.write_table(f"{FEATURES_DIR}/{name}", features_table(
-            [rows[i][0] for i in ok], list(labels), list(splits), [rows[i][1] for i in ok],
-            [rows[i][2] for i in ok], features))
+        table = features_table([rows[i][0] for i in ok], list(labels), list(splits), [rows[i][1] for i in ok],
+                               [rows[i][2] for i in ok], features)
+        retrier.call(lambda: out.write_table(f"{FEATURES_DIR}/{name}", table), retry.retryable_write)
     bad = [i for i, e in enumerate(errors) if e is not None]
     if bad:
-        out.write_table(f"{ERRORS_DIR}/{name}", errors_table(
-            [rows[i][0] for i in bad], [errors[i] for i in bad], [rows[i][1] for i in bad],
-            [rows[i][2] for i in bad]))
+        table = errors_table([rows[i][0] for i in bad], [errors[i][1] for i in bad], [errors[i][0] for i in bad],
+                             [rows[i][1] for i in bad], [rows[i][2] for i in bad])
+        retrier.call(lambda: out.write_table(f"{ERRORS_DIR}/{name}", table), retry.retryable_write)
     reporter.add(len(rows))  # image-level progress for the driver (fire and forget)
-    return name, len(rows), len(ok), len(bad), decoded.seconds, inference_s, os.getpid()
+    unread = sum(1 for i in bad if errors[i][0] == READ)
+    return name, len(rows), len(ok), len(bad), unread, decoded.seconds, inference_s, os.getpid()

@@ -4,8 +4,11 @@ Every feature or error row records the version of its source file (``size``, ``m
 is those three columns of every committed Parquet file in ``features/`` and ``errors/`` (column reads
 only: the feature vectors are never loaded). :func:`plan` compares it with INPUT's listing:
 
-- unchanged (same path, size and time) → reused, never read again;
+- unchanged (same path, size and time) → reused, never read again; a decode error is a verdict too
+  (the file is not a usable image until it changes);
 - new or changed → processed by this run; vanished → removed;
+- a *read* error (the file could not be read then: network, throttling, permission, I/O) is no
+  verdict: its row is dropped and the image processed again, by every run until it is read;
 - rows that are stale (old version, vanished path) or duplicated (a crash between writing a rewritten
   file and deleting the old one; a retried task of an older run) are dropped by rewriting only the
   files that hold them: the new file is written first, then the old one deleted. Of duplicates, the
@@ -16,12 +19,15 @@ Pure functions over plain data, so the rules are tested without Spark.
 from __future__ import annotations
 
 import hashlib
+import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from fruitlens.engine import FEATURE_DIM
 from fruitlens.store import Store
@@ -34,7 +40,11 @@ _SOURCE = [pa.field("size", pa.int64()), pa.field("modified", pa.timestamp("us",
 FEATURES_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("label", pa.string()),
                              pa.field("split", pa.string()), pa.field("features", pa.list_(pa.float32())),
                              *_SOURCE])
-ERRORS_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("error", pa.string()), *_SOURCE])
+#: ``kind``: "decode" (not a usable image: a verdict until the file changes) or "read" (could not be read
+#: at the time: retried by the next run). Error files written before the column existed hold decode errors.
+ERRORS_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("error", pa.string()),
+                           pa.field("kind", pa.string()), *_SOURCE])
+DECODE, READ = "decode", "read"
 INDEX_COLUMNS = ["path", "size", "modified"]
 
 
@@ -59,6 +69,10 @@ class CommittedFile:
     path: str  # filesystem path
     mtime_ns: int  # when the file was written: the newest copy of a duplicate wins
     rows: tuple[tuple[str, int, int], ...]
+    error_kinds: tuple[str, ...] = ()  # errors files: DECODE or READ per row (none: all DECODE)
+
+    def read_error(self, i: int) -> bool:
+        return bool(self.error_kinds) and self.error_kinds[i] == READ
 
 
 def batch_name(rows: Iterable[tuple[str, int, int]]) -> str:
@@ -75,10 +89,14 @@ def read_index(store: Store, *, threads: int = 16) -> list[CommittedFile]:
 
     def read(item) -> CommittedFile:
         kind, info = item
-        table = store.read_table(info.path, columns=INDEX_COLUMNS)
+        with store.fs.open_input_file(info.path) as fh:
+            parquet = pq.ParquetFile(fh)
+            kinds = kind == ERRORS_DIR and "kind" in parquet.schema_arrow.names
+            table = parquet.read(columns=INDEX_COLUMNS + (["kind"] if kinds else []))
         modified = pc.cast(table.column("modified"), pa.int64()).to_pylist()
         rows = tuple(zip(table.column("path").to_pylist(), table.column("size").to_pylist(), modified, strict=True))
-        return CommittedFile(kind, info.path, info.mtime_ns or 0, rows)
+        return CommittedFile(kind, info.path, info.mtime_ns or 0, rows,
+                             tuple(table.column("kind").to_pylist()) if kinds else ())
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return list(pool.map(read, infos))
@@ -91,12 +109,14 @@ class Plan:
     new: int = 0
     changed: int = 0
     removed: int = 0
+    retried: int = 0  # read errors of earlier runs, processed again
     kept: dict[str, int] = field(default_factory=lambda: {k: 0 for k in KINDS})  # rows kept per kind
     delete: list[str] = field(default_factory=list)  # files whose rows are all dropped
     rewrite: list[tuple[CommittedFile, list[bool]]] = field(default_factory=list)  # file, keep mask
 
     def counts(self) -> dict[str, int]:
-        return {"reused": self.reused, "new": self.new, "changed": self.changed, "removed": self.removed}
+        return {"reused": self.reused, "new": self.new, "changed": self.changed, "removed": self.removed,
+                "retried": self.retried}
 
 
 def plan(index: Sequence[CommittedFile], listing: Sequence[SourceFile]) -> Plan:
@@ -107,10 +127,15 @@ def plan(index: Sequence[CommittedFile], listing: Sequence[SourceFile]) -> Plan:
     ranked = sorted(index, key=lambda f: (-f.mtime_ns, len(f.rows), f.path))
     winner: dict[str, str] = {}
     seen: set[str] = set()
+    unread: set[str] = set()  # paths whose listed version has a read error: to process again
     for f in ranked:
-        for path, size, modified in f.rows:
+        for i, (path, size, modified) in enumerate(f.rows):
             seen.add(path)
-            if wanted.get(path) == (size, modified) and path not in winner:
+            if wanted.get(path) != (size, modified):
+                continue
+            if f.read_error(i):
+                unread.add(path)
+            elif path not in winner:
                 winner[path] = f.path
     out = Plan(todo=[])
     for f in index:
@@ -129,8 +154,9 @@ def plan(index: Sequence[CommittedFile], listing: Sequence[SourceFile]) -> Plan:
             out.rewrite.append((f, keep))
     out.todo = sorted((s for s in listing if s.path not in winner), key=lambda s: s.path)
     out.reused = len(winner)
-    out.changed = sum(1 for s in out.todo if s.path in seen)
-    out.new = len(out.todo) - out.changed
+    out.retried = sum(1 for s in out.todo if s.path in unread)
+    out.changed = sum(1 for s in out.todo if s.path in seen and s.path not in unread)
+    out.new = len(out.todo) - out.changed - out.retried
     out.removed = len(seen - set(wanted))
     return out
 
@@ -168,24 +194,50 @@ def features_table(paths: list[str], labels: list[str], splits: list[str], sizes
     )
 
 
-def errors_table(paths: list[str], errors: list[str], sizes: list[int], modified: list[int]) -> pa.Table:
+def errors_table(paths: list[str], errors: list[str], kinds: list[str], sizes: list[int],
+                 modified: list[int]) -> pa.Table:
     return pa.Table.from_arrays(
-        [pa.array(paths, pa.string()), pa.array(errors, pa.string()), pa.array(sizes, pa.int64()),
-         pa.array(modified, pa.int64()).cast(pa.timestamp("us", tz="UTC"))],
+        [pa.array(paths, pa.string()), pa.array(errors, pa.string()), pa.array(kinds, pa.string()),
+         pa.array(sizes, pa.int64()), pa.array(modified, pa.int64()).cast(pa.timestamp("us", tz="UTC"))],
         schema=ERRORS_SCHEMA,
     )
 
 
 def committed_rows(store: Store) -> dict[str, int]:
-    """Rows per kind from the Parquet footers only (for `fruitlens status`)."""
-    import pyarrow.parquet as pq
-
-    out = {}
+    """Rows per kind (errors also split into decode and read) for `fruitlens status`: feature files
+    from their Parquet footers only, error files (few, small) from their ``kind`` column."""
+    out = {FEATURES_DIR: 0, ERRORS_DIR: 0, "decode_errors": 0, "read_errors": 0}
     for kind in KINDS:
-        total = 0
         for info in store.list(kind):
-            if info.base_name.endswith(".parquet"):
-                with store.fs.open_input_file(info.path) as fh:
-                    total += pq.ParquetFile(fh).metadata.num_rows
-        out[kind] = total
+            if not info.base_name.endswith(".parquet"):
+                continue
+            with store.fs.open_input_file(info.path) as fh:
+                parquet = pq.ParquetFile(fh)
+                out[kind] += parquet.metadata.num_rows
+                if kind == ERRORS_DIR:
+                    kinds = (parquet.read(columns=["kind"]).column("kind").to_pylist()
+                             if "kind" in parquet.schema_arrow.names else [])
+                    read = sum(1 for k in kinds if k == READ)
+                    out["read_errors"] += read
+                    out["decode_errors"] += parquet.metadata.num_rows - read
     return out
+
+
+def error_reasons(store: Store, top: int = 3) -> list[tuple[str, int]]:
+    """The commonest reasons among OUTPUT's error rows, as ``("read: <reason>", count)``: the reason's
+    quoted names (paths, keys, buckets) are blanked so that one cause counts once."""
+    counts: Counter[str] = Counter()
+    for info in store.list(ERRORS_DIR):
+        if not info.base_name.endswith(".parquet"):
+            continue
+        with store.fs.open_input_file(info.path) as fh:
+            parquet = pq.ParquetFile(fh)
+            table = parquet.read(columns=["error", *(["kind"] if "kind" in parquet.schema_arrow.names else [])])
+        kinds = table.column("kind").to_pylist() if "kind" in table.column_names else [DECODE] * table.num_rows
+        for kind, error in zip(kinds, table.column("error").to_pylist(), strict=True):
+            counts[f"{kind or DECODE}: {_general(error or '')}"] += 1
+    return counts.most_common(top)
+
+
+def _general(reason: str) -> str:
+    return re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason.splitlines()[0] if reason else "")[:200]

@@ -8,6 +8,7 @@ manifest last. Killed at any point, the same command continues from what was com
 from __future__ import annotations
 
 import itertools
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,12 +42,20 @@ from fruitlens.output import (
 )
 from fruitlens.pca import driver_moments, driver_project, fit_from_moments, fit_pca, project
 from fruitlens.progress import ImageProgress, log, task_bar
-from fruitlens.spark import build_session
+from fruitlens.spark import build_session, launched_by_spark_submit
 from fruitlens.store import Store, StoreOptions
 
 
 class InputError(FruitlensError, ValueError):
     """INPUT is missing, empty, or holds no images."""
+
+
+class ErrorRateError(FruitlensError, RuntimeError):
+    """More images ended as errors than ``--max-error-rate`` allows: the run is not published."""
+
+
+class WorkerError(FruitlensError, RuntimeError):
+    """A worker stopped the feature job with an error a user can act on (a full disk, an unreachable OUTPUT)."""
 
 
 @dataclass
@@ -64,12 +73,30 @@ class Timer:
         return round(time.perf_counter() - self._start, 3)
 
 
+S3A_KEYS = ("fs.s3a.endpoint", "fs.s3a.endpoint.region", "fs.s3a.access.key", "fs.s3a.secret.key",
+            "fs.s3a.session.token")
+
+
 def store_options(spark: SparkSession) -> StoreOptions:
     """S3 settings for the pyarrow side: the AWS environment, else Spark's own ``fs.s3a.*`` settings."""
     conf = spark.sparkContext._jsc.hadoopConfiguration()
-    keys = ("fs.s3a.endpoint", "fs.s3a.endpoint.region", "fs.s3a.access.key", "fs.s3a.secret.key",
-            "fs.s3a.session.token")
-    return StoreOptions.from_environment(hadoop={k: v for k in keys if (v := conf.get(k))})
+    return StoreOptions.from_environment(hadoop={k: v for k in S3A_KEYS if (v := conf.get(k))})
+
+
+def store_options_before_spark(config: PipelineConfig) -> StoreOptions:
+    """The same, before the JVM starts: Spark's ``fs.s3a.*`` settings are then the ``spark.hadoop.*``
+    ones of ``--conf`` (and of the YAML or environment)."""
+    conf = config.spark_conf
+    return StoreOptions.from_environment(hadoop={k: v for k in S3A_KEYS if (v := conf.get(f"spark.hadoop.{k}"))})
+
+
+def check_paths(config: PipelineConfig, options: StoreOptions) -> tuple[Store, Store, list[SourceFile]]:
+    """INPUT listed (it exists and holds images), OUTPUT usable for it; the stores and the listing."""
+    input_uri, output_uri = hadoopfs.qualify(config.input), hadoopfs.qualify(config.output)
+    source, out = Store(input_uri, options), Store(output_uri, options)
+    listing = list_input(source, config.limit)
+    check_reusable(out, input_uri, overwrite=config.overwrite)
+    return source, out, listing
 
 
 def list_input(source: Store, limit: int | None) -> list[SourceFile]:
@@ -194,7 +221,7 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
                   out: Store, options: StoreOptions, artifact: ModelArtifact, *,
                   progress: tuple[str, int] | None = None) -> dict:
     """Featurize ``todo``; the workers commit as they go; returns the summed per-batch summaries."""
-    totals = {"images": 0, "features": 0, "errors": 0, "read_decode_s": 0.0, "inference_s": 0.0}
+    totals = {"images": 0, "features": 0, "errors": 0, "read_errors": 0, "read_decode_s": 0.0, "inference_s": 0.0}
     if not todo:
         return {**totals, "tasks": 0, "python_workers": 0}
     sc = spark.sparkContext
@@ -203,17 +230,51 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
     rows, bounds = [(f.path, f.size, f.modified_us) for f in todo], list(itertools.accumulate(sizes, initial=0))
     tasks = [rows[a:b] for a, b in itertools.pairwise(bounds)]
     fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.arrow_batch_size,
-                         input_uri=input_uri, output_uri=out.uri, options=options, progress=progress)
+                         input_uri=input_uri, output_uri=out.uri, options=options, progress=progress,
+                         retry_timeout=config.retry_timeout)
     workers: set[int] = set()
     # One element (a task's list of rows) per partition: Spark runs partitions in this order. The input
     # must be read to its end, else PySpark does not reuse the Python worker (and its loaded model).
-    for summary in sc.parallelize(tasks, len(tasks)).mapPartitions(
-            lambda it: fn(itertools.chain.from_iterable(it))).collect():
+    try:
+        summaries = sc.parallelize(tasks, len(tasks)).mapPartitions(
+            lambda it: fn(itertools.chain.from_iterable(it))).collect()
+    except Exception as exc:  # py4j wraps the worker's traceback; a fruitlens error in it is the one line
+        error = worker_error(exc)
+        if error is None:
+            raise
+        raise error from None
+    for summary in summaries:
         row = dict(zip(SUMMARY_FIELDS, summary, strict=True))
         for key in totals:
             totals[key] += row[key]
         workers.add(row["worker"])
     return {**totals, "tasks": len(tasks), "python_workers": len(workers)}
+
+
+_WORKER_ERROR = re.compile(r"^fruitlens\.[\w.]+Error: (.+)$", re.MULTILINE)
+
+
+def worker_error(exc: BaseException) -> WorkerError | None:
+    """The fruitlens error a Python worker raised, out of the Spark job failure that carries its traceback."""
+    found = _WORKER_ERROR.findall(str(exc))
+    if not found:
+        return None
+    return WorkerError(f"{found[-1].strip()} (the batches committed so far are kept: re-run the same command "
+                       "to continue)")
+
+
+def check_error_rate(config: PipelineConfig, out: Store, counts: dict) -> None:
+    """Fail the run when more images than ``--max-error-rate`` allows ended as errors (of either kind)."""
+    matched, errors = counts["matched"], counts["errors"]
+    if not config.max_error_rate or not matched or errors / matched <= config.max_error_rate:
+        return
+    reasons = "; ".join(f"{n}x {reason}" for reason, n in ledger.error_reasons(out))
+    retry_hint = (" (read errors are retried by the next run)" if counts["read_errors"] else "")
+    raise ErrorRateError(
+        f"{errors} of {matched} images ({errors / matched:.1%}) ended as errors ({counts['decode_errors']} "
+        f"decode, {counts['read_errors']} read), more than --max-error-rate {config.max_error_rate:g} allows; "
+        f"commonest: {reasons}. The {counts['features']} features are committed: fix the cause and re-run "
+        f"the same command to continue{retry_hint}, or raise --max-error-rate")
 
 
 def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout, out: Store, rows: int) -> dict:
@@ -259,7 +320,8 @@ def start_record(out: Store, lock: RunLock) -> list[dict]:
     elif previous is not None:
         history = [*previous.get("history", []), {
             "run_id": previous.get("run_id"), "command": previous.get("command"), "start": previous.get("start"),
-            "end": None, "finished": False, "counts": None}]
+            "end": previous.get("end"), "finished": False, "counts": previous.get("counts"),
+            **({"failed": previous["failed"]} if previous.get("failed") else {})}]
     else:
         history = []
     write_json(out, RUN, {"run_id": lock.run_id, "command": lock.info["command"], "host": socket.gethostname(),
@@ -269,17 +331,24 @@ def start_record(out: Store, lock: RunLock) -> list[dict]:
     return history
 
 
+def record_failure(out: Store, lock: RunLock, reason: str, counts: dict) -> None:
+    """Add to ``_fruitlens/run.json`` why this run stopped unpublished (the next run keeps it in its history)."""
+    record = read_json(out, RUN) or {}
+    if record.get("run_id") == lock.run_id:
+        write_json(out, RUN, {**record, "end": iso(time.time()), "failed": reason, "counts": counts})
+
+
 def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     """`fruitlens run` (and `extract` with ``with_pca=False``): images → features (→ PCA) → manifest."""
     timer = Timer()
     t = time.perf_counter()
-    spark = build_session(config)
-    input_uri, output_uri = hadoopfs.qualify(config.input), hadoopfs.qualify(config.output)
-    layout = OutputLayout(output_uri)
-    options = store_options(spark)
-    source, out = Store(input_uri, options), Store(output_uri, options)
-    listing = list_input(source, config.limit)
-    check_reusable(out, input_uri, overwrite=config.overwrite)
+    if launched_by_spark_submit():  # the JVM runs already, with settings (spark-defaults) we only read from it
+        spark = build_session(config)
+        source, out, listing = check_paths(config, options := store_options(spark))
+    else:  # INPUT and OUTPUT checked before the JVM's seconds of start-up: a wrong path fails at once
+        source, out, listing = check_paths(config, options := store_options_before_spark(config))
+        spark = build_session(config)
+    input_uri, layout = source.uri, OutputLayout(out.uri)
     artifact = resolve_model(spark, config, out, listing, source)
     warm = warm_workers(spark, artifact, config)
     with warm, RunLock.acquire(out, command=command_line(), timeout_s=config.lock_timeout,
@@ -302,7 +371,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         warm.wait() if plan.todo else warm.cancel()  # the workers' start-up counts as setup
         timer.lap("setup", t)
         log(f"setup: input {input_uri}: {len(listing)} images; reused {plan.reused}, new {plan.new}, "
-            f"changed {plan.changed}, removed {plan.removed}; engine {artifact.engine} {artifact.precision} "
+            f"changed {plan.changed}, removed {plan.removed}, retried {plan.retried}; engine {artifact.engine} {artifact.precision} "
             f"{artifact.image_size}px, "
             f"{spark.sparkContext.defaultParallelism} task slots ({timer.seconds['setup']:.1f} s)")
 
@@ -313,9 +382,17 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
                                  progress=progress.address)
         seconds = timer.lap("extract", t)
         log(f"extract: {done['images']} images -> {done['features']} features, {done['errors']} errors "
+            f"({done['errors'] - done['read_errors']} decode, {done['read_errors']} read) "
             f"in {seconds:.1f} s ({done['images'] / max(seconds, 1e-9):.1f} images/s)")
+        errors = plan.kept["errors"] + done["errors"]  # the kept ones are decode errors: read errors are redone
         counts = {"matched": len(listing), "features": plan.kept["features"] + done["features"],
-                  "errors": plan.kept["errors"] + done["errors"], "processed": done["images"], **plan.counts()}
+                  "errors": errors, "decode_errors": errors - done["read_errors"],
+                  "read_errors": done["read_errors"], "processed": done["images"], **plan.counts()}
+        try:
+            check_error_rate(config, out, counts)
+        except ErrorRateError as exc:  # `status` tells why this run did not finish
+            record_failure(out, lock, str(exc), counts)
+            raise
 
         pca = None
         if with_pca:
@@ -384,8 +461,10 @@ def refit_pca(config: PipelineConfig) -> dict:
     """`fruitlens pca OUTPUT`: (re)fit PCA on OUTPUT/features and update the manifest."""
     timer = Timer()
     t = time.perf_counter()
-    spark = build_session(config)
     layout = OutputLayout(hadoopfs.qualify(config.output))
+    if not launched_by_spark_submit():  # a clear error before the JVM starts
+        read_manifest(Store(layout.root, store_options_before_spark(config)))
+    spark = build_session(config)
     out = Store(layout.root, store_options(spark))
     read_manifest(out)  # a clear error before taking the lock
     with RunLock.acquire(out, command=command_line(), timeout_s=config.lock_timeout,

@@ -1,8 +1,9 @@
 """`fruitlens status OUTPUT`: what OUTPUT holds, finished or not, without Spark.
 
 Finished: the manifest is there (it is written last) and no run holds the lock. Otherwise a run is
-either in progress (a fresh lock heartbeat) or was interrupted; then the rows committed so far are
-counted from the Parquet footers (no feature data is read).
+either in progress (a fresh lock heartbeat), was interrupted, or failed (too many error rows: the run
+record says why); then the rows committed so far are counted from the Parquet footers (no feature data
+is read). Errors are counted by kind: decode errors are verdicts, read errors are retried by the next run.
 """
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def status(uri: str, *, lock_timeout: float = 60.0) -> dict:
             report["state"] = "starting" if report["lock"]["stale"] is None else "interrupted"
         return report
     running = lock is not None and report["lock"]["stale"] is None
-    report["state"] = "running" if running else "interrupted"
+    report["state"] = "running" if running else "failed" if (run or {}).get("failed") else "interrupted"
+    if report["state"] == "failed":
+        report["failed"] = run["failed"]
     report["input"] = (read_json(out, SETTINGS) or {}).get("input")
     if run is not None:
         start = run.get("start")
@@ -62,23 +65,33 @@ def format_report(report: dict) -> str:
     lines = [f"{report['output']}: {report['state']}"]
     if report["state"] == "finished":
         c = report.get("counts") or {}
-        lines.append(f"  images: {c.get('matched')} ({c.get('features')} features, {c.get('errors')} errors)")
+        lines.append(f"  images: {c.get('matched')} ({c.get('features')} features, {_errors(c)})")
         lines.append(f"  last run: new {c.get('new')}, changed {c.get('changed')}, removed {c.get('removed')}, "
                      f"reused {c.get('reused')}")
         lines.append(f"  finished {report.get('end')} (started {report.get('start')}, {report.get('seconds')} s); "
                      f"PCA k={report.get('pca_k')}; {report.get('runs')} run(s) built it")
     elif "committed" in report:
         c = report["committed"]
-        lines.append(f"  committed so far: {c['features']} features, {c['errors']} errors")
+        lines.append(f"  committed so far: {c['features']} features, {_errors(c)}")
+        if report.get("failed"):
+            lines.append(f"  failed: {report['failed']}")
         if report.get("start"):
             lines.append(f"  run started {report['start']} ({report.get('seconds_since_start')} s ago) on "
                          f"{report.get('host')}, pid {report.get('pid')}: {report.get('command')}")
-        if report["state"] == "interrupted":
+        if report["state"] in ("interrupted", "failed"):
             lines.append("  re-run the same command to continue it")
     if "lock" in report:
         lock = report["lock"]
         lines.append(f"  lock: {lock['holder']}" + (f" (stale: {lock['stale']})" if lock["stale"] else ""))
     return "\n".join(lines)
+
+
+def _errors(counts: dict) -> str:
+    text = f"{counts.get('errors')} errors"
+    if "read_errors" not in counts:  # a manifest written before errors had kinds: all decode errors
+        return text
+    text += f": {counts.get('decode_errors')} decode, {counts.get('read_errors')} read"
+    return text + (" (retried by the next run)" if counts.get("read_errors") else "")
 
 
 def _status(ns: argparse.Namespace) -> int:

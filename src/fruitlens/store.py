@@ -10,6 +10,7 @@ and rows read by Spark name files the same way.
 """
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ S3_SCHEMES = ("s3", "s3a", "s3n")
 
 class StoreError(FruitlensError, RuntimeError):
     """A path cannot be listed, read or written: wrong URI, missing permission, unreachable endpoint."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause  # the OSError behind it: fruitlens.retry decides from it whether to retry
 
 
 @dataclass(frozen=True)
@@ -162,13 +167,17 @@ class Store:
         if self.is_local:
             head, name = final.rsplit("/", 1)
             tmp = f"{head}/.{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:  # a full disk, a quota: leave no partial temporary file behind
+                _remove(tmp)
+                raise self._error("write", rel, exc) from None
             if before_publish:
                 before_publish()
-            os.replace(tmp, final)
+            self._call("write", rel, lambda: os.replace(tmp, final))
         else:
             if before_publish:
                 before_publish()
@@ -193,8 +202,12 @@ class Store:
                 return False
             except OSError as exc:
                 raise self._error("create", rel, exc) from None
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+            except OSError as exc:  # a full disk: an empty lock file would block OUTPUT until it goes stale
+                _remove(self.fs_path(rel))
+                raise self._error("create", rel, exc) from None
             return True
         bucket, key = self.fs_path(rel).split("/", 1)
         try:
@@ -249,13 +262,22 @@ class Store:
     def _error(self, what: str, rel: str, exc: Exception) -> StoreError:
         where = rel if "://" in rel or rel.startswith("/") else self.spark_path(self.fs_path(rel))
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "ACCESS_DENIED" in text or "AccessDenied" in text or "Permission denied" in text or "403" in text:
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            hint = "no space left on the device (or over quota): free space there, then re-run the same command"
+        elif "ACCESS_DENIED" in text or "AccessDenied" in text or "Permission denied" in text or "403" in text:
             hint = "permission denied: check the credentials / IAM policy for this prefix"
         elif "NoSuchBucket" in text or "NETWORK_CONNECTION" in text:
             hint = "the bucket or endpoint cannot be reached: check the URI and the S3 endpoint settings"
         else:
             hint = text
-        return StoreError(f"cannot {what} {where}: {hint}")
+        return StoreError(f"cannot {what} {where}: {hint}", exc)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _put(fs: pafs.FileSystem, path: str, data: bytes) -> None:
