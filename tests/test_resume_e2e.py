@@ -118,7 +118,8 @@ def test_killed_during_extraction_pca_and_manifest_then_rerun_equals_an_uninterr
     assert_same_output(out, reference)
     m = manifest(out)
     assert m["counts"] | {"processed": 0} == {"matched": images, "features": images - 1, "errors": 1, "processed": 0,
-                                              "reused": images, "new": 0, "changed": 0, "removed": 0}
+                                              "decode_errors": 1, "read_errors": 0, "reused": images, "new": 0,
+                                              "changed": 0, "removed": 0, "retried": 0}
     assert [h["finished"] for h in m["history"]] == [False, False, False, True]
     assert not list(out.glob(".manifest.json.tmp-*"))
     assert status(out, capsys)["state"] == "finished"
@@ -173,7 +174,8 @@ def test_grown_changed_and_removed_images_give_the_right_counts_and_rows(source,
     assert main(["run", str(src), str(out), *ARGS]) == 0
     counts = manifest(out)["counts"]
     assert counts == {"matched": len(before) + 1 + 3 - 2, "features": len(before) + 3 - 2, "errors": 1,
-                      "processed": 4, "reused": len(before) + 1 - 1 - 2, "new": 3, "changed": 1, "removed": 2}
+                      "decode_errors": 1, "read_errors": 0, "processed": 4, "reused": len(before) + 1 - 1 - 2,
+                      "new": 3, "changed": 1, "removed": 2, "retried": 0}
     after = table(out, "features")  # no duplicates (checked by table())
     uri = lambda p: f"file:{p}"  # noqa: E731
     assert set(after) == (set(before) - {uri(p) for p in removed}) | {uri(plum / f"new_{i.name}") for i in added}

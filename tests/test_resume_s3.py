@@ -60,7 +60,7 @@ def test_batches_index_and_rewrites_on_s3(store, s3env):  # noqa: F811
     assert sorted(r[0] for f in index for r in f.rows) == paths
     listing = [ledger.SourceFile(p, 1, 5) for p in paths if p != paths[1]]
     p = ledger.plan(index, listing)
-    assert p.counts() == {"reused": 5, "new": 0, "changed": 0, "removed": 1} and len(p.rewrite) == 1
+    assert p.counts() == {"reused": 5, "new": 0, "changed": 0, "removed": 1, "retried": 0} and len(p.rewrite) == 1
     ledger.apply(out, p)
     index = ledger.read_index(out)
     assert sorted(r[0] for f in index for r in f.rows) == sorted(s.path for s in listing)
@@ -77,8 +77,8 @@ def test_extract_from_s3_to_s3_commits_batches_and_a_rerun_processes_only_what_c
     args = ["--arrow-batch-size", "8", "--no-progress"]
     assert main(["extract", src, out, *args]) == 0
     first = json.loads(capsys.readouterr().out)["counts"]
-    assert first == {"matched": total, "features": total - 1, "errors": 1, "processed": total,
-                     "new": total, "reused": 0, "changed": 0, "removed": 0}
+    assert first == {"matched": total, "features": total - 1, "errors": 1, "decode_errors": 1, "read_errors": 0,
+                     "processed": total, "new": total, "reused": 0, "changed": 0, "removed": 0, "retried": 0}
 
     keys = [k for k, _ in s3.iter_objects(s3env, out)]
     parts = [k for k in keys if "/features/part-" in k]
@@ -94,8 +94,8 @@ def test_extract_from_s3_to_s3_commits_batches_and_a_rerun_processes_only_what_c
     s3env.delete_object(Bucket=BUCKET, Key=gone)
     assert main(["extract", src, out, *args]) == 0
     again = json.loads(capsys.readouterr().out)["counts"]
-    assert again == {"matched": total + 1, "features": total, "errors": 1, "processed": 2, "new": 2,
-                     "reused": total - 1, "changed": 0, "removed": 1}
+    assert again == {"matched": total + 1, "features": total, "errors": 1, "decode_errors": 1, "read_errors": 0,
+                     "processed": 2, "new": 2, "reused": total - 1, "changed": 0, "removed": 1, "retried": 0}
 
     assert main(["status", out, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -204,8 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `fruitlens ... | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("fruitlens: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # before Spark runs (after: fruitlens.console.stop_on_interrupt)
+        print(console.INTERRUPTED, file=sys.stderr)
+        console.record_termination(console.INTERRUPTED)
         return 130
 
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -151,6 +153,42 @@ class JvmStderr:
 
 #: The JVM stderr reader of the session fruitlens started, if any (one JVM per process).
 jvm_stderr: JvmStderr | None = None
+
+
+#: What to undo before the process ends on Ctrl-C (a held lock's release), newest last.
+_at_interrupt: list[Callable[[], None]] = []
+INTERRUPTED = "fruitlens: interrupted (what was committed is kept: re-run the same command to continue)"
+
+
+def at_interrupt(fn: Callable[[], None]) -> Callable[[], None]:
+    """Run ``fn`` if the process is interrupted; returns the function that unregisters it."""
+    _at_interrupt.append(fn)
+    return lambda: _at_interrupt.remove(fn) if fn in _at_interrupt else None
+
+
+def stop_on_interrupt() -> None:
+    """Once Spark runs, Ctrl-C ends the process at once with one line and exit code 130.
+
+    PySpark's own handler calls into the JVM from inside the signal handler while the main thread waits
+    on the same Py4J connection: a cascade of Py4J tracebacks. Here nothing talks to the JVM: the held
+    lock is released, the line printed, and the process exits; Spark's JVM, whose stdin is this process'
+    pipe, stops with it (and its Python workers with it). Committed batches are complete files."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupted)
+
+
+def _interrupted(signum, frame) -> None:
+    for fn in reversed(list(_at_interrupt)):
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - leaving now matters more; a stale lock is taken over later
+            pass
+    try:
+        sys.stderr.write("\n" + INTERRUPTED + "\n" if sys.stderr.isatty() else INTERRUPTED + "\n")
+        sys.stderr.flush()
+    finally:
+        record_termination(INTERRUPTED)
+        os._exit(130)
 
 
 def record_termination(line: str) -> None:

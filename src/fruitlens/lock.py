@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from fruitlens import console
 from fruitlens.errors import FruitlensError
 from fruitlens.progress import log
-from fruitlens.store import Store, StoreError
+from fruitlens.store import Store
 
 LOCK = "_fruitlens/lock.json"
 
@@ -69,6 +70,7 @@ class RunLock:
     lost: bool = False
     _stop: threading.Event | None = None
     _thread: threading.Thread | None = None
+    _forget: object = None
 
     @classmethod
     def acquire(cls, store: Store, *, command: str, timeout_s: float, force: bool = False,
@@ -108,6 +110,7 @@ class RunLock:
         if (read(store) or {}).get("run_id") != run_id:
             raise LockedError(f"OUTPUT {store.uri}: another run took the lock at the same moment; retry")
         lock._start_heartbeat()
+        lock._forget = console.at_interrupt(lock.release)  # Ctrl-C: the next run need not wait for it
         return lock
 
     def _start_heartbeat(self) -> None:
@@ -136,6 +139,8 @@ class RunLock:
             raise LockedError(f"OUTPUT {self.store.uri}: this run lost its lock to another run; stopping")
 
     def release(self) -> None:
+        if self._forget:
+            self._forget()
         if self._stop:
             self._stop.set()
             self._thread.join()
@@ -153,10 +158,8 @@ def read(store: Store) -> dict | None:
     """The holder's record, or None if there is no lock. A lock file that is empty or not JSON (a run
     that died between creating it and writing it, e.g. on a full disk) counts as written by a run whose
     last heartbeat was the file's modification time: it goes stale after the timeout like any other."""
-    try:
+    try:  # a store that cannot be reached raises (StoreError): the heartbeat retries, a new run stops
         text = store.read_text(LOCK)
-    except StoreError as exc:
-        return _unreadable(store, str(exc))
     except UnicodeDecodeError:
         return _unreadable(store, "not UTF-8")
     if text is None:
@@ -169,10 +172,7 @@ def read(store: Store) -> dict | None:
 
 
 def _unreadable(store: Store, why: str) -> dict | None:
-    try:
-        info = store.info(LOCK)
-    except StoreError:
-        return {"heartbeat": now(), "host": "?", "pid": "?", "started": None, "unreadable": why}
+    info = store.info(LOCK)
     if info.type == pafs.FileType.NotFound:  # released meanwhile
         return None
     mtime = info.mtime.timestamp() if info.mtime is not None else now()

@@ -259,8 +259,9 @@ def worker_error(exc: BaseException) -> WorkerError | None:
     found = _WORKER_ERROR.findall(str(exc))
     if not found:
         return None
-    return WorkerError(f"{found[-1].strip()} (the batches committed so far are kept: re-run the same command "
-                       "to continue)")
+    line = found[-1].strip()
+    return WorkerError(line if "re-run" in line else f"{line} (the batches committed so far are kept: re-run the "
+                       "same command to continue)")
 
 
 def check_error_rate(config: PipelineConfig, out: Store, counts: dict) -> None:

@@ -55,6 +55,7 @@ def launched_by_spark_submit() -> bool:
 
 
 def build_session(config: PipelineConfig) -> SparkSession:
+    console.stop_on_interrupt()  # while the JVM starts, and again below: PySpark's context installs its own
     master = master_of(config)
     if master.startswith("local"):
         # Local workers must run this interpreter (where fruitlens is installed), not `python3` on PATH;
@@ -70,6 +71,7 @@ def build_session(config: PipelineConfig) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN" if console.verbosity() == "verbose" else "ERROR")
+    console.stop_on_interrupt()
     if spark.sparkContext.uiWebUrl:
         log(f"Spark UI: {spark.sparkContext.uiWebUrl} (while the job runs)")
     return spark
@@ -90,3 +92,4 @@ def _start_jvm(settings: dict[str, str]) -> None:
     gateway = launch_gateway(conf, popen_kwargs={"stderr": PIPE})
     console.jvm_stderr = console.JvmStderr(gateway.proc.stderr, show=console.verbosity() == "verbose")
     SparkContext(conf=conf, gateway=gateway)
+    console.stop_on_interrupt()

@@ -263,7 +263,8 @@ class Store:
         where = rel if "://" in rel or rel.startswith("/") else self.spark_path(self.fs_path(rel))
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-            hint = "no space left on the device (or over quota): free space there, then re-run the same command"
+            hint = ("no space left on the device (or over quota): free space there, then re-run the same command "
+                    "(what was committed is kept)")
         elif "ACCESS_DENIED" in text or "AccessDenied" in text or "Permission denied" in text or "403" in text:
             hint = "permission denied: check the credentials / IAM policy for this prefix"
         elif "NoSuchBucket" in text or "NETWORK_CONNECTION" in text:
