@@ -194,9 +194,12 @@ def render(spark: SparkSession, layout: OutputLayout) -> str:
 
     errors_table = _missing("No errors: every matched image was decoded.")
     if counts.get("errors") and hadoopfs.exists(spark, layout.errors):
-        rows = spark.read.parquet(layout.errors).orderBy("path").limit(MAX_ERRORS_SHOWN).collect()
+        # Error files written before `kind` existed lack the column: merged, it is null there (decode).
+        errors = spark.read.option("mergeSchema", "true").parquet(layout.errors)
+        kind = F.coalesce(F.col("kind"), F.lit("decode")) if "kind" in errors.columns else F.lit("decode")
+        rows = errors.select("path", "error", kind.alias("kind")).orderBy("path").limit(MAX_ERRORS_SHOWN).collect()
         more = counts["errors"] - len(rows)
-        errors_table = (_table(["path", "error"], [[r["path"], r["error"]] for r in rows])
+        errors_table = (_table(["path", "kind", "error"], [[r["path"], r["kind"], r["error"]] for r in rows])
                         + (f"<p class=\"muted\">… and {more} more (OUTPUT/errors)</p>" if more > 0 else ""))
 
     timings = manifest.get("timings_s") or {}

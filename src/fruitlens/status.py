@@ -67,7 +67,7 @@ def format_report(report: dict) -> str:
         c = report.get("counts") or {}
         lines.append(f"  images: {c.get('matched')} ({c.get('features')} features, {_errors(c)})")
         lines.append(f"  last run: new {c.get('new')}, changed {c.get('changed')}, removed {c.get('removed')}, "
-                     f"reused {c.get('reused')}")
+                     f"reused {c.get('reused')}" + (f", retried {c['retried']}" if "retried" in c else ""))
         lines.append(f"  finished {report.get('end')} (started {report.get('start')}, {report.get('seconds')} s); "
                      f"PCA k={report.get('pca_k')}; {report.get('runs')} run(s) built it")
     elif "committed" in report:
