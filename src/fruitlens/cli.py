@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    if argv is None:  # the `fruitlens` command itself, not a caller of main() (tests, notebooks)
+        console.exit_on_interrupt()
     try:
         return ns.func(ns)
     except FruitlensError as exc:

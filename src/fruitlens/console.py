@@ -157,6 +157,8 @@ jvm_stderr: JvmStderr | None = None
 
 #: What to undo before the process ends on Ctrl-C (a held lock's release), newest last.
 _at_interrupt: list[Callable[[], None]] = []
+#: Set by the CLI: a notebook or a test suite that runs fruitlens in-process keeps its own Ctrl-C.
+_exit_on_interrupt = False
 INTERRUPTED = "fruitlens: interrupted (what was committed is kept: re-run the same command to continue)"
 
 
@@ -166,14 +168,20 @@ def at_interrupt(fn: Callable[[], None]) -> Callable[[], None]:
     return lambda: _at_interrupt.remove(fn) if fn in _at_interrupt else None
 
 
+def exit_on_interrupt() -> None:
+    """The `fruitlens` command owns its process: Ctrl-C may end it (see :func:`stop_on_interrupt`)."""
+    global _exit_on_interrupt
+    _exit_on_interrupt = True
+
+
 def stop_on_interrupt() -> None:
-    """Once Spark runs, Ctrl-C ends the process at once with one line and exit code 130.
+    """Once Spark runs, Ctrl-C ends the `fruitlens` process at once with one line and exit code 130.
 
     PySpark's own handler calls into the JVM from inside the signal handler while the main thread waits
     on the same Py4J connection: a cascade of Py4J tracebacks. Here nothing talks to the JVM: the held
     lock is released, the line printed, and the process exits; Spark's JVM, whose stdin is this process'
     pipe, stops with it (and its Python workers with it). Committed batches are complete files."""
-    if threading.current_thread() is threading.main_thread():
+    if _exit_on_interrupt and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _interrupted)
 
 
