@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 def run_output(mixed_input, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "out put"
     # 3 bad files of 38 (8 %), on purpose: above the default --max-error-rate (5 %).
-    code = main(["run", str(mixed_input["root"]), str(out), "--pca-k", "5", "--batch-size", "8", "--max-error-rate", "0.1",
-                 "--no-progress"])
+    code = main(["run", str(mixed_input["root"]), str(out), "--pca-k", "5", "--batch-size", "8",
+                 "--max-error-rate", "0.1", "--no-progress"])
     assert code == 0
     return out
 

@@ -372,8 +372,8 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         warm.wait() if plan.todo else warm.cancel()  # the workers' start-up counts as setup
         timer.lap("setup", t)
         log(f"setup: input {input_uri}: {len(listing)} images; reused {plan.reused}, new {plan.new}, "
-            f"changed {plan.changed}, removed {plan.removed}, retried {plan.retried}; engine {artifact.engine} {artifact.precision} "
-            f"{artifact.image_size}px, "
+            f"changed {plan.changed}, removed {plan.removed}, retried {plan.retried}; engine {artifact.engine} "
+            f"{artifact.precision} {artifact.image_size}px, "
             f"{spark.sparkContext.defaultParallelism} task slots ({timer.seconds['setup']:.1f} s)")
 
         t = time.perf_counter()
