@@ -67,22 +67,44 @@ def test_retries_stop_at_the_budget_and_a_vanished_file_is_not_retried():
     assert len(calls) == 1
 
 
-def test_after_an_outage_longer_than_the_budget_each_file_gives_up_at_once_until_one_read_succeeds():
+def test_after_an_outage_longer_than_the_budget_the_other_files_are_not_tried_until_a_probe_succeeds():
     clock = Clock()
     r = retry.Retrier(10, sleep=clock.sleep, clock=clock)
     down = OSError("AWS Error NETWORK_CONNECTION during GetObject operation: Couldn't connect to server")
     with pytest.raises(OSError):
         r.call(flaky(10**6, down)[0], retry.retryable_read)  # the first file waits the whole budget
     waited = clock.now
-    for _ in range(100):  # the others do not wait it again: files x budget would be hours
+    for _ in range(2):  # the next ones: one attempt each, no waiting (files x budget would be hours)
         fn, calls = flaky(10**6, down)
         with pytest.raises(OSError):
             r.call(fn, retry.retryable_read)
         assert len(calls) == 1
+    for _ in range(100):  # then not even tried: a failing S3 call costs seconds of the SDK's own retries
+        fn, calls = flaky(10**6, down)
+        with pytest.raises(retry.UnavailableError, match=r"not tried: the store failed every call of this worker "
+                                                         r"for longer than the retries \(last error: AWS Error "
+                                                         r"NETWORK_CONNECTION"):
+            r.call(fn, retry.retryable_read)
+        assert calls == []
     assert clock.now == waited
-    assert r.call(flaky(0, down)[0], retry.retryable_read) == b"ok"  # the server is back
+    clock.now += 8  # a probe goes through every 8 s: the server is back
+    assert r.call(flaky(0, down)[0], retry.retryable_read) == b"ok"
     fn, calls = flaky(2, down)
     assert r.call(fn, retry.retryable_read) == b"ok" and len(calls) == 3  # a new blip is retried again
+
+
+def test_unreadable_files_are_retried_each_on_their_own_and_never_make_an_outage():
+    clock = Clock()
+    r = retry.Retrier(10, sleep=clock.sleep, clock=clock)
+    locked = PermissionError(errno.EACCES, "Permission denied")
+    for _ in range(5):  # five in a row (a folder of another user's files)
+        fn, calls = flaky(10**6, locked)
+        with pytest.raises(PermissionError):
+            r.call(fn, retry.retryable_read)
+        assert len(calls) > 3  # retried for the whole budget, each
+    assert clock.now >= 5 * 9
+    fn, calls = flaky(0, locked)
+    assert r.call(fn, retry.retryable_read) == b"ok" and len(calls) == 1  # the next file is read, not skipped
 
 
 def test_writes_are_retried_except_on_a_full_disk():

@@ -95,19 +95,19 @@ def make_featurizer(
         engine = load_engine(engine_name, SparkFiles.get(file_name), _task_threads())
         source, out = Store(input_uri, options), Store(output_uri, options)
         reporter = ProgressClient(progress)
-        retrier = retry.for_worker(retry_timeout)
+        reads, writes = retry.for_worker(input_uri, retry_timeout), retry.for_worker(output_uri, retry_timeout)
         batches = _batched(rows, commit_size)
         with ThreadPoolExecutor(READ_THREADS) as readers, ThreadPoolExecutor(1) as decoder, \
                 ThreadPoolExecutor(1) as committer:
             read_pool = None if source.is_local else readers  # S3: overlap the GETs
             committing: Future | None = None
-            for decoded in _ahead(batches, lambda b: _decode(b, source, read_pool, size, retrier), decoder):
+            for decoded in _ahead(batches, lambda b: _decode(b, source, read_pool, size, reads), decoder):
                 t = time.perf_counter()
                 features = _infer(engine, decoded, batch_size)
                 inference_s = time.perf_counter() - t
                 if committing is not None:
                     yield _committed(committing, out)
-                committing = committer.submit(_commit, out, decoded, features, inference_s, reporter, retrier)
+                committing = committer.submit(_commit, out, decoded, features, inference_s, reporter, writes)
             if committing is not None:
                 yield _committed(committing, out)
 
@@ -152,6 +152,8 @@ def read_failure(exc: OSError, budget_s: float) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if retry.vanished(exc):
         return f"file vanished since the listing: {text}"
+    if isinstance(exc, retry.UnavailableError):
+        return f"cannot read file: {text}"
     return f"cannot read file (retried for {budget_s:g} s): {text}"
 
 

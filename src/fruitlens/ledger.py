@@ -239,5 +239,6 @@ def error_reasons(store: Store, top: int = 3) -> list[tuple[str, int]]:
     return counts.most_common(top)
 
 
-def _general(reason: str) -> str:
-    return re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason.splitlines()[0] if reason else "")[:200]
+def _general(reason: str, width: int = 160) -> str:
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason.splitlines()[0] if reason else "")
+    return text if len(text) <= width else text[:width - 1] + "…"
