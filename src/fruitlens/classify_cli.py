@@ -12,13 +12,13 @@ import time
 
 
 def _session(ns: argparse.Namespace):
-    from fruitlens import hadoopfs
+    from fruitlens import uris
     from fruitlens.config import load_config
     from fruitlens.output import OutputLayout
     from fruitlens.spark import build_session
 
     config = load_config({"output": ns.output, "master": ns.master, "progress": False}, env={})
-    return build_session(config), OutputLayout(hadoopfs.qualify(ns.output))
+    return build_session(config), OutputLayout(uris.qualify(ns.output))
 
 
 def _train(ns: argparse.Namespace) -> int:

@@ -49,6 +49,9 @@ def add_pipeline_options(parser: argparse.ArgumentParser, *, pca: bool = True) -
                    "opt-in, quantized, calibrated on INPUT's photos)")
     g.add_argument("--image-size", type=int, choices=IMAGE_SIZES, help="resize photos to this square and "
                    "build the model at it (default 224; smaller is faster, less faithful)")
+    g.add_argument("--max-image-mpx", type=float, metavar="MPX",
+                   help="refuse (an error row) a photo of more megapixels than this as decoded; JPEGs "
+                        "decode reduced, so only other formats reach it (default 50)")
     g.add_argument("--weights", help="'imagenet' (Keras cache) or a .h5 file path/URI")
     g.add_argument("--master", help="Spark master (default local[*], or what spark-submit set)")
     g.add_argument("--overwrite", action="store_true", default=None,
@@ -88,12 +91,14 @@ PIPELINE_FLAGS = {
 }
 #: Stages after the PCA (fruitlens.classify_cli); forwarded by `emr submit`, not (yet) chart values.
 STAGE_FLAGS = {"train": "--train", "report": "--report"}
+#: How photos are decoded; no chart values: forwarded as raw arguments (k8s: extraArgs).
+DECODE_FLAGS = {"max_image_mpx": "--max-image-mpx"}
 
 
 def pipeline_args(ns: argparse.Namespace) -> list[str]:
     """The pipeline options given on this command line, as arguments for a remote `fruitlens run`."""
     args: list[str] = []
-    for key, flag in {**PIPELINE_FLAGS, **STAGE_FLAGS}.items():
+    for key, flag in {**PIPELINE_FLAGS, **STAGE_FLAGS, **DECODE_FLAGS}.items():
         value = getattr(ns, key, None)
         if value is None or value is False:
             continue

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fruitlens import faults
+from fruitlens.config import MAX_IMAGE_MPX
 from fruitlens.engine import FEATURE_DIM, ModelArtifact, load_engine
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
 from fruitlens.ledger import ERRORS_DIR, FEATURES_DIR, batch_name, errors_table, features_table
@@ -77,7 +78,7 @@ def make_warmer(artifact: ModelArtifact, *, batch_size: int) -> Callable[[Iterab
 
 def make_featurizer(
     artifact: ModelArtifact, *, batch_size: int, commit_size: int, input_uri: str, output_uri: str,
-    options: StoreOptions, progress: tuple[str, int] | None = None,
+    options: StoreOptions, progress: tuple[str, int] | None = None, max_image_mpx: float = MAX_IMAGE_MPX,
 ) -> Callable[[Iterable[Row]], Iterator[tuple]]:
     """Return the function Spark runs on each partition; all its settings are captured here."""
     engine_name, file_name, size = artifact.engine, artifact.file_name, artifact.image_size
@@ -93,7 +94,7 @@ def make_featurizer(
                 ThreadPoolExecutor(1) as committer:
             read_pool = None if source.is_local else readers  # S3: overlap the GETs
             committing: Future | None = None
-            for decoded in _ahead(batches, lambda b: _decode(b, source, read_pool, size), decoder):
+            for decoded in _ahead(batches, lambda b: _decode(b, source, read_pool, size, max_image_mpx), decoder):
                 t = time.perf_counter()
                 features = _infer(engine, decoded, batch_size)
                 inference_s = time.perf_counter() - t
@@ -139,7 +140,8 @@ def _read(source: Store, path: str) -> bytes | Exception:
         return exc
 
 
-def _decode(rows: list[Row], source: Store, pool: ThreadPoolExecutor | None, size: int = 224) -> Decoded:
+def _decode(rows: list[Row], source: Store, pool: ThreadPoolExecutor | None, size: int = 224,
+            max_image_mpx: float = MAX_IMAGE_MPX) -> Decoded:
     t = time.perf_counter()
     paths = [r[0] for r in rows]
     contents = pool.map(lambda p: _read(source, p), paths) if pool else (_read(source, p) for p in paths)
@@ -150,7 +152,7 @@ def _decode(rows: list[Row], source: Store, pool: ThreadPoolExecutor | None, siz
         try:
             if isinstance(content, Exception):
                 raise DecodeError(f"cannot read file: {content}")
-            pixels[len(ok)] = decode_rgb(content, (size, size))
+            pixels[len(ok)] = decode_rgb(content, (size, size), max_image_mpx)
             ok.append(i)
         except DecodeError as exc:
             errors[i] = str(exc)

@@ -10,6 +10,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fruitlens.config import MAX_IMAGE_MPX
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 #: Folder names that mark a split (Fruits-360 uses Training/Test).
 SPLITS = ("training", "test", "validation")
@@ -37,13 +39,9 @@ class DecodeError(ValueError):  # per image: recorded in OUTPUT/errors, never ra
     """The bytes are not an image PIL can fully decode (or one over the pixel budget)."""
 
 
-#: Default pixel budget per image (``--max-image-mpx``), counted as decoded (a JPEG after ``draft``).
-#: PIL holds 8-bit RGB at 4 bytes a pixel, so the largest image allowed costs ~200 MB, ~400 MB with
-#: the one converted copy: within a Python worker's share of an executor's default 1.5 GB overhead.
-#: 50 Mpx is the full resolution of the largest phone sensors' usual modes (48-50 Mpx); their
-#: 108/200 Mpx modes write JPEGs, which are decoded reduced. PIL's own bomb limit (89 Mpx warns,
-#: 179 Mpx refuses) stays in force above it.
-MAX_MEGAPIXELS = 50.0
+#: The pixel budget per image (``--max-image-mpx``, why this default: fruitlens.config), counted as
+#: decoded (a JPEG after ``draft``).
+MAX_MEGAPIXELS = MAX_IMAGE_MPX
 #: A JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, ``Image.draft``) while that still
 #: leaves at least this many times the output size: the bicubic resize then still averages over 2+
 #: source pixels per output pixel, and the result is within a few grey levels of a full decode

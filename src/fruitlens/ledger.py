@@ -45,6 +45,7 @@ class SourceFile:
     path: str
     size: int
     modified_us: int  # modification time, µs since the epoch (UTC)
+    problem: str | None = None  # why it cannot be read at all (see fruitlens.listing): an error row as listed
 
     @property
     def version(self) -> tuple[int, int]:
@@ -174,6 +175,17 @@ def errors_table(paths: list[str], errors: list[str], sizes: list[int], modified
          pa.array(modified, pa.int64()).cast(pa.timestamp("us", tz="UTC"))],
         schema=ERRORS_SCHEMA,
     )
+
+
+def commit_listing_errors(store: Store, files: Sequence[SourceFile]) -> int:
+    """The files the listing found unusable (``problem``) as error rows: one file, committed and named
+    like a worker's batch; these files are never sent to the workers."""
+    if not files:
+        return 0
+    rows = [(f.path, f.size, f.modified_us) for f in files]
+    store.write_table(f"{ERRORS_DIR}/{batch_name(rows)}", errors_table(
+        [f.path for f in files], [f.problem for f in files], [f.size for f in files], [f.modified_us for f in files]))
+    return len(files)
 
 
 def committed_rows(store: Store) -> dict[str, int]:

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 
-from fruitlens import faults, hadoopfs, ledger
+from fruitlens import faults, hadoopfs, ledger, uris
 from fruitlens.config import PipelineConfig
 from fruitlens.engine import FEATURE_DIM, ModelArtifact, prepare_model, sha256_file
 from fruitlens.errors import FruitlensError
 from fruitlens.featurize import SUMMARY_FIELDS, make_featurizer, make_warmer
-from fruitlens.images import IMAGE_EXTENSIONS, is_image_path
+from fruitlens.images import IMAGE_EXTENSIONS
 from fruitlens.ledger import SourceFile
+from fruitlens.listing import list_images
 from fruitlens.lock import RunLock, iso
 from fruitlens.mlsave import save_pca_pipeline
 from fruitlens.output import (
@@ -33,6 +34,7 @@ from fruitlens.output import (
     check_settings,
     clear,
     command_line,
+    leftovers,
     library_versions,
     read_json,
     read_manifest,
@@ -75,12 +77,13 @@ def list_input(source: Store, limit: int | None) -> list[SourceFile]:
     """Every image file below INPUT (sorted by path), with its version; fails naming INPUT if none.
 
     Hidden names (``.``/``_``), which Spark never reads, are skipped; empty files are listed (and
-    become error rows), so nothing that looks like an image silently vanishes.
+    become error rows), and so are the links, loops and names that cannot be read (``problem``, see
+    :mod:`fruitlens.listing`), so nothing that looks like an image silently vanishes.
     """
     if not source.exists():
         raise InputError(f"INPUT {source.uri} does not exist; check the path (and credentials for s3:// URIs)")
-    files = [SourceFile(source.spark_path(i.path), i.size, (i.mtime_ns or 0) // 1000)
-             for i in source.list(recursive=True) if is_image_path(i.path)]
+    files = [SourceFile(source.spark_path(e.path), e.size, e.mtime_ns // 1000, e.problem)
+             for e in list_images(source)]
     if not files:
         raise InputError(
             f"INPUT {source.uri} holds no images ({', '.join(IMAGE_EXTENSIONS)}, any letter case, in any sub-folder)")
@@ -120,7 +123,7 @@ def resolve_model(spark: SparkSession, config: PipelineConfig, out: Store | None
         from fruitlens.quantize import int8_for_run
 
         artifact = int8_for_run(weights, config.image_size, out=None if config.overwrite else out,
-                                paths=[f.path for f in listing], source=source)
+                                paths=[f.path for f in listing if f.problem is None], source=source)
     else:
         artifact = prepare_model(config.engine, weights, image_size=config.image_size)
     spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
@@ -202,7 +205,8 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
     rows, bounds = [(f.path, f.size, f.modified_us) for f in todo], list(itertools.accumulate(sizes, initial=0))
     tasks = [rows[a:b] for a, b in itertools.pairwise(bounds)]
     fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.arrow_batch_size,
-                         input_uri=input_uri, output_uri=out.uri, options=options, progress=progress)
+                         input_uri=input_uri, output_uri=out.uri, options=options, progress=progress,
+                         max_image_mpx=config.max_image_mpx)
     workers: set[int] = set()
     # One element (a task's list of rows) per partition: Spark runs partitions in this order. The input
     # must be read to its end, else PySpark does not reuse the Python worker (and its loaded model).
@@ -230,7 +234,7 @@ def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout,
     else:
         # One task per slot: the feature files are many small tasks' worth (~1 s of fixed cost each) for
         # work that takes milliseconds per file; fewer partitions also means fewer partial moments to reduce.
-        features = spark.read.parquet(layout.features).coalesce(spark.sparkContext.defaultParallelism)
+        features = spark.read.parquet(uris.spark_read_path(layout.features)).coalesce(spark.sparkContext.defaultParallelism)
         model, summary = fit_pca(features, k=config.pca_k, variance=config.pca_variance,
                                  standardize=config.pca_standardize)
     fit_s = time.perf_counter() - t
@@ -279,7 +283,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     timer = Timer()
     t = time.perf_counter()
     spark = build_session(config)
-    input_uri, output_uri = hadoopfs.qualify(config.input), hadoopfs.qualify(config.output)
+    input_uri, output_uri = uris.qualify(config.input), uris.qualify(config.output)
     layout = OutputLayout(output_uri)
     options = store_options(spark)
     source, out = Store(input_uri, options), Store(output_uri, options)
@@ -298,13 +302,14 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             pin(out, artifact)  # resumed runs and `train` use this very model
         history = start_record(out, lock)
         out.make_dirs(ledger.FEATURES_DIR, ledger.ERRORS_DIR)
-        for folder in ("", "_fruitlens", *ledger.KINDS):  # temporary files of writes a killed run left
-            for path in out.hidden_leftovers(folder):
-                out.delete(path)
+        for path in leftovers(out, ("_fruitlens", *ledger.KINDS)):  # of writes a killed run left
+            out.delete(path)
         plan = ledger.plan(ledger.read_index(out), listing)
         ledger.apply(out, plan, after_write=lambda: faults.kill_point("cleanup"))
         drop_derived(out)
-        warm.wait() if plan.todo else warm.cancel()  # the workers' start-up counts as setup
+        todo = [f for f in plan.todo if f.problem is None]
+        unusable = ledger.commit_listing_errors(out, [f for f in plan.todo if f.problem is not None])
+        warm.wait() if todo else warm.cancel()  # the workers' start-up counts as setup
         timer.lap("setup", t)
         log(f"setup: input {input_uri}: {len(listing)} images; reused {plan.reused}, new {plan.new}, "
             f"changed {plan.changed}, removed {plan.removed}; engine {artifact.engine} {artifact.precision} "
@@ -313,14 +318,16 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
 
         t = time.perf_counter()
         with image_progress(spark, "extract", enabled=config.progress) as progress:
-            progress.total = len(plan.todo)
-            done = extract_stage(spark, config, plan.todo, input_uri, out, options, artifact,
+            progress.total = len(todo)
+            done = extract_stage(spark, config, todo, input_uri, out, options, artifact,
                                  progress=progress.address)
         seconds = timer.lap("extract", t)
         log(f"extract: {done['images']} images -> {done['features']} features, {done['errors']} errors "
-            f"in {seconds:.1f} s ({done['images'] / max(seconds, 1e-9):.1f} images/s)")
+            f"in {seconds:.1f} s ({done['images'] / max(seconds, 1e-9):.1f} images/s)"
+            + (f"; {unusable} more could not be read as listed (links, names: see OUTPUT/errors)" if unusable else ""))
         counts = {"matched": len(listing), "features": plan.kept["features"] + done["features"],
-                  "errors": plan.kept["errors"] + done["errors"], "processed": done["images"], **plan.counts()}
+                  "errors": plan.kept["errors"] + done["errors"] + unusable,
+                  "processed": done["images"] + unusable, **plan.counts()}
 
         pca = None
         if with_pca:
@@ -390,7 +397,7 @@ def refit_pca(config: PipelineConfig) -> dict:
     timer = Timer()
     t = time.perf_counter()
     spark = build_session(config)
-    layout = OutputLayout(hadoopfs.qualify(config.output))
+    layout = OutputLayout(uris.qualify(config.output))
     out = Store(layout.root, store_options(spark))
     read_manifest(out)  # a clear error before taking the lock
     with RunLock.acquire(out, command=command_line(), timeout_s=config.lock_timeout,

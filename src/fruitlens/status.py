@@ -11,10 +11,10 @@ import json
 import time
 
 from fruitlens import ledger
-from fruitlens.hadoopfs import qualify
 from fruitlens.lock import describe, read as read_lock, stale_reason
 from fruitlens.output import MANIFEST, RUN, SETTINGS, read_json
 from fruitlens.store import Store, StoreOptions
+from fruitlens.uris import qualify
 
 
 def status(uri: str, *, lock_timeout: float = 60.0) -> dict:

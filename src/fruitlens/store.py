@@ -5,24 +5,22 @@ Writes that others may read are atomic: on local disk a hidden temporary name (`
 Spark and pyarrow's dataset readers skip) then ``os.replace``; on S3 one PUT of the whole object,
 which S3 makes visible all at once (no rename tricks: S3 has no rename).
 
-Paths are spelt as Spark spells them (``file:/a b/x.jpg``, ``s3a://bucket/key``), so rows written here
-and rows read by Spark name files the same way.
+Paths are spelt as Hadoop's ``Path.toString`` spells them (``file:/a b/x.jpg``, ``s3a://bucket/key``),
+literally (see :mod:`fruitlens.uris`), so rows written here and paths Spark reads name files the same way.
 """
 from __future__ import annotations
 
 import os
 import uuid
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from fruitlens import uris
 from fruitlens.errors import FruitlensError
-
-S3_SCHEMES = ("s3", "s3a", "s3n")
-
 
 class StoreError(FruitlensError, RuntimeError):
     """A path cannot be listed, read or written: wrong URI, missing permission, unreachable endpoint."""
@@ -83,20 +81,17 @@ class Store:
 
     def __init__(self, uri: str, options: StoreOptions | None = None) -> None:
         self.options = options or StoreOptions()
-        parts = urlsplit(uri)
-        self.scheme = parts.scheme or "file"
-        if self.scheme == "file":
+        loc = uris.parse(uri)  # literal: "#", "%", "?" are characters of the name
+        self.scheme = loc.scheme
+        if loc.is_local:
             self.fs = pafs.LocalFileSystem()
-            self.root = unquote(parts.path).rstrip("/") or "/"
-        elif self.scheme in S3_SCHEMES:
+            self.root = loc.path.rstrip("/") or "/"
+        else:
             key = ("s3", self.options)
             if key not in _FILESYSTEMS:  # one client per process (workers reuse it across tasks)
                 _FILESYSTEMS[key] = _s3_filesystem(self.options)
             self.fs = _FILESYSTEMS[key]
-            self.root = f"{parts.netloc}{unquote(parts.path)}".rstrip("/")
-        else:
-            raise StoreError(f"{uri}: fruitlens reads and writes local paths and s3:// / s3a:// URIs; "
-                             f"{self.scheme}:// is not supported")
+            self.root = f"{loc.authority}/{loc.path}".rstrip("/")
         self.uri = uri
 
     @property
@@ -112,10 +107,9 @@ class Store:
         return f"file:{fs_path}" if self.is_local else f"{self.scheme}://{fs_path}"
 
     def path_of(self, spark_path: str) -> str:
-        """Inverse of :meth:`spark_path`."""
-        if self.is_local:
-            return spark_path.removeprefix("file://").removeprefix("file:")
-        return spark_path.split("://", 1)[1]
+        """Inverse of :meth:`spark_path` (literal: no decoding)."""
+        loc = uris.parse(spark_path)
+        return loc.path if loc.is_local else f"{loc.authority}/{loc.path}"
 
     # -- reading -----------------------------------------------------------------------------------
     def info(self, rel: str = "") -> pafs.FileInfo:
@@ -129,7 +123,7 @@ class Store:
         selector = pafs.FileSelector(self.fs_path(rel), recursive=recursive, allow_not_found=True)
         infos = self._call("list", rel, lambda: self.fs.get_file_info(selector))
         base = len(self.fs_path(rel)) + 1
-        return [i for i in infos if i.type == pafs.FileType.File and not _hidden(i.path[base:])]
+        return [i for i in infos if i.type == pafs.FileType.File and not hidden(i.path[base:])]
 
     def read_bytes(self, path: str) -> bytes:
         """``path`` is a filesystem path (as :meth:`list` returns)."""
@@ -263,6 +257,6 @@ def _put(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         out.write(data)
 
 
-def _hidden(rel: str) -> bool:
+def hidden(rel: str) -> bool:
     """Spark's rule for files it never reads: any path component starting with ``.`` or ``_``."""
     return any(part.startswith(".") or (part.startswith("_") and "=" not in part) for part in rel.split("/"))

@@ -9,6 +9,7 @@ import json
 import sys
 
 from fruitlens.cli import (
+    DECODE_FLAGS,
     PIPELINE_FLAGS,
     STAGE_FLAGS,
     add_pipeline_options,
@@ -145,7 +146,7 @@ def submit_values(ns: argparse.Namespace) -> dict:
     if getattr(ns, "master", None):
         raise ConfigError("--master does not apply to k8s submit: the chart sets the Kubernetes master")
     pipeline = {key: getattr(ns, key, None) for key in PIPELINE_VALUES}
-    unmapped = argparse.Namespace(**{k: getattr(ns, k, None) for k in {**PIPELINE_FLAGS, **STAGE_FLAGS}
+    unmapped = argparse.Namespace(**{k: getattr(ns, k, None) for k in {**PIPELINE_FLAGS, **STAGE_FLAGS, **DECODE_FLAGS}
                                     if k not in PIPELINE_VALUES})
     return chart_values(
         input=ns.input, output=ns.output, command=ns.job_command, image=ns.image, pull_policy=ns.pull_policy,
