@@ -148,7 +148,8 @@ def test_16_bit_greyscale_decodes_as_its_8_bit_original_not_white(mode, fmt):
     if mode == "I":
         img = Image.fromarray(wide.astype(np.int32))
     else:
-        img = Image.frombytes(mode, (wide.shape[1], wide.shape[0]), wide.astype(">u2" if mode == "I;16B" else "<u2").tobytes())
+        raw = wide.astype(">u2" if mode == "I;16B" else "<u2").tobytes()
+        img = Image.frombytes(mode, (wide.shape[1], wide.shape[0]), raw)
     data = _encode(img, fmt)
     with Image.open(io.BytesIO(data)) as check:
         assert check.mode == mode  # the file really holds that mode

@@ -227,7 +227,8 @@ def test_overwrite_refuses_an_output_holding_other_files_and_deletes_none(tmp_pa
     (out_dir / "photos" / "a.jpg").write_text("mine")
     before = sorted(p for p in out_dir.rglob("*"))
     out = Store(uris.qualify(str(out_dir)))
-    with pytest.raises(ForeignFilesError, match=r"holds files fruitlens did not write \('notes.txt', 'photos'\)") as info:
+    refused = r"holds files fruitlens did not write \('notes.txt', 'photos'\)"
+    with pytest.raises(ForeignFilesError, match=refused) as info:
         check_reusable(out, "file:///in", overwrite=True)
     assert info.value.exit_code == 2
     clear(out)  # even if called, only fruitlens's own entries go

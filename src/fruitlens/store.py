@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from fruitlens import uris
 from fruitlens.errors import FruitlensError
 
+
 class StoreError(FruitlensError, RuntimeError):
     """A path cannot be listed, read or written: wrong URI, missing permission, unreachable endpoint."""
 
