@@ -234,7 +234,8 @@ def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout,
     else:
         # One task per slot: the feature files are many small tasks' worth (~1 s of fixed cost each) for
         # work that takes milliseconds per file; fewer partitions also means fewer partial moments to reduce.
-        features = spark.read.parquet(uris.spark_read_path(layout.features)).coalesce(spark.sparkContext.defaultParallelism)
+        features = (spark.read.parquet(uris.spark_read_path(layout.features))
+                    .coalesce(spark.sparkContext.defaultParallelism))
         model, summary = fit_pca(features, k=config.pca_k, variance=config.pca_variance,
                                  standardize=config.pca_standardize)
     fit_s = time.perf_counter() - t
