@@ -66,7 +66,7 @@ def release(label: str) -> Release:
     if m["runtime"] and (major, minor) == (8, 0):
         line = "4.0"  # emr-spark-8.0.0: Spark 4.0.2-amzn-0, Scala 2.13
     elif not m["runtime"] and major == 7:
-        line = "3.5"  # emr-7.0.0 ... 7.13.0: Spark 3.5.0-amzn-0 ... 3.5.6-amzn-2, Scala 2.12
+        line = "3.5"  # emr-7.x: Spark 3.5.x-amzn (7.5.0: 3.5.2-amzn-1, 7.13.0: 3.5.6-amzn-2), Scala 2.12
     else:
         raise ReleaseError(f"release {label} is not one fruitlens can run on: it supports Spark 3.5 and 4.0 "
                            f"(pyspark>=3.5,<4.1) and does not know this release's Spark; use {SUPPORTED}")
