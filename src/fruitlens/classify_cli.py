@@ -29,7 +29,7 @@ def _train(ns: argparse.Namespace) -> int:
     from fruitlens.train import train
 
     spark, layout = _session(ns)
-    out = Store(layout.root, store_options(spark))
+    out = Store(layout.root, store_options(spark, layout.root))
     manifest = read_manifest(out)  # a clear error before any work
     with RunLock.acquire(out, command=command_line(), timeout_s=60.0):  # no run may rewrite OUTPUT meanwhile
         summary = train(spark, layout, on=ns.on, seed=ns.seed, reg_param=ns.reg_param, max_iter=ns.max_iter,

@@ -169,7 +169,12 @@ def library_versions() -> dict[str, str]:
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
-            continue
+            if dist == "pyspark":  # the images' pyspark is their base's $SPARK_HOME/python, not a distribution
+                try:
+                    from pyspark import __version__ as spark_version
+                except ImportError:
+                    continue
+                versions[dist] = spark_version
     return versions
 
 

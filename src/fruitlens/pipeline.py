@@ -65,12 +65,13 @@ class Timer:
         return round(time.perf_counter() - self._start, 3)
 
 
-def store_options(spark: SparkSession) -> StoreOptions:
-    """S3 settings for the pyarrow side: the AWS environment, else Spark's own ``fs.s3a.*`` settings."""
+def store_options(spark: SparkSession, *uris: str) -> StoreOptions:
+    """S3 settings for the pyarrow side: the AWS environment, else Spark's own ``fs.s3a.*`` settings, and
+    the region of each S3 bucket in ``uris``, resolved here on the driver (see StoreOptions.with_bucket_regions)."""
     conf = spark.sparkContext._jsc.hadoopConfiguration()
     keys = ("fs.s3a.endpoint", "fs.s3a.endpoint.region", "fs.s3a.access.key", "fs.s3a.secret.key",
             "fs.s3a.session.token")
-    return StoreOptions.from_environment(hadoop={k: v for k in keys if (v := conf.get(k))})
+    return StoreOptions.from_environment(hadoop={k: v for k in keys if (v := conf.get(k))}).with_bucket_regions(*uris)
 
 
 def list_input(source: Store, limit: int | None) -> list[SourceFile]:
@@ -286,7 +287,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     spark = build_session(config)
     input_uri, output_uri = uris.qualify(config.input), uris.qualify(config.output)
     layout = OutputLayout(output_uri)
-    options = store_options(spark)
+    options = store_options(spark, input_uri, output_uri)
     source, out = Store(input_uri, options), Store(output_uri, options)
     listing = list_input(source, config.limit)
     check_reusable(out, input_uri, overwrite=config.overwrite)
@@ -399,7 +400,7 @@ def refit_pca(config: PipelineConfig) -> dict:
     t = time.perf_counter()
     spark = build_session(config)
     layout = OutputLayout(uris.qualify(config.output))
-    out = Store(layout.root, store_options(spark))
+    out = Store(layout.root, store_options(spark, layout.root))
     read_manifest(out)  # a clear error before taking the lock
     with RunLock.acquire(out, command=command_line(), timeout_s=config.lock_timeout,
                          force=config.force_unlock, wait_s=config.lock_wait) as lock:

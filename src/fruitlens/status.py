@@ -18,7 +18,7 @@ from fruitlens.uris import qualify
 
 
 def status(uri: str, *, lock_timeout: float = 60.0) -> dict:
-    out = Store(qualify(uri), StoreOptions.from_environment())
+    out = Store(qualify(uri), StoreOptions.from_environment().with_bucket_regions(qualify(uri)))
     if not out.exists():
         return {"output": out.uri, "state": "missing"}
     manifest, run, lock = read_json(out, MANIFEST), read_json(out, RUN), read_lock(out)

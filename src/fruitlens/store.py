@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -40,6 +40,32 @@ class StoreOptions:
     access_key: str | None = None
     secret_key: str | None = None
     session_token: str | None = None
+    #: (bucket, region) pairs resolved on the driver (:meth:`with_bucket_regions`); they win over ``region``.
+    bucket_regions: tuple[tuple[str, str], ...] = ()
+
+    def with_bucket_regions(self, *locations: str) -> StoreOptions:
+        """These options plus the region of each S3 bucket in ``locations``, asked of S3 once, here on the driver.
+
+        pyarrow takes its region only from ``AWS_REGION`` or the settings, and on EMR on EKS that is the
+        cluster's region (IRSA injects it): a bucket in another region would fail in every worker while
+        Spark's own S3 connector works. With an endpoint (an S3-compatible server) there is nothing to
+        resolve. A bucket whose region cannot be read keeps ``region``: its first real call reports why.
+        """
+        if self.endpoint:
+            return self
+        regions = dict(self.bucket_regions)
+        for uri in locations:
+            loc = uris.parse(uri)
+            if not loc.is_local and loc.authority and loc.authority not in regions:
+                bucket = loc.authority
+                try:
+                    regions[bucket] = pafs.resolve_s3_region(bucket)
+                except (OSError, ValueError):
+                    pass
+        return replace(self, bucket_regions=tuple(sorted(regions.items())))
+
+    def region_for(self, bucket: str) -> str | None:
+        return dict(self.bucket_regions).get(bucket) or self.region
 
     @classmethod
     def from_environment(cls, env=None, hadoop: dict[str, str] | None = None) -> StoreOptions:
@@ -54,7 +80,7 @@ class StoreOptions:
         )
 
 
-def _s3_filesystem(options: StoreOptions) -> pafs.S3FileSystem:
+def _s3_filesystem(options: StoreOptions, region: str | None) -> pafs.S3FileSystem:
     kwargs: dict = {}
     if options.endpoint:
         # S3-compatible servers (SeaweedFS, older MinIO) mangle the AWS SDK's default streamed trailing
@@ -64,8 +90,8 @@ def _s3_filesystem(options: StoreOptions) -> pafs.S3FileSystem:
         parts = urlsplit(options.endpoint if "://" in options.endpoint else "https://" + options.endpoint)
         kwargs["endpoint_override"] = parts.netloc
         kwargs["scheme"] = parts.scheme
-    if options.region:
-        kwargs["region"] = options.region
+    if region:
+        kwargs["region"] = region
     elif options.endpoint:
         kwargs["region"] = "us-east-1"  # an S3-compatible server: no region to resolve
     if options.access_key and options.secret_key:
@@ -84,13 +110,15 @@ class Store:
         self.options = options or StoreOptions()
         loc = uris.parse(uri)  # literal: "#", "%", "?" are characters of the name
         self.scheme = loc.scheme
+        self.region: str | None = None
         if loc.is_local:
             self.fs = pafs.LocalFileSystem()
             self.root = loc.path.rstrip("/") or "/"
         else:
-            key = ("s3", self.options)
-            if key not in _FILESYSTEMS:  # one client per process (workers reuse it across tasks)
-                _FILESYSTEMS[key] = _s3_filesystem(self.options)
+            self.region = self.options.region_for(loc.authority)
+            key = ("s3", self.options, self.region)
+            if key not in _FILESYSTEMS:  # one client per process and region (workers reuse it across tasks)
+                _FILESYSTEMS[key] = _s3_filesystem(self.options, self.region)
             self.fs = _FILESYSTEMS[key]
             self.root = f"{loc.authority}/{loc.path}".rstrip("/")
         self.uri = uri
@@ -231,7 +259,7 @@ class Store:
         import boto3
 
         o = self.options
-        return boto3.client("s3", endpoint_url=o.endpoint, region_name=o.region or None,
+        return boto3.client("s3", endpoint_url=o.endpoint, region_name=self.region or None,
                             aws_access_key_id=o.access_key, aws_secret_access_key=o.secret_key,
                             aws_session_token=o.session_token)
 
