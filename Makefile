@@ -15,11 +15,15 @@ ARGS ?=
 
 .PHONY: help
 help: ## show this help
-	@awk 'BEGIN {FS = ":.*##"} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z_-]+:.*?##/ {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*##"} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z0-9_-]+:.*?##/ {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: setup
 setup: ## install Java, the pinned Python deps (.venv) and the weights
 	bash scripts/setup.sh
+
+.PHONY: setup-spark35
+setup-spark35: setup ## a second venv, .venv-spark35: pyspark 3.5 (EMR 7.x's Spark), else the same pins (make test does it)
+	bash scripts/setup-spark35.sh
 
 .PHONY: run-local
 run-local: setup ## run the whole job on INPUT (default: the embedded sample) into OUTPUT

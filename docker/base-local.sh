@@ -2,7 +2,8 @@
 # Build a local stand-in for the Spark base images when none can be pulled (no registry reachable).
 #   1. debootstrap a minimal Debian bookworm from the Debian mirror apt already uses on this machine,
 #   2. `docker import` it as ROOTFS_IMAGE (default fruitlens-debian:bookworm),
-#   3. build docker/Dockerfile.base-local on it: JRE 17, Python 3.11, pinned pyspark as SPARK_HOME,
+#   3. build docker/Dockerfile.base-local on it: JRE 17, Python 3.11, pinned pyspark (or PYSPARK_VERSION
+#      and PY4J_VERSION from the environment) as SPARK_HOME,
 #      /opt/entrypoint.sh, users `spark` (uid 185, apache/spark) and `hadoop` (EMR on EKS).
 # Usage: docker/base-local.sh [IMAGE]   (default fruitlens-spark-base:local). Idempotent: an existing
 # rootfs image is reused (FORCE=1 rebuilds it); the second step is cached by Docker.
@@ -37,8 +38,9 @@ if [ "${FORCE:-0}" = 1 ] || ! docker image inspect "$ROOTFS_IMAGE" >/dev/null 2>
 fi
 
 pin() { grep -iE "^$1==" requirements.lock | head -1 | cut -d= -f3; }
-PYSPARK_VERSION=$(pin pyspark)
-PY4J_VERSION=$(pin py4j)
+# The pinned pyspark by default; docker/base-emr-local.sh asks for its EMR line's version instead.
+PYSPARK_VERSION=${PYSPARK_VERSION:-$(pin pyspark)}
+PY4J_VERSION=${PY4J_VERSION:-$(pin py4j)}
 # pyspark and py4j come from PyPI, downloaded on the host (a build container has no index access).
 # pyspark is an sdist on PyPI: it is built into a wheel here, once (pip's cache keeps the download).
 ctx=build/docker-base

@@ -7,13 +7,17 @@ SPARK_HOME and JAVA_HOME it declares, the Spark launchers it must carry, then a 
 through the image's entry point. fruitlens adds what its job needs: /opt/fruitlens/job.py, the job's
 Python importing fruitlens (on the driver and in a Python worker) and refusing a too-old interpreter.
 
-  validate_image.py IMAGE [--contract emr|oss] [--no-app] [--python PATH]
+  validate_image.py IMAGE [--contract emr|oss] [--no-app] [--python PATH] [--release LABEL]
 
 The contract defaults to the image's `fruitlens.flavour` label. --no-app checks only the base's part, so
-the stand-in base and the real EMR base (public.ecr.aws/emr-on-eks/spark/emr-7.x) can be checked too.
+the stand-in bases and the real EMR bases (public.ecr.aws/emr-on-eks/spark/emr-spark-8.0.0, emr-7.x) can be
+checked too. The image's Spark is read from its jars (docker/spark_version.py): an app image's
+fruitlens.spark.version label must name it, and with --release (emr contract; `make validate-image` passes
+the EMR profile's release_label) it must be of that release's Spark line (src/fruitlens/emr/releases.py).
 For the emr contract the checks run with tmpfs over the folders EMR on EKS mounts at run time, so
 nothing the job needs may live there. Prints one PASS/FAIL line per check; exit 1 if any failed.
-Standard library only: it runs with any python3 beside a Docker client.
+Standard library only: it runs with any python3 beside a Docker client (--release also imports this
+repository's src/fruitlens/emr/releases.py, standard library only itself).
 """
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+from spark_version import spark_of
 
 # From the tool's image-manifest.yaml (ManifestConfig, EnvironmentVariables, FileStructures "bin-files").
 CONTRACTS = {
@@ -42,6 +49,7 @@ CONTRACTS = {
     },
 }
 DEFAULT_PYTHON = "/opt/fruitlens/venv/bin/python"
+SPARK_LABEL = "fruitlens.spark.version"  # what `make build` records (fruitlens.emr.releases.SPARK_LABEL)
 NO_NET = ["--network", "none", "--hostname", "validate", "--add-host", "validate:127.0.0.1"]
 
 # A PySpark job the image's Spark runs in local mode: the driver and one Python worker import fruitlens.
@@ -64,9 +72,9 @@ def docker(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 class Validator:
-    def __init__(self, image: str, contract: str, app: bool, python: str) -> None:
+    def __init__(self, image: str, contract: str, app: bool, python: str, release: str | None = None) -> None:
         self.image, self.contract, self.app, self.python = image, CONTRACTS[contract], app, python
-        self.name = contract
+        self.name, self.release = contract, release
         self.failed: list[str] = []
 
     def result(self, ok: bool, what: str, detail: str = "") -> bool:
@@ -106,6 +114,31 @@ class Validator:
             done = self.run("whoami")
             self.result(done.stdout.strip() == c["whoami"], f"runs as {c['whoami']} through the entry point",
                         (done.stdout + done.stderr).strip()[-200:])
+
+    def spark(self, config: dict) -> None:
+        """The image's Spark (from its jars) against its label and the EMR release's Spark line."""
+        try:
+            version, scala = spark_of(self.image)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            self.result(False, "the image's Spark version can be read from $SPARK_HOME/jars", str(exc)[-300:])
+            return
+        print(f"INFO  Spark {version}, Scala {scala} (from $SPARK_HOME/jars)", flush=True)
+        if self.app:
+            label = (config.get("Labels") or {}).get(SPARK_LABEL)
+            self.result(label == version, f"label {SPARK_LABEL} names the image's Spark ({version})",
+                        f"image says {label!r}")
+        if self.release and self.name == "emr":
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+            from fruitlens.emr.releases import ReleaseError, release, spark_line
+
+            try:
+                line = release(self.release).spark_line
+            except ReleaseError as exc:
+                self.result(False, f"release {self.release} is one fruitlens runs on", str(exc))
+                return
+            self.result(spark_line(version) == line, f"Spark {version} is release {self.release}'s line (Spark {line})",
+                        "" if spark_line(version) == line else f"build on {release(self.release).base_image} "
+                        "(make build FLAVOUR=emr EMR_BASE=...) or use a release of this image's line")
 
     def app_checks(self) -> None:
         done = self.run("test -f /opt/fruitlens/job.py && echo ok")
@@ -147,6 +180,7 @@ class Validator:
               f"{' (base only)' if not self.app else ''}", flush=True)
         self.manifest(config)
         self.base_files()
+        self.spark(config)
         if self.app:
             self.app_checks()
         if self.failed:
@@ -162,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contract", choices=sorted(CONTRACTS), help="default: the image's fruitlens.flavour label")
     parser.add_argument("--no-app", dest="app", action="store_false", help="a bare base: skip the fruitlens checks")
     parser.add_argument("--python", default=DEFAULT_PYTHON, help=f"the job's interpreter (default {DEFAULT_PYTHON})")
+    parser.add_argument("--release", help="emr: the EMR release label the image must match (its Spark line)")
     ns = parser.parse_args(argv)
     contract = ns.contract
     if contract is None:
@@ -169,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         contract = done.stdout.strip()
         if contract not in CONTRACTS:
             parser.error(f"{ns.image} has no fruitlens.flavour label (emr|oss): give --contract")
-    return Validator(ns.image, contract, ns.app, ns.python).validate()
+    return Validator(ns.image, contract, ns.app, ns.python, ns.release or None).validate()
 
 
 if __name__ == "__main__":

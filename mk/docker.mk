@@ -1,11 +1,15 @@
 # Container images (docs/docker.md): `make build`, `make push`, `make docker-run`, `make base-local`.
 #   FLAVOUR=oss  apache/spark python3 base, Spark on Kubernetes (user 185 `spark`)
-#   FLAVOUR=emr  EMR on EKS Spark base (user hadoop)
+#   FLAVOUR=emr  EMR on EKS Spark base (user hadoop): EMR_BASE, emr-spark-8.0.0's by default (Spark 4.0); an
+#                emr-7.x base (Spark 3.5) for emr-7.x releases (src/fruitlens/emr/releases.py)
 #   VARIANT=full (default, TensorFlow included) | slim (no TensorFlow; TAG defaults to FLAVOUR-slim)
 # BASE_IMAGE defaults to the flavour's real base; where it cannot be pulled (no registry reachable) a
 # local Debian-based stand-in is used instead: LOCAL_BASE (`make base-local`) for oss, EMR_LOCAL_BASE
-# (`make base-emr-local`: the EMR base's contract, see docker/Dockerfile.base-emr-local) for emr.
-# `make validate-image` checks a built image against its flavour's contract (docker/validate_image.py).
+# (`make base-emr-local`: the EMR base's contract and its Spark line's Spark, Scala and Python, see
+# docker/Dockerfile.base-emr-local) for emr. The image gets the label fruitlens.spark.version: the Spark
+# of the base it was built on, which `fruitlens emr submit` and `make validate-image` compare with the
+# EMR release. `make validate-image` checks a built image against its flavour's contract
+# (docker/validate_image.py) and, for emr, against the EMR profile's release (EMR_PROFILE).
 export DOCKER_BUILDKIT := 0
 
 FLAVOUR ?= oss
@@ -13,11 +17,13 @@ VARIANT ?= full
 IMAGE ?= fruitlens
 TAG ?= $(FLAVOUR)$(if $(filter slim,$(VARIANT)),-slim)
 LOCAL_BASE ?= fruitlens-spark-base:local
-EMR_LOCAL_BASE ?= fruitlens-spark-base:emr-local
-FALLBACK_BASE = $(if $(filter emr,$(FLAVOUR)),$(EMR_LOCAL_BASE),$(LOCAL_BASE))
-FALLBACK_SCRIPT = $(if $(filter emr,$(FLAVOUR)),docker/base-emr-local.sh,docker/base-local.sh)
 OSS_BASE ?= apache/spark:4.0.1-scala2.13-java17-python3-ubuntu
-EMR_BASE ?= public.ecr.aws/emr-on-eks/spark/emr-7.5.0:latest
+EMR_BASE ?= public.ecr.aws/emr-on-eks/spark/emr-spark-8.0.0:latest
+# The Spark line of EMR_BASE, which picks its stand-in: emr-7 (Spark 3.5) for an emr-7.x base, else emr-spark-8.
+EMR_LINE ?= $(if $(findstring /emr-7.,$(EMR_BASE)),emr-7,emr-spark-8)
+EMR_LOCAL_BASE ?= fruitlens-spark-base:$(EMR_LINE)-local
+FALLBACK_BASE = $(if $(filter emr,$(FLAVOUR)),$(EMR_LOCAL_BASE),$(LOCAL_BASE))
+FALLBACK_BUILD = $(if $(filter emr,$(FLAVOUR)),bash docker/base-emr-local.sh $(EMR_LINE),bash docker/base-local.sh)
 BASE_IMAGE ?= $(if $(filter emr,$(FLAVOUR)),$(EMR_BASE),$(OSS_BASE))
 WITH_S3A ?= false
 DOCKER_BUILD_ARGS ?=
@@ -44,12 +50,14 @@ base-local: ## build the local Spark base (debootstrap Debian + JRE 17 + Python 
 	bash docker/base-local.sh "$(LOCAL_BASE)"
 
 .PHONY: base-emr-local
-base-emr-local: ## build the local EMR on EKS stand-in base (user hadoop, /usr/lib/spark, ...) as EMR_LOCAL_BASE
-	LOCAL_BASE="$(LOCAL_BASE)" bash docker/base-emr-local.sh "$(EMR_LOCAL_BASE)"
+base-emr-local: ## build the local EMR on EKS stand-in base of EMR_LINE (emr-spark-8|emr-7) as EMR_LOCAL_BASE
+	bash docker/base-emr-local.sh $(EMR_LINE) "$(EMR_LOCAL_BASE)"
 
 .PHONY: validate-image
-validate-image: ## check IMAGE:TAG against its flavour's contract (CONTRACT=emr|oss, NO_APP=1 for a bare base)
-	$(PY) docker/validate_image.py "$(IMAGE):$(TAG)" $(if $(CONTRACT),--contract $(CONTRACT)) $(if $(NO_APP),--no-app)
+validate-image: ## check IMAGE:TAG against its flavour's contract and, for emr, the EMR profile's release (EMR_PROFILE)
+	@release=$$($(VENV)/bin/fruitlens emr profile --get release_label $(EMR_FLAGS)) || exit 1; \
+	$(PY) docker/validate_image.py "$(IMAGE):$(TAG)" $(if $(CONTRACT),--contract $(CONTRACT)) $(if $(NO_APP),--no-app) \
+	  --release "$$release"
 
 .PHONY: runtime-lock
 runtime-lock: ## regenerate requirements/runtime.lock and runtime-slim.lock (the images' pins) from requirements.lock
@@ -79,16 +87,18 @@ build: docker-stage ## build IMAGE:TAG for FLAVOUR (oss|emr) and VARIANT (full|s
 	  if [ "$(origin BASE_IMAGE)" != file ] && [ "$$base" != "$(FALLBACK_BASE)" ]; then \
 	    echo "build: BASE_IMAGE $$base cannot be found or pulled"; exit 1; fi; \
 	  echo "build: $$base cannot be pulled here: using the local stand-in base $(FALLBACK_BASE)"; base="$(FALLBACK_BASE)"; \
-	  docker image inspect "$$base" >/dev/null 2>&1 || LOCAL_BASE="$(LOCAL_BASE)" bash $(FALLBACK_SCRIPT) "$$base"; \
+	  docker image inspect "$$base" >/dev/null 2>&1 || $(FALLBACK_BUILD) "$$base" || exit 1; \
 	fi; \
+	spark=$$($(PY) docker/spark_version.py "$$base") || exit 1; \
 	start=$$(date +%s); \
 	docker build -f docker/Dockerfile.$(FLAVOUR) --build-arg BASE_IMAGE="$$base" \
 	  $(if $(filter oss,$(FLAVOUR)),--build-arg WITH_S3A=$(WITH_S3A)) --build-arg VARIANT=$(VARIANT) \
 	  --label org.opencontainers.image.source=fruitlens --label fruitlens.flavour=$(FLAVOUR) \
-	  --label fruitlens.variant=$(VARIANT) \
+	  --label fruitlens.variant=$(VARIANT) --label fruitlens.spark.version="$${spark% *}" \
+	  --label fruitlens.scala.version="$${spark#* }" \
 	  --label fruitlens.base="$$base" $(DOCKER_BUILD_ARGS) -t "$(IMAGE):$(TAG)" . || exit 1; \
 	size=$$(docker image inspect -f '{{.Size}}' "$(IMAGE):$(TAG)"); \
-	echo "build: $(IMAGE):$(TAG) (FLAVOUR=$(FLAVOUR) VARIANT=$(VARIANT), base $$base) in $$(( $$(date +%s) - start )) s, size $$size bytes ($$(( size / 1048576 )) MiB)"
+	echo "build: $(IMAGE):$(TAG) (FLAVOUR=$(FLAVOUR) VARIANT=$(VARIANT), base $$base, Spark $$spark) in $$(( $$(date +%s) - start )) s, size $$size bytes ($$(( size / 1048576 )) MiB)"
 
 .PHONY: image-layers
 image-layers: ## size of each layer of IMAGE:TAG and what made it (SINCE=old image: what is new; GZIP=1: pull sizes)
@@ -106,7 +116,10 @@ push: ## push IMAGE:TAG (to REGISTRY/IMAGE:TAG if REGISTRY is set), then print t
 	digest=$$(sed -nE 's/.*digest: (sha256:[0-9a-f]{64}).*/\1/p' build/push.log | tail -1); \
 	[ -n "$$digest" ] || { echo "push: no digest in docker push's output (build/push.log)"; exit 1; }; \
 	echo "push: pushed $${target%:*}@$$digest"; \
-	echo "push: pin it in the EMR profile (a tag can move, a digest cannot): image: $${target%:*}@$$digest"
+	echo "push: pin it in the EMR profile (a tag can move, a digest cannot): image: $${target%:*}@$$digest"; \
+	spark=$$(docker image inspect -f '{{index .Config.Labels "fruitlens.spark.version"}}' "$$ref" 2>/dev/null || true); \
+	if [ -n "$$spark" ] && [ "$$spark" != "<no value>" ]; then \
+	  echo "push: and the Spark it was built on, which emr submit checks against release_label: image_spark: $$spark"; fi
 
 .PHONY: docker-run
 docker-run: ## run the whole job in the container (Spark local mode, no network) on INPUT into OUTPUT

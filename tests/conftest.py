@@ -104,9 +104,10 @@ def mixed_input(tmp_path_factory) -> dict:
 
 
 def uri_to_path(uri: str) -> str:
-    from urllib.parse import unquote
+    """A row's ``path`` (``file:/a b/x.jpg``) as the local path it names, literally."""
+    from fruitlens.uris import local_path
 
-    return unquote(uri.removeprefix("file://").removeprefix("file:"))
+    return local_path(uri)
 
 
 @pytest.fixture

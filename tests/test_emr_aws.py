@@ -25,8 +25,12 @@ ROLE = "arn:aws:iam::123456789012:role/fruitlens-job"
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/fruitlens:0.1.0"
 JOB = "0000000abcdefghijkl"
 VC = "abcdefghij0123456789klmno"
+# moto knows only release labels of the emr-X.Y.0 form, not emr-spark-8.0.0 (the default): these runs use an
+# emr-7.x release, so the image is one built on Spark 3.5.
+RELEASE, IMAGE_SPARK = "emr-7.5.0-latest", "3.5.2-amzn-1"
 SUBMIT = ["emr", "submit", "s3://fruit-data/fruits-360", "s3://fruit-out/run1", "--region", REGION,
-          "--execution-role-arn", ROLE, "--image", IMAGE, "--log-uri", "s3://fruit-logs/emr", "--pca-k", "50"]
+          "--execution-role-arn", ROLE, "--image", IMAGE, "--release-label", RELEASE, "--image-spark", IMAGE_SPARK,
+          "--log-uri", "s3://fruit-logs/emr", "--pca-k", "50"]
 
 
 @pytest.fixture
@@ -77,8 +81,8 @@ def test_submit_sends_exactly_the_built_request(moto_emr, capsys):
     job_id = capsys.readouterr().out.strip()
 
     expected = emr.build_request(
-        load_profile({"region": REGION, "execution_role_arn": ROLE, "image": IMAGE, "log_uri": "s3://fruit-logs/emr"},
-                     env={}),
+        load_profile({"region": REGION, "execution_role_arn": ROLE, "image": IMAGE, "log_uri": "s3://fruit-logs/emr",
+                      "release_label": RELEASE, "image_spark": IMAGE_SPARK}, env={}),
         virtual_cluster_id=vc, input_uri="s3://fruit-data/fruits-360", output_uri="s3://fruit-out/run1",
         pipeline_args=["--pca-k", "50"])
     assert named(calls, "ListVirtualClusters") == [{"states": ["RUNNING"]}]
@@ -90,7 +94,7 @@ def test_submit_sends_exactly_the_built_request(moto_emr, capsys):
     assert sent["spark.kubernetes.container.image"] == IMAGE
 
     run = boto3.client("emr-containers", region_name=REGION).describe_job_run(virtualClusterId=vc, id=job_id)["jobRun"]
-    assert run["state"] == "RUNNING" and run["releaseLabel"] == "emr-7.5.0-latest"
+    assert run["state"] == "RUNNING" and run["releaseLabel"] == RELEASE
     assert run["jobDriver"] == expected["jobDriver"]
     assert emr.log_uri_of(run) == "s3://fruit-logs/emr"
 
@@ -410,6 +414,19 @@ def test_a_uri_outside_the_grant_is_refused_before_any_call(moto_emr, capsys, tm
     prof.write_text("input: s3://fruit-data/fruits-360\noutput: s3://fruit-out/runs/latest\n")
     assert main([*SUBMIT, "--virtual-cluster-name", "fruitlens", "--profile", str(prof)]) == 2
     assert "OUTPUT s3://fruit-out/run1 is outside s3://fruit-out/runs/latest" in capsys.readouterr().err
+    assert calls == []
+
+
+def test_a_release_of_another_spark_line_than_the_image_is_refused_before_any_call(moto_emr, capsys):
+    """The issue's job: extraction billed on an EMR 7.x release, then a failure. An image built on Spark 3.5
+    under emr-spark-8.0.0 (Spark 4.0) is refused naming both, and emr-6.x at once, with no AWS call."""
+    _, calls = moto_emr
+    assert main([*SUBMIT, "--virtual-cluster-name", "fruitlens", "--release-label", "emr-spark-8.0.0-latest"]) == 2
+    err = error_line(capsys.readouterr().err)
+    assert "release emr-spark-8.0.0-latest runs Spark 4.0, but the image " + IMAGE in err
+    assert f"was built on Spark {IMAGE_SPARK}" in err and "Submit it with an emr-7.x release" in err
+    assert main([*SUBMIT, "--virtual-cluster-name", "fruitlens", "--release-label", "emr-6.15.0-latest"]) == 2
+    assert "emr-6.15.0-latest is an EMR 6.x release, whose images are Amazon Linux 2" in capsys.readouterr().err
     assert calls == []
 
 

@@ -8,11 +8,13 @@ from botocore.stub import Stubber
 
 from fruitlens.emr import jobs as emr
 from fruitlens.cli import main
+from fruitlens.config import ConfigError
 from fruitlens.emr.profile import EmrProfile
 
 ROLE = "arn:aws:iam::123456789012:role/fruitlens-job"
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/fruitlens:0.1.0"
 VC = "abcdefghij0123456789klmno"
+IMAGE_SPARK = "4.0.2-amzn-0"  # the image's fruitlens.spark.version: built on emr-spark-8.0.0, the default release
 
 
 def profile(**overrides) -> EmrProfile:
@@ -48,7 +50,7 @@ def test_request_shape():
     assert request["configurationOverrides"]["monitoringConfiguration"]["s3MonitoringConfiguration"] == {
         "logUri": "s3://fruit-logs/emr"}
     assert request["retryPolicyConfiguration"] == {"maxAttempts": 1}
-    assert request["releaseLabel"] == "emr-7.5.0-latest" and request["executionRoleArn"] == ROLE
+    assert request["releaseLabel"] == "emr-spark-8.0.0-latest" and request["executionRoleArn"] == ROLE
     assert request["tags"] == {emr.REQUEST_TAG: emr.request_hash(request)}
     # The job's interpreter wins over whatever the base's spark-defaults or environment name (finding 10).
     assert props["spark.pyspark.python"] == props["spark.pyspark.driver.python"] == "/opt/fruitlens/venv/bin/python"
@@ -100,11 +102,40 @@ def test_arm_nodes_and_another_interpreter_are_one_setting_each():
         profile(node_arch="x86")
 
 
-@pytest.mark.parametrize("label", ["emr-7.5.0-latest", "emr-6.12.0-java17-latest", "emr-7.2.0-20240610",
-                                   "emr-7.0.0-spark-rapids-latest", "emr-6.15.0-java11-20240112"])
-def test_every_release_label_the_api_accepts_is_accepted(label):
-    """Finding 14: the pattern and length come from botocore's model ([\\.\\-_/A-Za-z0-9]+, 1..64)."""
+@pytest.mark.parametrize("label", ["emr-spark-8.0.0-latest", "emr-spark-8.0.0-20260421", "emr-7.5.0-latest",
+                                   "emr-7.2.0-20240610", "emr-7.0.0-spark-rapids-latest", "emr-7.13.0-latest"])
+def test_every_release_label_of_a_supported_line_is_accepted(label):
+    """Finding 14: the pattern and length come from botocore's model ([\\.\\-_/A-Za-z0-9]+, 1..64); the
+    Spark line from fruitlens.emr.releases: emr-spark-8.0.x (Spark 4.0) and emr-7.x (Spark 3.5)."""
     assert build(profile(release_label=label))["releaseLabel"] == label
+
+
+@pytest.mark.parametrize("label, message", [
+    ("emr-6.12.0-java17-latest", "is an EMR 6.x release, whose images are Amazon Linux 2: no dnf and no Python 3.11"),
+    ("emr-6.15.0-java11-20240112", "is an EMR 6.x release"),
+    ("emr-5.36.0-latest", "is an EMR 5.x release"),
+    ("emr-spark-8.1.0-latest", "it supports Spark 3.5 and 4.0 (pyspark>=3.5,<4.1)"),
+    ("notebook-spark/emr-7.0.0-latest", "is not an EMR on EKS Spark release label fruitlens knows"),
+])
+def test_releases_fruitlens_cannot_run_on_are_refused_saying_which_to_use(label, message):
+    with pytest.raises(ConfigError) as caught:
+        profile(release_label=label)
+    text = str(caught.value)
+    assert f"release_label is refused: release {label} " in text and message in text
+    assert "use emr-spark-8.0.0-latest (Spark 4.0) or an emr-7.x release such as emr-7.5.0-latest (Spark 3.5)" in text
+
+
+def test_each_release_maps_to_its_spark_line_and_base_image():
+    from fruitlens.emr import releases
+
+    spark8 = releases.release("emr-spark-8.0.0-20260421")
+    assert (spark8.spark_line, spark8.base_image) == (
+        "4.0", "public.ecr.aws/emr-on-eks/spark/emr-spark-8.0.0:20260421")
+    emr7 = releases.release("emr-7.5.0-latest")
+    assert (emr7.spark_line, emr7.base_image) == ("3.5", "public.ecr.aws/emr-on-eks/spark/emr-7.5.0:latest")
+    assert releases.spark_line("3.5.2-amzn-1") == "3.5" and releases.spark_line("4.0.2") == "4.0"
+    assert releases.image_mismatch("emr-7.5.0-latest", "x/y:z", "3.5.6-amzn-2") is None
+    assert releases.image_mismatch("emr-spark-8.0.0-latest", "x/y:z", "4.0.1") is None
 
 
 @pytest.mark.parametrize("label, message", [("emr 7", "API pattern"), ("e" * 65, "1 to 64 characters")])
@@ -204,7 +235,7 @@ def test_dry_run_prints_the_exact_request_and_calls_nothing(monkeypatch, capsys)
     monkeypatch.setattr("boto3.client", no_aws)
     code = main(["emr", "submit", "s3://fruit-data/fruits-360", "s3://fruit-out/run1", "--dry-run",
                  "--virtual-cluster-id", VC, "--execution-role-arn", ROLE, "--image", IMAGE,
-                 "--log-uri", "s3://fruit-logs/emr", "--region", "eu-west-1", "--pca-k", "50"])
+                 "--image-spark", IMAGE_SPARK, "--log-uri", "s3://fruit-logs/emr", "--region", "eu-west-1", "--pca-k", "50"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     expected = build()
@@ -214,15 +245,15 @@ def test_dry_run_prints_the_exact_request_and_calls_nothing(monkeypatch, capsys)
 
 def test_dry_run_with_only_a_cluster_name_says_why_it_cannot(capsys):
     code = main(["emr", "submit", "s3://a/in", "s3://a/out", "--dry-run", "--virtual-cluster-name", "fruitlens",
-                 "--execution-role-arn", ROLE, "--image", IMAGE])
+                 "--execution-role-arn", ROLE, "--image", IMAGE, "--image-spark", IMAGE_SPARK])
     assert code == 2
     assert "cannot resolve a virtual cluster name" in capsys.readouterr().err
 
 
 def test_pipeline_options_are_forwarded(capsys):
     code = main(["emr", "submit", "s3://a/in", "s3://a/out", "--dry-run", "--virtual-cluster-id", VC,
-                 "--execution-role-arn", ROLE, "--image", IMAGE, "--batch-size", "64", "--engine", "onnx",
-                 "--overwrite", "--conf", "spark.sql.shuffle.partitions=8", "--spark-default", "spark.foo=bar"])
+                 "--execution-role-arn", ROLE, "--image", IMAGE, "--image-spark", IMAGE_SPARK, "--batch-size", "64",
+                 "--engine", "onnx", "--overwrite", "--conf", "spark.sql.shuffle.partitions=8", "--spark-default", "spark.foo=bar"])
     assert code == 0
     request = json.loads(capsys.readouterr().out)
     assert request["jobDriver"]["sparkSubmitJobDriver"]["entryPointArguments"] == [
@@ -287,7 +318,28 @@ def test_iam_commands_print_json(capsys, tmp_path):
     assert ":ns1:emr-containers-sa-" in capsys.readouterr().out
 
 
-DRY = ["emr", "submit", "--dry-run", "--virtual-cluster-id", VC, "--execution-role-arn", ROLE, "--image", IMAGE]
+DRY = ["emr", "submit", "--dry-run", "--virtual-cluster-id", VC, "--execution-role-arn", ROLE, "--image", IMAGE,
+       "--image-spark", IMAGE_SPARK]
+
+
+def test_submit_refuses_an_image_of_another_spark_line_naming_both(capsys):
+    assert main([*DRY, "s3://a/in", "s3://a/out", "--release-label", "emr-7.5.0-latest"]) == 2
+    err = capsys.readouterr().err
+    assert (f"release emr-7.5.0-latest runs Spark 3.5, but the image {IMAGE} was built on Spark {IMAGE_SPARK}" in err
+            and "Submit it with emr-spark-8.0.0-latest" in err
+            and "make build FLAVOUR=emr EMR_BASE=public.ecr.aws/emr-on-eks/spark/emr-7.5.0:latest" in err)
+    assert main([*DRY, "s3://a/in", "s3://a/out", "--release-label", "emr-7.5.0-latest",
+                 "--image-spark", "3.5.2-amzn-1"]) == 0
+
+
+def test_submit_without_the_images_spark_says_how_to_give_it(capsys):
+    """The image is not on this machine (a CI-built digest): the profile must say what it was built on."""
+    args = [a for a in DRY if a not in ("--image-spark", IMAGE_SPARK)]
+    assert main([*args, "s3://a/in", "s3://a/out"]) == 2
+    err = capsys.readouterr().err
+    assert f"which Spark the image {IMAGE} was built on is not known here" in err
+    assert "release emr-spark-8.0.0-latest (Spark 4.0)" in err and "set image_spark in the EMR profile" in err
+    assert "which `make push` prints" in err
 
 
 def test_submit_refuses_uris_outside_the_granted_prefixes(tmp_path, capsys):

@@ -100,3 +100,22 @@ def test_extract_from_s3_to_s3_commits_batches_and_a_rerun_processes_only_what_c
     assert main(["status", out, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["state"] == "finished" and report["counts"]["new"] == 2 and report["runs"] == 2
+
+
+def test_s3_keys_are_literal_names_too(store, s3env):  # noqa: F811
+    """`#`, `%`, `?` and spaces in a key are characters of the key: listed, read and labelled as spelt."""
+    from fruitlens.images import label_and_split
+    from fruitlens.listing import list_images
+    from fruitlens.uris import qualify
+
+    prefix = f"odd-{time.time_ns()}/in#1 %20x"
+    source = store(prefix)
+    for cls in ("100%25 juice", "a#b?c [1]"):
+        source.write_bytes(f"Test/{cls}/x%41.jpg", b"jpeg bytes")
+    assert qualify(source.uri) == source.uri
+    entries = list_images(source)
+    assert sorted(e.path for e in entries) == [f"{BUCKET}/{prefix}/Test/100%25 juice/x%41.jpg",
+                                               f"{BUCKET}/{prefix}/Test/a#b?c [1]/x%41.jpg"]
+    rows = [source.spark_path(e.path) for e in entries]
+    assert [label_and_split(r) for r in rows] == [("100%25 juice", "Test"), ("a#b?c [1]", "Test")]
+    assert all(source.read_bytes(source.path_of(r)) == b"jpeg bytes" for r in rows)

@@ -12,13 +12,13 @@ import time
 
 
 def _session(ns: argparse.Namespace):
-    from fruitlens import hadoopfs
+    from fruitlens import uris
     from fruitlens.config import load_config
     from fruitlens.output import OutputLayout
     from fruitlens.spark import build_session
 
     config = load_config({"output": ns.output, "master": ns.master, "progress": False}, env={})
-    return build_session(config), OutputLayout(hadoopfs.qualify(ns.output))
+    return build_session(config), OutputLayout(uris.qualify(ns.output))
 
 
 def _train(ns: argparse.Namespace) -> int:
@@ -29,7 +29,7 @@ def _train(ns: argparse.Namespace) -> int:
     from fruitlens.train import train
 
     spark, layout = _session(ns)
-    out = Store(layout.root, store_options(spark))
+    out = Store(layout.root, store_options(spark, layout.root))
     manifest = read_manifest(out)  # a clear error before any work
     with RunLock.acquire(out, command=command_line(), timeout_s=60.0):  # no run may rewrite OUTPUT meanwhile
         summary = train(spark, layout, on=ns.on, seed=ns.seed, reg_param=ns.reg_param, max_iter=ns.max_iter,

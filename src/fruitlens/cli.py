@@ -50,6 +50,9 @@ def add_pipeline_options(parser: argparse.ArgumentParser, *, pca: bool = True) -
                    "opt-in, quantized, calibrated on INPUT's photos)")
     g.add_argument("--image-size", type=int, choices=IMAGE_SIZES, help="resize photos to this square and "
                    "build the model at it (default 224; smaller is faster, less faithful)")
+    g.add_argument("--max-image-mpx", type=float, metavar="MPX",
+                   help="refuse (an error row) a photo of more megapixels than this as decoded; JPEGs "
+                        "decode reduced, so only other formats reach it (default 50)")
     g.add_argument("--weights", help="'imagenet' (Keras cache) or a .h5 file path/URI")
     g.add_argument("--master", help="Spark master (default local[*], or what spark-submit set)")
     g.add_argument("--retry-timeout", type=float, metavar="SECONDS",
@@ -97,12 +100,14 @@ PIPELINE_FLAGS = {
 STAGE_FLAGS = {"train": "--train", "report": "--report"}
 #: How failures are retried and bounded; no chart values: forwarded as raw arguments (k8s: extraArgs).
 ERROR_FLAGS = {"retry_timeout": "--retry-timeout", "max_error_rate": "--max-error-rate"}
+#: How photos are decoded; no chart values: forwarded as raw arguments (k8s: extraArgs).
+DECODE_FLAGS = {"max_image_mpx": "--max-image-mpx"}
 
 
 def pipeline_args(ns: argparse.Namespace) -> list[str]:
     """The pipeline options given on this command line, as arguments for a remote `fruitlens run`."""
     args: list[str] = []
-    for key, flag in {**PIPELINE_FLAGS, **STAGE_FLAGS, **ERROR_FLAGS}.items():
+    for key, flag in {**PIPELINE_FLAGS, **STAGE_FLAGS, **ERROR_FLAGS, **DECODE_FLAGS}.items():
         value = getattr(ns, key, None)
         if value is None or value is False:
             continue

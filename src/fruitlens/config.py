@@ -23,6 +23,13 @@ IMAGE_SIZES = (224, 160, 128, 96)
 VERBOSITY = ("quiet", "normal", "verbose")
 #: Where ``make data`` puts the public dataset: the job's input when none is given.
 DEFAULT_INPUT = "data/fruits-360"
+#: Pixels a photo may have as decoded (a JPEG after its reduced decode), in millions. PIL holds 8-bit
+#: RGB at 4 bytes a pixel: the largest photo allowed costs ~200 MB, ~400 MB with the one converted
+#: copy, within a Python worker's share of an executor's default 1.5 GB memory overhead. 50 Mpx is the
+#: full resolution of the largest phone sensors' usual modes (48-50 Mpx); their 108/200 Mpx modes
+#: write JPEGs, which are decoded reduced (fruitlens.images). PIL's own bomb limit (89 Mpx warns,
+#: 179 Mpx refuses) stays in force above it.
+MAX_IMAGE_MPX = 50.0
 
 
 class ConfigError(FruitlensError, ValueError):
@@ -51,6 +58,9 @@ class PipelineConfig:
     image_size
         Side of the square the photos are resized to and the model is built at: 224 (default, the
         weights' own size) or 160, 128, 96 (faster; the fidelity cost is measured in docs/performance.md).
+    max_image_mpx
+        Refuse (an error row, from the file's header, before decoding) a photo with more than this many
+        million pixels as decoded: one photo cannot take a worker's memory (:data:`MAX_IMAGE_MPX`).
     verbosity
         ``quiet`` (errors and the summary), ``normal`` (fruitlens' lines and progress) or ``verbose``
         (also Spark's, the JVM's and TensorFlow's output).
@@ -101,6 +111,7 @@ class PipelineConfig:
     max_error_rate: float = 0.05
     engine: str = "auto"
     image_size: int = 224
+    max_image_mpx: float = MAX_IMAGE_MPX
     weights: str = "imagenet"
     progress: bool = True
     verbosity: str = "normal"
@@ -137,6 +148,8 @@ class PipelineConfig:
         if self.image_size not in IMAGE_SIZES:
             raise ConfigError(f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))} (pixels), "
                               f"got {self.image_size}")
+        if not self.max_image_mpx > 0:
+            raise ConfigError(f"--max-image-mpx must be a positive number of megapixels, got {self.max_image_mpx}")
         if self.verbosity not in VERBOSITY:
             raise ConfigError(f"verbosity must be one of {', '.join(VERBOSITY)}, got {self.verbosity!r}")
         if not self.output:

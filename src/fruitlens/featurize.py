@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fruitlens import faults, retry
+from fruitlens.config import MAX_IMAGE_MPX
 from fruitlens.engine import FEATURE_DIM, ModelArtifact, load_engine
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
 from fruitlens.ledger import DECODE, ERRORS_DIR, FEATURES_DIR, READ, batch_name, errors_table, features_table
@@ -85,6 +86,7 @@ def make_warmer(artifact: ModelArtifact, *, batch_size: int) -> Callable[[Iterab
 def make_featurizer(
     artifact: ModelArtifact, *, batch_size: int, commit_size: int, input_uri: str, output_uri: str,
     options: StoreOptions, progress: tuple[str, int] | None = None, retry_timeout: float = 45.0,
+    max_image_mpx: float = MAX_IMAGE_MPX,
 ) -> Callable[[Iterable[Row]], Iterator[tuple]]:
     """Return the function Spark runs on each partition; all its settings are captured here."""
     engine_name, file_name, size = artifact.engine, artifact.file_name, artifact.image_size
@@ -101,7 +103,8 @@ def make_featurizer(
                 ThreadPoolExecutor(1) as committer:
             read_pool = None if source.is_local else readers  # S3: overlap the GETs
             committing: Future | None = None
-            for decoded in _ahead(batches, lambda b: _decode(b, source, read_pool, size, reads), decoder):
+            for decoded in _ahead(batches, lambda b: _decode(b, source, read_pool, size, reads, max_image_mpx),
+                                  decoder):
                 t = time.perf_counter()
                 features = _infer(engine, decoded, batch_size)
                 inference_s = time.perf_counter() - t
@@ -158,7 +161,7 @@ def read_failure(exc: OSError, budget_s: float) -> str:
 
 
 def _decode(rows: list[Row], source: Store, pool: ThreadPoolExecutor | None, size: int = 224,
-            retrier: retry.Retrier | None = None) -> Decoded:
+            retrier: retry.Retrier | None = None, max_image_mpx: float = MAX_IMAGE_MPX) -> Decoded:
     t = time.perf_counter()
     retrier = retrier or retry.Retrier(0)
     paths = [r[0] for r in rows]
@@ -175,7 +178,7 @@ def _decode(rows: list[Row], source: Store, pool: ThreadPoolExecutor | None, siz
             errors[i] = (READ, read_failure(content, retrier.budget_s))
             continue
         try:
-            pixels[len(ok)] = decode_rgb(content, (size, size))
+            pixels[len(ok)] = decode_rgb(content, (size, size), max_image_mpx)
             ok.append(i)
         except DecodeError as exc:
             errors[i] = (DECODE, str(exc))

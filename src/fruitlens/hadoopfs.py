@@ -5,16 +5,14 @@ endpoints Spark itself uses. Errors come back as :class:`StorageError` naming th
 """
 from __future__ import annotations
 
-import os
-import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
-if TYPE_CHECKING:  # `qualify` serves commands that must not load Spark (status, predict)
+if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+from fruitlens import uris
 from fruitlens.errors import FruitlensError
 
 
@@ -22,17 +20,10 @@ class StorageError(FruitlensError, RuntimeError):
     """A path cannot be read or written: wrong URI, missing object, no permission, no filesystem."""
 
 
-def qualify(uri: str) -> str:
-    """Local paths become absolute ``file:`` URIs, so driver and executors mean the same place."""
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri):
-        return uri.rstrip("/") if len(urlparse(uri).path) > 1 else uri
-    return "file://" + os.path.abspath(os.path.expanduser(uri))
-
-
 def _explain(uri: str, exc: Exception) -> StorageError:
     text = str(exc)
     first = next((ln.strip() for ln in text.splitlines() if "Exception" in ln or "Error" in ln), text[:300])
-    scheme = urlparse(uri).scheme
+    scheme = uri.partition(":")[0]
     if "No FileSystem for scheme" in text:
         hint = (
             f"this Spark has no filesystem for {scheme}://. s3a:// needs the hadoop-aws and AWS SDK jars "
@@ -77,6 +68,18 @@ def write_text(spark: SparkSession, uri: str, text: str) -> None:
         raise _explain(uri, exc) from None
 
 
+def read_bytes(spark: SparkSession, uri: str) -> bytes:
+    fs, path = _fs(spark, uri)
+    try:
+        stream = fs.open(path)
+        try:
+            return bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+        finally:
+            stream.close()
+    except Exception as exc:
+        raise _explain(uri, exc) from None
+
+
 def read_text(spark: SparkSession, uri: str) -> str:
     fs, path = _fs(spark, uri)
     try:
@@ -100,8 +103,8 @@ def delete(spark: SparkSession, uri: str) -> None:
 
 def fetch(spark: SparkSession, uri: str) -> Path:
     """A local path for a file at any Hadoop URI: local files as they are, others copied once (driver)."""
-    if uri.startswith("file:") or "://" not in uri:
-        return Path(urlparse(uri).path if uri.startswith("file:") else uri)
+    if uris.parse(uri).is_local:
+        return Path(uris.local_path(uri)).expanduser()
     fs, path = _fs(spark, uri)
     local = Path(tempfile.mkdtemp(prefix="fruitlens-fetch-")) / path.getName()
     try:

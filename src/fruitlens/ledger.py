@@ -55,6 +55,7 @@ class SourceFile:
     path: str
     size: int
     modified_us: int  # modification time, µs since the epoch (UTC)
+    problem: str | None = None  # why it cannot be read at all (see fruitlens.listing): an error row as listed
 
     @property
     def version(self) -> tuple[int, int]:
@@ -201,6 +202,24 @@ def errors_table(paths: list[str], errors: list[str], kinds: list[str], sizes: l
          pa.array(sizes, pa.int64()), pa.array(modified, pa.int64()).cast(pa.timestamp("us", tz="UTC"))],
         schema=ERRORS_SCHEMA,
     )
+
+
+#: Listing problems that may pass (permission, I/O): read errors, listed again by every run. The others
+#: (a link loop, a broken link, a name that is not UTF-8) are the entry's verdict until it changes.
+_UNLISTABLE = ("cannot list", "cannot inspect")
+
+
+def commit_listing_errors(store: Store, files: Sequence[SourceFile]) -> tuple[int, int]:
+    """The files the listing found unusable (``problem``) as error rows: one file, committed and named
+    like a worker's batch; these files are never sent to the workers. Returns (rows, of which read errors)."""
+    if not files:
+        return 0, 0
+    rows = [(f.path, f.size, f.modified_us) for f in files]
+    kinds = [READ if f.problem.startswith(_UNLISTABLE) else DECODE for f in files]
+    store.write_table(f"{ERRORS_DIR}/{batch_name(rows)}", errors_table(
+        [f.path for f in files], [f.problem for f in files], kinds, [f.size for f in files],
+        [f.modified_us for f in files]))
+    return len(files), kinds.count(READ)
 
 
 def committed_rows(store: Store) -> dict[str, int]:

@@ -54,8 +54,12 @@ def _data_table(columns: dict[str, tuple[pa.DataType, object, object]]) -> pa.Ta
 
 def _stage_metadata(spark: SparkSession, stage) -> str:
     stage._transfer_params_to_java()
-    writer = spark.sparkContext._jvm.org.apache.spark.ml.util.DefaultParamsWriter
-    return writer.getMetadataToSave(stage._java_obj, spark._jsparkSession)
+    jvm = spark.sparkContext._jvm
+    # (Params, SparkContext, Option, Option) is the form Spark 3.5 and 4.0 both have; the shorter
+    # (Params, SparkSession) exists only from 4.0 on (EMR 7.x runs 3.5).
+    none = jvm.scala.Option.empty()
+    return jvm.org.apache.spark.ml.util.DefaultParamsWriter.getMetadataToSave(
+        stage._java_obj, spark.sparkContext._jsc.sc(), none, none)
 
 
 def save_pca_pipeline(spark: SparkSession, model: PipelineModel, store: Store, rel: str) -> None:

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
+from fruitlens import uris
 from fruitlens.errors import FruitlensError
 from fruitlens.redact import redact, redact_text
 from fruitlens.store import Store
@@ -22,10 +23,19 @@ RUN = "_fruitlens/run.json"
 MANIFEST = "manifest.json"
 #: Bumped when the committed layout changes incompatibly.
 LAYOUT_VERSION = 1
+#: Everything fruitlens writes directly in OUTPUT: ``--overwrite`` deletes these and nothing else.
+ENTRIES = frozenset({"_fruitlens", "features", "errors", "pca", "pca_model", MANIFEST, "classifier", "predictor",
+                     "report"})
 
 
 class OutputExistsError(FruitlensError, RuntimeError):
     """OUTPUT holds something this run may not continue, and ``--overwrite`` was not given."""
+
+
+class ForeignFilesError(OutputExistsError):
+    """``--overwrite`` of an OUTPUT that holds files fruitlens did not write: refused, nothing deleted."""
+
+    exit_code = 2
 
 
 class OutputMissingError(FruitlensError, FileNotFoundError):
@@ -66,8 +76,17 @@ def read_json(store: Store, rel: str) -> dict | None:
 
 
 def check_reusable(store: Store, input_uri: str, *, overwrite: bool) -> None:
-    """Before the lock and the model: refuse an OUTPUT that is not this INPUT's fruitlens output."""
-    if overwrite or not store.exists():
+    """Before the lock and the model: refuse an OUTPUT that is not this INPUT's fruitlens output; with
+    ``overwrite``, one that holds anything fruitlens did not write (it would be deleted along)."""
+    if not store.exists():
+        return
+    if overwrite:
+        foreign = foreign_entries(store)
+        if foreign:
+            shown = ", ".join(repr(uris.escape(name)) for name in foreign[:3]) + (" …" if len(foreign) > 3 else "")
+            raise ForeignFilesError(
+                f"OUTPUT {store.uri} holds files fruitlens did not write ({shown}); --overwrite deletes only "
+                "a fruitlens output: choose another OUTPUT, or move those files away first")
         return
     settings = read_json(store, SETTINGS)
     if settings is None:
@@ -102,10 +121,36 @@ def check_settings(store: Store, settings: dict, *, overwrite: bool) -> None:
     write_json(store, SETTINGS, settings)
 
 
+def foreign_entries(store: Store) -> list[str]:
+    """Names directly in OUTPUT that fruitlens does not write (sorted); all of them when OUTPUT has
+    no ``_fruitlens/`` (then nothing in it is known to be fruitlens's), or OUTPUT itself if a file."""
+    import pyarrow.fs as pafs
+
+    if store.info().type == pafs.FileType.File:
+        return [store.root.rsplit("/", 1)[-1]]
+    names = sorted(i.base_name for i in store.fs.get_file_info(_selector(store, recursive=False)))
+    ours = {n for n in names if n in ENTRIES or _temporary(n)}
+    if "_fruitlens" not in names:
+        return names
+    return [n for n in names if n not in ours]
+
+
+def _temporary(name: str) -> bool:
+    """A temporary file of an interrupted atomic write of ours (``.manifest.json.tmp-…``)."""
+    return name.startswith(".") and ".tmp-" in name and name[1:].split(".tmp-", 1)[0] in ENTRIES
+
+
+def leftovers(store: Store, folders: tuple[str, ...]) -> list[str]:
+    """Temporary files of our interrupted atomic writes in OUTPUT itself and in ``folders``."""
+    top = [p for p in store.hidden_leftovers("") if _temporary(p.rsplit("/", 1)[-1])]
+    return top + [p for folder in folders for p in store.hidden_leftovers(folder)]
+
+
 def clear(store: Store) -> None:
-    """``--overwrite``: remove everything but the lock (held by this run)."""
+    """``--overwrite``: remove fruitlens's entries (:data:`ENTRIES`) but the lock (held by this run);
+    anything else in OUTPUT is left alone (:func:`check_reusable` refuses such an OUTPUT before)."""
     for info in store.fs.get_file_info(_selector(store, recursive=False)):
-        if info.base_name != "_fruitlens":
+        if info.base_name != "_fruitlens" and (info.base_name in ENTRIES or _temporary(info.base_name)):
             store.delete_tree(info.path[len(store.root) + 1:])
     for info in store.fs.get_file_info(_selector(store, "_fruitlens")):
         if info.base_name != "lock.json":
@@ -125,7 +170,12 @@ def library_versions() -> dict[str, str]:
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
-            continue
+            if dist == "pyspark":  # the images' pyspark is their base's $SPARK_HOME/python, not a distribution
+                try:
+                    from pyspark import __version__ as spark_version
+                except ImportError:
+                    continue
+                versions[dist] = spark_version
     return versions
 
 

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 
-from fruitlens import faults, hadoopfs, ledger
+from fruitlens import faults, hadoopfs, ledger, uris
 from fruitlens.config import PipelineConfig
 from fruitlens.engine import FEATURE_DIM, ModelArtifact, prepare_model, sha256_file
 from fruitlens.errors import FruitlensError
 from fruitlens.featurize import SUMMARY_FIELDS, make_featurizer, make_warmer
-from fruitlens.images import IMAGE_EXTENSIONS, is_image_path
+from fruitlens.images import IMAGE_EXTENSIONS
 from fruitlens.ledger import SourceFile
+from fruitlens.listing import list_images
 from fruitlens.lock import RunLock, iso
 from fruitlens.mlsave import save_pca_pipeline
 from fruitlens.output import (
@@ -34,6 +35,7 @@ from fruitlens.output import (
     check_settings,
     clear,
     command_line,
+    leftovers,
     library_versions,
     read_json,
     read_manifest,
@@ -77,22 +79,24 @@ S3A_KEYS = ("fs.s3a.endpoint", "fs.s3a.endpoint.region", "fs.s3a.access.key", "f
             "fs.s3a.session.token")
 
 
-def store_options(spark: SparkSession) -> StoreOptions:
-    """S3 settings for the pyarrow side: the AWS environment, else Spark's own ``fs.s3a.*`` settings."""
+def store_options(spark: SparkSession, *uris: str) -> StoreOptions:
+    """S3 settings for the pyarrow side: the AWS environment, else Spark's own ``fs.s3a.*`` settings, and
+    the region of each S3 bucket in ``uris``, resolved here on the driver (see StoreOptions.with_bucket_regions)."""
     conf = spark.sparkContext._jsc.hadoopConfiguration()
-    return StoreOptions.from_environment(hadoop={k: v for k in S3A_KEYS if (v := conf.get(k))})
+    hadoop = {k: v for k in S3A_KEYS if (v := conf.get(k))}
+    return StoreOptions.from_environment(hadoop=hadoop).with_bucket_regions(*uris)
 
 
-def store_options_before_spark(config: PipelineConfig) -> StoreOptions:
+def store_options_before_spark(config: PipelineConfig, *uris: str) -> StoreOptions:
     """The same, before the JVM starts: Spark's ``fs.s3a.*`` settings are then the ``spark.hadoop.*``
     ones of ``--conf`` (and of the YAML or environment)."""
-    conf = config.spark_conf
-    return StoreOptions.from_environment(hadoop={k: v for k in S3A_KEYS if (v := conf.get(f"spark.hadoop.{k}"))})
+    hadoop = {k: v for k in S3A_KEYS if (v := config.spark_conf.get(f"spark.hadoop.{k}"))}
+    return StoreOptions.from_environment(hadoop=hadoop).with_bucket_regions(*uris)
 
 
 def check_paths(config: PipelineConfig, options: StoreOptions) -> tuple[Store, Store, list[SourceFile]]:
     """INPUT listed (it exists and holds images), OUTPUT usable for it; the stores and the listing."""
-    input_uri, output_uri = hadoopfs.qualify(config.input), hadoopfs.qualify(config.output)
+    input_uri, output_uri = uris.qualify(config.input), uris.qualify(config.output)
     source, out = Store(input_uri, options), Store(output_uri, options)
     listing = list_input(source, config.limit)
     check_reusable(out, input_uri, overwrite=config.overwrite)
@@ -103,12 +107,13 @@ def list_input(source: Store, limit: int | None) -> list[SourceFile]:
     """Every image file below INPUT (sorted by path), with its version; fails naming INPUT if none.
 
     Hidden names (``.``/``_``), which Spark never reads, are skipped; empty files are listed (and
-    become error rows), so nothing that looks like an image silently vanishes.
+    become error rows), and so are the links, loops and names that cannot be read (``problem``, see
+    :mod:`fruitlens.listing`), so nothing that looks like an image silently vanishes.
     """
     if not source.exists():
         raise InputError(f"INPUT {source.uri} does not exist; check the path (and credentials for s3:// URIs)")
-    files = [SourceFile(source.spark_path(i.path), i.size, (i.mtime_ns or 0) // 1000)
-             for i in source.list(recursive=True) if is_image_path(i.path)]
+    files = [SourceFile(source.spark_path(e.path), e.size, e.mtime_ns // 1000, e.problem)
+             for e in list_images(source)]
     if not files:
         raise InputError(
             f"INPUT {source.uri} holds no images ({', '.join(IMAGE_EXTENSIONS)}, any letter case, in any sub-folder)")
@@ -148,7 +153,7 @@ def resolve_model(spark: SparkSession, config: PipelineConfig, out: Store | None
         from fruitlens.quantize import int8_for_run
 
         artifact = int8_for_run(weights, config.image_size, out=None if config.overwrite else out,
-                                paths=[f.path for f in listing], source=source)
+                                paths=[f.path for f in listing if f.problem is None], source=source)
     else:
         artifact = prepare_model(config.engine, weights, image_size=config.image_size)
     spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
@@ -231,7 +236,7 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
     tasks = [rows[a:b] for a, b in itertools.pairwise(bounds)]
     fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.arrow_batch_size,
                          input_uri=input_uri, output_uri=out.uri, options=options, progress=progress,
-                         retry_timeout=config.retry_timeout)
+                         retry_timeout=config.retry_timeout, max_image_mpx=config.max_image_mpx)
     workers: set[int] = set()
     # One element (a task's list of rows) per partition: Spark runs partitions in this order. The input
     # must be read to its end, else PySpark does not reuse the Python worker (and its loaded model).
@@ -293,7 +298,8 @@ def pca_stage(spark: SparkSession, config: PipelineConfig, layout: OutputLayout,
     else:
         # One task per slot: the feature files are many small tasks' worth (~1 s of fixed cost each) for
         # work that takes milliseconds per file; fewer partitions also means fewer partial moments to reduce.
-        features = spark.read.parquet(layout.features).coalesce(spark.sparkContext.defaultParallelism)
+        features = (spark.read.parquet(uris.spark_read_path(layout.features))
+                    .coalesce(spark.sparkContext.defaultParallelism))
         model, summary = fit_pca(features, k=config.pca_k, variance=config.pca_variance,
                                  standardize=config.pca_standardize)
     fit_s = time.perf_counter() - t
@@ -343,13 +349,15 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     """`fruitlens run` (and `extract` with ``with_pca=False``): images → features (→ PCA) → manifest."""
     timer = Timer()
     t = time.perf_counter()
+    input_uri, output_uri = uris.qualify(config.input), uris.qualify(config.output)
     if launched_by_spark_submit():  # the JVM runs already, with settings (spark-defaults) we only read from it
         spark = build_session(config)
-        source, out, listing = check_paths(config, options := store_options(spark))
+        source, out, listing = check_paths(config, options := store_options(spark, input_uri, output_uri))
     else:  # INPUT and OUTPUT checked before the JVM's seconds of start-up: a wrong path fails at once
-        source, out, listing = check_paths(config, options := store_options_before_spark(config))
+        options = store_options_before_spark(config, input_uri, output_uri)
+        source, out, listing = check_paths(config, options)
         spark = build_session(config)
-    input_uri, layout = source.uri, OutputLayout(out.uri)
+    layout = OutputLayout(output_uri)
     artifact = resolve_model(spark, config, out, listing, source)
     warm = warm_workers(spark, artifact, config)
     with warm, RunLock.acquire(out, command=command_line(), timeout_s=config.lock_timeout,
@@ -363,13 +371,14 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             pin(out, artifact)  # resumed runs and `train` use this very model
         history = start_record(out, lock)
         out.make_dirs(ledger.FEATURES_DIR, ledger.ERRORS_DIR)
-        for folder in ("", "_fruitlens", *ledger.KINDS):  # temporary files of writes a killed run left
-            for path in out.hidden_leftovers(folder):
-                out.delete(path)
+        for path in leftovers(out, ("_fruitlens", *ledger.KINDS)):  # of writes a killed run left
+            out.delete(path)
         plan = ledger.plan(ledger.read_index(out), listing)
         ledger.apply(out, plan, after_write=lambda: faults.kill_point("cleanup"))
         drop_derived(out)
-        warm.wait() if plan.todo else warm.cancel()  # the workers' start-up counts as setup
+        todo = [f for f in plan.todo if f.problem is None]
+        unusable, unlisted = ledger.commit_listing_errors(out, [f for f in plan.todo if f.problem is not None])
+        warm.wait() if todo else warm.cancel()  # the workers' start-up counts as setup
         timer.lap("setup", t)
         log(f"setup: input {input_uri}: {len(listing)} images; reused {plan.reused}, new {plan.new}, "
             f"changed {plan.changed}, removed {plan.removed}, retried {plan.retried}; engine {artifact.engine} "
@@ -378,17 +387,19 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
 
         t = time.perf_counter()
         with image_progress(spark, "extract", enabled=config.progress) as progress:
-            progress.total = len(plan.todo)
-            done = extract_stage(spark, config, plan.todo, input_uri, out, options, artifact,
+            progress.total = len(todo)
+            done = extract_stage(spark, config, todo, input_uri, out, options, artifact,
                                  progress=progress.address)
         seconds = timer.lap("extract", t)
         log(f"extract: {done['images']} images -> {done['features']} features, {done['errors']} errors "
             f"({done['errors'] - done['read_errors']} decode, {done['read_errors']} read) "
-            f"in {seconds:.1f} s ({done['images'] / max(seconds, 1e-9):.1f} images/s)")
-        errors = plan.kept["errors"] + done["errors"]  # the kept ones are decode errors: read errors are redone
+            f"in {seconds:.1f} s ({done['images'] / max(seconds, 1e-9):.1f} images/s)"
+            + (f"; {unusable} more could not be read as listed (links, names: see OUTPUT/errors)" if unusable else ""))
+        # The kept errors are decode errors (read errors are always redone).
+        errors, read_errors = plan.kept["errors"] + done["errors"] + unusable, done["read_errors"] + unlisted
         counts = {"matched": len(listing), "features": plan.kept["features"] + done["features"],
-                  "errors": errors, "decode_errors": errors - done["read_errors"],
-                  "read_errors": done["read_errors"], "processed": done["images"], **plan.counts()}
+                  "errors": errors, "decode_errors": errors - read_errors, "read_errors": read_errors,
+                  "processed": done["images"] + unusable, **plan.counts()}
         try:
             check_error_rate(config, out, counts)
         except ErrorRateError as exc:  # `status` tells why this run did not finish
@@ -462,11 +473,11 @@ def refit_pca(config: PipelineConfig) -> dict:
     """`fruitlens pca OUTPUT`: (re)fit PCA on OUTPUT/features and update the manifest."""
     timer = Timer()
     t = time.perf_counter()
-    layout = OutputLayout(hadoopfs.qualify(config.output))
+    layout = OutputLayout(uris.qualify(config.output))
     if not launched_by_spark_submit():  # a clear error before the JVM starts
-        read_manifest(Store(layout.root, store_options_before_spark(config)))
+        read_manifest(Store(layout.root, store_options_before_spark(config, layout.root)))
     spark = build_session(config)
-    out = Store(layout.root, store_options(spark))
+    out = Store(layout.root, store_options(spark, layout.root))
     read_manifest(out)  # a clear error before taking the lock
     with RunLock.acquire(out, command=command_line(), timeout_s=config.lock_timeout,
                          force=config.force_unlock, wait_s=config.lock_wait) as lock:

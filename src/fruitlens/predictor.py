@@ -12,10 +12,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from fruitlens import uris
 from fruitlens.engine import OnnxEngine
 from fruitlens.errors import FruitlensError
 from fruitlens.images import DecodeError, decode_rgb, is_image_path, preprocess
@@ -60,10 +60,10 @@ class Head:
 
 def local_predictor_dir(output: str) -> Path:
     """OUTPUT/predictor as a local folder: local paths and file: URIs as they are, s3:// downloaded once."""
-    parsed = urlparse(output)
-    if parsed.scheme in ("s3", "s3a", "s3n"):
-        return _download_s3(parsed.netloc, parsed.path.strip("/") + "/predictor")
-    root = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(output).expanduser()
+    loc = uris.parse(output)
+    if not loc.is_local:
+        return _download_s3(loc.authority, loc.path.strip("/") + "/predictor")
+    root = Path(loc.path).expanduser()
     folder = root / "predictor"
     missing = [f for f in PREDICTOR_FILES if not (folder / f).is_file()]
     if missing:

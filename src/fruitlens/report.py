@@ -17,7 +17,7 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from fruitlens import hadoopfs
+from fruitlens import hadoopfs, uris
 from fruitlens.output import OutputLayout, OutputMissingError
 from fruitlens.progress import log
 from fruitlens.redact import redact
@@ -85,7 +85,7 @@ def pca_map_figure(spark: SparkSession, layout: OutputLayout, pca: dict) -> str:
 
     if (pca.get("k") or 0) < 2 or not hadoopfs.exists(spark, layout.pca):
         return _missing("No 2-D map: PCA kept fewer than 2 components or was not fitted.")
-    data = spark.read.parquet(layout.pca)
+    data = spark.read.parquet(uris.spark_read_path(layout.pca))
     rows = pca.get("rows") or data.count()
     if rows > MAX_MAP_POINTS:
         data = data.sample(fraction=min(1.0, 1.2 * MAX_MAP_POINTS / rows), seed=0).limit(MAX_MAP_POINTS)
@@ -126,27 +126,28 @@ def confusion_figure(metrics: dict) -> str:
 
 
 def thumbnails(spark: SparkSession, paths: list[str]) -> dict[str, str]:
-    """path → a small JPEG data: URI, reading the photos through Spark (local files and S3 alike)."""
+    """path → a small JPEG data: URI, reading the photos through Spark's file system (local files and S3
+    alike; one by one, by their literal names: a reader such as binaryFile would expand glob characters)."""
     from PIL import Image
 
-    if not paths:
-        return {}
-    try:
-        rows = spark.read.format("binaryFile").load(paths).select("path", "content").collect()
-    except Exception as exc:  # noqa: BLE001 - photos moved since the run: the grid shows names only
-        log(f"report: cannot read the misclassified photos ({str(exc).splitlines()[0][:200]})")
-        return {}
-    out = {}
-    for r in rows:
+    out, unread = {}, []
+    for path in paths:
         try:
-            with Image.open(io.BytesIO(r["content"])) as img:
+            content = hadoopfs.read_bytes(spark, path)
+        except hadoopfs.StorageError as exc:  # moved since the run: the grid shows its name only
+            unread.append(str(exc))
+            continue
+        try:
+            with Image.open(io.BytesIO(content)) as img:
                 img = img.convert("RGB")
                 img.thumbnail(THUMB)
                 buf = io.BytesIO()
                 img.save(buf, "JPEG", quality=85)
         except OSError:
             continue
-        out[r["path"]] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        out[path] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    if unread:
+        log(f"report: cannot read {len(unread)} of the misclassified photos (first: {unread[0][:200]})")
     return out
 
 
@@ -195,7 +196,7 @@ def render(spark: SparkSession, layout: OutputLayout) -> str:
     errors_table = _missing("No errors: every matched image was decoded.")
     if counts.get("errors") and hadoopfs.exists(spark, layout.errors):
         # Error files written before `kind` existed lack the column: merged, it is null there (decode).
-        errors = spark.read.option("mergeSchema", "true").parquet(layout.errors)
+        errors = spark.read.option("mergeSchema", "true").parquet(uris.spark_read_path(layout.errors))
         kind = F.coalesce(F.col("kind"), F.lit("decode")) if "kind" in errors.columns else F.lit("decode")
         rows = errors.select("path", "error", kind.alias("kind")).orderBy("path").limit(MAX_ERRORS_SHOWN).collect()
         more = counts["errors"] - len(rows)

@@ -12,15 +12,15 @@ import json
 import time
 
 from fruitlens import ledger
-from fruitlens.hadoopfs import qualify
 from fruitlens.lock import describe, read as read_lock, stale_reason
 from fruitlens.output import MANIFEST, RUN, SETTINGS, read_json
 from fruitlens.redact import redact
 from fruitlens.store import Store, StoreOptions
+from fruitlens.uris import qualify
 
 
 def status(uri: str, *, lock_timeout: float = 60.0) -> dict:
-    out = Store(qualify(uri), StoreOptions.from_environment())
+    out = Store(qualify(uri), StoreOptions.from_environment().with_bucket_regions(qualify(uri)))
     if not out.exists():
         return {"output": out.uri, "state": "missing"}
     manifest, run, lock = read_json(out, MANIFEST), read_json(out, RUN), read_lock(out)

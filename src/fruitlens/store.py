@@ -5,24 +5,23 @@ Writes that others may read are atomic: on local disk a hidden temporary name (`
 Spark and pyarrow's dataset readers skip) then ``os.replace``; on S3 one PUT of the whole object,
 which S3 makes visible all at once (no rename tricks: S3 has no rename).
 
-Paths are spelt as Spark spells them (``file:/a b/x.jpg``, ``s3a://bucket/key``), so rows written here
-and rows read by Spark name files the same way.
+Paths are spelt as Hadoop's ``Path.toString`` spells them (``file:/a b/x.jpg``, ``s3a://bucket/key``),
+literally (see :mod:`fruitlens.uris`), so rows written here and paths Spark reads name files the same way.
 """
 from __future__ import annotations
 
 import errno
 import os
 import uuid
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from fruitlens import uris
 from fruitlens.errors import FruitlensError
-
-S3_SCHEMES = ("s3", "s3a", "s3n")
 
 
 class StoreError(FruitlensError, RuntimeError):
@@ -46,6 +45,32 @@ class StoreOptions:
     access_key: str | None = None
     secret_key: str | None = None
     session_token: str | None = None
+    #: (bucket, region) pairs resolved on the driver (:meth:`with_bucket_regions`); they win over ``region``.
+    bucket_regions: tuple[tuple[str, str], ...] = ()
+
+    def with_bucket_regions(self, *locations: str) -> StoreOptions:
+        """These options plus the region of each S3 bucket in ``locations``, asked of S3 once, here on the driver.
+
+        pyarrow takes its region only from ``AWS_REGION`` or the settings, and on EMR on EKS that is the
+        cluster's region (IRSA injects it): a bucket in another region would fail in every worker while
+        Spark's own S3 connector works. With an endpoint (an S3-compatible server) there is nothing to
+        resolve. A bucket whose region cannot be read keeps ``region``: its first real call reports why.
+        """
+        if self.endpoint:
+            return self
+        regions = dict(self.bucket_regions)
+        for uri in locations:
+            loc = uris.parse(uri)
+            if not loc.is_local and loc.authority and loc.authority not in regions:
+                bucket = loc.authority
+                try:
+                    regions[bucket] = pafs.resolve_s3_region(bucket)
+                except (OSError, ValueError):
+                    pass
+        return replace(self, bucket_regions=tuple(sorted(regions.items())))
+
+    def region_for(self, bucket: str) -> str | None:
+        return dict(self.bucket_regions).get(bucket) or self.region
 
     @classmethod
     def from_environment(cls, env=None, hadoop: dict[str, str] | None = None) -> StoreOptions:
@@ -60,7 +85,7 @@ class StoreOptions:
         )
 
 
-def _s3_filesystem(options: StoreOptions) -> pafs.S3FileSystem:
+def _s3_filesystem(options: StoreOptions, region: str | None) -> pafs.S3FileSystem:
     kwargs: dict = {}
     if options.endpoint:
         # S3-compatible servers (SeaweedFS, older MinIO) mangle the AWS SDK's default streamed trailing
@@ -70,8 +95,8 @@ def _s3_filesystem(options: StoreOptions) -> pafs.S3FileSystem:
         parts = urlsplit(options.endpoint if "://" in options.endpoint else "https://" + options.endpoint)
         kwargs["endpoint_override"] = parts.netloc
         kwargs["scheme"] = parts.scheme
-    if options.region:
-        kwargs["region"] = options.region
+    if region:
+        kwargs["region"] = region
     elif options.endpoint:
         kwargs["region"] = "us-east-1"  # an S3-compatible server: no region to resolve
     if options.access_key and options.secret_key:
@@ -88,20 +113,19 @@ class Store:
 
     def __init__(self, uri: str, options: StoreOptions | None = None) -> None:
         self.options = options or StoreOptions()
-        parts = urlsplit(uri)
-        self.scheme = parts.scheme or "file"
-        if self.scheme == "file":
+        loc = uris.parse(uri)  # literal: "#", "%", "?" are characters of the name
+        self.scheme = loc.scheme
+        self.region: str | None = None
+        if loc.is_local:
             self.fs = pafs.LocalFileSystem()
-            self.root = unquote(parts.path).rstrip("/") or "/"
-        elif self.scheme in S3_SCHEMES:
-            key = ("s3", self.options)
-            if key not in _FILESYSTEMS:  # one client per process (workers reuse it across tasks)
-                _FILESYSTEMS[key] = _s3_filesystem(self.options)
-            self.fs = _FILESYSTEMS[key]
-            self.root = f"{parts.netloc}{unquote(parts.path)}".rstrip("/")
+            self.root = loc.path.rstrip("/") or "/"
         else:
-            raise StoreError(f"{uri}: fruitlens reads and writes local paths and s3:// / s3a:// URIs; "
-                             f"{self.scheme}:// is not supported")
+            self.region = self.options.region_for(loc.authority)
+            key = ("s3", self.options, self.region)
+            if key not in _FILESYSTEMS:  # one client per process and region (workers reuse it across tasks)
+                _FILESYSTEMS[key] = _s3_filesystem(self.options, self.region)
+            self.fs = _FILESYSTEMS[key]
+            self.root = f"{loc.authority}/{loc.path}".rstrip("/")
         self.uri = uri
 
     @property
@@ -117,10 +141,9 @@ class Store:
         return f"file:{fs_path}" if self.is_local else f"{self.scheme}://{fs_path}"
 
     def path_of(self, spark_path: str) -> str:
-        """Inverse of :meth:`spark_path`."""
-        if self.is_local:
-            return spark_path.removeprefix("file://").removeprefix("file:")
-        return spark_path.split("://", 1)[1]
+        """Inverse of :meth:`spark_path` (literal: no decoding)."""
+        loc = uris.parse(spark_path)
+        return loc.path if loc.is_local else f"{loc.authority}/{loc.path}"
 
     # -- reading -----------------------------------------------------------------------------------
     def info(self, rel: str = "") -> pafs.FileInfo:
@@ -134,7 +157,7 @@ class Store:
         selector = pafs.FileSelector(self.fs_path(rel), recursive=recursive, allow_not_found=True)
         infos = self._call("list", rel, lambda: self.fs.get_file_info(selector))
         base = len(self.fs_path(rel)) + 1
-        return [i for i in infos if i.type == pafs.FileType.File and not _hidden(i.path[base:])]
+        return [i for i in infos if i.type == pafs.FileType.File and not hidden(i.path[base:])]
 
     def read_bytes(self, path: str) -> bytes:
         """``path`` is a filesystem path (as :meth:`list` returns)."""
@@ -249,7 +272,7 @@ class Store:
         import boto3
 
         o = self.options
-        return boto3.client("s3", endpoint_url=o.endpoint, region_name=o.region or None,
+        return boto3.client("s3", endpoint_url=o.endpoint, region_name=self.region or None,
                             aws_access_key_id=o.access_key, aws_secret_access_key=o.secret_key,
                             aws_session_token=o.session_token)
 
@@ -286,6 +309,6 @@ def _put(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         out.write(data)
 
 
-def _hidden(rel: str) -> bool:
+def hidden(rel: str) -> bool:
     """Spark's rule for files it never reads: any path component starting with ``.`` or ``_``."""
     return any(part.startswith(".") or (part.startswith("_") and "=" not in part) for part in rel.split("/"))

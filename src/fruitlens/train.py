@@ -22,7 +22,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruitlens import hadoopfs
+from fruitlens import hadoopfs, uris
 from fruitlens.engine import prepare_model, sha256_file
 from fruitlens.errors import FruitlensError
 from fruitlens.output import OutputLayout
@@ -176,7 +176,7 @@ def train(spark: SparkSession, layout: OutputLayout, *, on: str = "pca", seed: i
     # The predictor must see photos as the features did (size, precision): before any work, fails fast.
     onnx_path = model_file(spark, weights, weights_sha256, engine, layout.root)
     t = time.perf_counter()
-    data = (spark.read.parquet(source)
+    data = (spark.read.parquet(uris.spark_read_path(source))
             .select("path", "label", "split", array_to_vector(SOURCES[on]).alias("vector")))
     train_rows, test_rows, how = split_rows(data, seed)
     train_rows = train_rows.cache()
@@ -191,7 +191,7 @@ def train(spark: SparkSession, layout: OutputLayout, *, on: str = "pca", seed: i
 
     classifier_uri = child(layout, "classifier")
     model.write().overwrite().save(classifier_uri)
-    pca_model = PipelineModel.load(layout.pca_model) if on == "pca" else None
+    pca_model = PipelineModel.load(uris.spark_read_path(layout.pca_model)) if on == "pca" else None
     summary = {
         "on": on, "split": how, "train_rows": n_train, "test_rows": metrics["test_rows"],
         "classes": len(labels), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],

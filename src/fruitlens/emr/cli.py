@@ -15,6 +15,7 @@ from typing import Any
 from fruitlens.cli import _conf_pair, add_pipeline_options, pipeline_args
 from fruitlens.config import ConfigError
 from fruitlens.emr import jobs as emr
+from fruitlens.emr import releases
 from fruitlens.emr.profile import EmrProfile, load_profile
 
 # (flag, profile field, type, help); grouped by the commands that use them.
@@ -25,8 +26,11 @@ CLUSTER_FLAGS = (
 )
 JOB_FLAGS = (
     ("--execution-role-arn", "execution_role_arn", str, "IAM role of the job's pods (IRSA)"),
-    ("--release-label", "release_label", str, "EMR release, e.g. emr-7.5.0-latest"),
+    ("--release-label", "release_label", str,
+     f"EMR release: {releases.DEFAULT_RELEASE} (Spark 4.0, default) or emr-7.x such as emr-7.5.0-latest (Spark 3.5)"),
     ("--image", "image", str, "container image with fruitlens, best repo@sha256:... (spark.kubernetes.container.image)"),
+    ("--image-spark", "image_spark", str,
+     f"Spark version the image was built on (its {releases.SPARK_LABEL} label; default: read from the local image)"),
     ("--python", "python", str, "the image's Python with fruitlens (spark.pyspark.python; default the venv's)"),
     ("--node-arch", "node_arch", str, "kubernetes.io/arch of the nodes the pods may use (default amd64)"),
     ("--entry-point", "entry_point", str, "job script: local:///path/in/image.py or s3://..."),
@@ -157,6 +161,24 @@ def _wait_and_check(client, vc: str, job_id: str, ns: argparse.Namespace, namesp
     return 0
 
 
+def check_image_spark(profile: EmrProfile) -> None:
+    """Before any call: the image must be built on the release's Spark line, or its driver fails under the
+    release's job runner after the job is billed (:mod:`fruitlens.emr.releases`)."""
+    if not profile.image:
+        return  # a dry run without an image: nothing to compare
+    spark = profile.image_spark or releases.local_image_spark(profile.image)
+    if spark is None:
+        line = releases.release(profile.release_label).spark_line
+        raise ConfigError(
+            f"emr submit: which Spark the image {profile.image} was built on is not known here, so whether it can "
+            f"run under release {profile.release_label} (Spark {line}) cannot be checked: set image_spark in the "
+            f"EMR profile (or --image-spark) to the image's {releases.SPARK_LABEL} label, which `make push` prints "
+            f"(docker image inspect -f '{{{{index .Config.Labels \"{releases.SPARK_LABEL}\"}}}}' IMAGE)")
+    problem = releases.image_mismatch(profile.release_label, profile.image, spark)
+    if problem:
+        raise ConfigError(f"emr submit: {problem}")
+
+
 def _submit(ns: argparse.Namespace) -> int:
     profile = profile_from_args(ns)
     input_uri = ns.input or profile.input
@@ -173,13 +195,15 @@ def _submit(ns: argparse.Namespace) -> int:
     if not (profile.input and profile.granted_output):
         _note("the profile has no input/output, so whether the job role may read INPUT and write OUTPUT is not "
               "checked here (`fruitlens emr iam-policy` grants exactly those prefixes)")
+    if not ns.dry_run:
+        profile.require("execution_role_arn", "image")
+    check_image_spark(profile)
     if ns.dry_run:
         if not profile.virtual_cluster_id:
             raise ConfigError("emr submit --dry-run calls nothing, so it cannot resolve a virtual cluster name: "
                               "give --virtual-cluster-id (or virtual_cluster_id in the profile)")
         client, vc = None, profile.virtual_cluster_id
     else:
-        profile.require("execution_role_arn", "image")
         client, vc = _cluster(profile)
     request = emr.build_request(profile, virtual_cluster_id=vc, input_uri=input_uri, output_uri=output_uri,
                                 pipeline_args=pipeline_args(ns), run_key=ns.run_key, client_token=ns.client_token)

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fruitlens.config import ConfigError, merge_sources
+from fruitlens.emr.releases import DEFAULT_RELEASE, SPARK_LABEL, ReleaseError, release, spark_line
 
 ENV_PREFIX = "FRUITLENS_EMR_"
 #: The script the container image must provide: it runs ``fruitlens.cli.main(sys.argv[1:])``.
 DEFAULT_ENTRY_POINT = "local:///opt/fruitlens/job.py"
-DEFAULT_RELEASE_LABEL = "emr-7.5.0-latest"
+DEFAULT_RELEASE_LABEL = DEFAULT_RELEASE
 #: The interpreter of the image's venv (docker/Dockerfile.emr): sent as spark.pyspark.python.
 DEFAULT_PYTHON = "/opt/fruitlens/venv/bin/python"
 #: The values CloudWatch Logs' PutRetentionPolicy accepts (its API reference; not in botocore's model).
@@ -69,11 +70,16 @@ class EmrProfile:
     execution_role_arn
         IAM role the driver and executors assume (IRSA); its policy: ``fruitlens emr iam-policy``.
     release_label
-        EMR release, e.g. ``emr-7.5.0-latest``, ``emr-6.12.0-java17-latest``, ``emr-7.2.0-20240610``; the
-        custom image must be built on the same release.
+        EMR release: ``emr-spark-8.0.0-latest`` (Spark 4.0, the default) or an emr-7.x release such as
+        ``emr-7.5.0-latest`` or ``emr-7.2.0-20240610`` (Spark 3.5); emr-5.x/6.x are refused
+        (:mod:`fruitlens.emr.releases`). The image must be built on a base of the same Spark line.
     image
         Container image URI (ECR) with fruitlens installed; set as ``spark.kubernetes.container.image``.
         Best pinned by digest (``repo@sha256:...``, printed by ``make push``): a tag is pulled ``Always``.
+    image_spark
+        The Spark version the image was built on (its ``fruitlens.spark.version`` label, printed by
+        ``make push``); ``emr submit`` checks it against the release's line. Unset: read from the image
+        where this machine's Docker has it.
     python
         The image's interpreter with fruitlens: ``spark.pyspark.python`` and ``spark.pyspark.driver.python``.
     node_arch
@@ -114,6 +120,7 @@ class EmrProfile:
     execution_role_arn: str | None = None
     release_label: str = DEFAULT_RELEASE_LABEL
     image: str | None = None
+    image_spark: str | None = None
     entry_point: str = DEFAULT_ENTRY_POINT
     python: str = DEFAULT_PYTHON
     node_arch: str = "amd64"
@@ -155,8 +162,17 @@ class EmrProfile:
                       f"arn:aws:iam::123456789012:role/fruitlens-job, got {self.execution_role_arn!r}")
         problem = api_string_problem("StartJobRun", "releaseLabel", self.release_label)
         if problem:
-            raise bad("release_label", f"{problem}; e.g. emr-7.5.0-latest, emr-7.2.0-20240610, "
-                      "emr-6.12.0-java17-latest")
+            raise bad("release_label", f"{problem}; e.g. emr-spark-8.0.0-latest, emr-7.5.0-latest, "
+                      "emr-7.2.0-20240610")
+        try:
+            release(self.release_label)
+        except ReleaseError as exc:
+            raise bad("release_label", f"is refused: {exc}") from None
+        if self.image_spark is not None:
+            try:
+                spark_line(self.image_spark)
+            except ReleaseError as exc:
+                raise bad("image_spark", f"must be the image's {SPARK_LABEL} label: {exc}") from None
         if self.image is not None and not IMAGE_RE.match(self.image):
             raise bad("image", f"must be a container image URI such as "
                       f"123456789012.dkr.ecr.us-east-1.amazonaws.com/fruitlens:0.1.0, got {self.image!r}")

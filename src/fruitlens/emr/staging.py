@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
+from fruitlens import uris
 from fruitlens.errors import FruitlensError
 from fruitlens.images import is_image_path, label_and_split
 
@@ -30,10 +30,13 @@ class S3Error(FruitlensError, RuntimeError):
 
 def split_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b/`` → ``("bucket", "a/b/")``; the prefix keeps (or gets) no leading slash."""
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("s3", "s3a") or not parsed.netloc:
+    try:
+        loc = uris.parse(uri)
+    except uris.PathError:
+        loc = None
+    if loc is None or loc.scheme not in ("s3", "s3a"):
         raise S3Error(f"{uri!r} is not an S3 URI: expected s3://bucket/prefix")
-    return parsed.netloc, parsed.path.lstrip("/")
+    return loc.authority, loc.path
 
 
 def _dir_prefix(prefix: str) -> str:

@@ -9,6 +9,7 @@ import json
 import sys
 
 from fruitlens.cli import (
+    DECODE_FLAGS,
     ERROR_FLAGS,
     PIPELINE_FLAGS,
     STAGE_FLAGS,
@@ -146,7 +147,8 @@ def submit_values(ns: argparse.Namespace) -> dict:
     if getattr(ns, "master", None):
         raise ConfigError("--master does not apply to k8s submit: the chart sets the Kubernetes master")
     pipeline = {key: getattr(ns, key, None) for key in PIPELINE_VALUES}
-    unmapped = argparse.Namespace(**{k: getattr(ns, k, None) for k in {**PIPELINE_FLAGS, **STAGE_FLAGS, **ERROR_FLAGS}
+    forwarded = {**PIPELINE_FLAGS, **STAGE_FLAGS, **ERROR_FLAGS, **DECODE_FLAGS}
+    unmapped = argparse.Namespace(**{k: getattr(ns, k, None) for k in forwarded
                                     if k not in PIPELINE_VALUES})
     return chart_values(
         input=ns.input, output=ns.output, command=ns.job_command, image=ns.image, pull_policy=ns.pull_policy,
