@@ -1,6 +1,6 @@
 """Explore int8 quantization settings: fidelity on the bench-engines photos, speed vs fp32 in one process.
 
-Not part of the package: a measuring tool for choosing `fruitlens.quantize`'s settings (issue 12).
+Not part of the package: a measuring tool for choosing `fruitlens.engines.quantize`'s settings (issue 12).
 For each config: quantize the fp32 224 export (calibrated like `run --engine onnx-int8`: a class-balanced
 choice of Training photos), then
 - the cosine of its features to fp32's on the photos `fruitlens bench-engines` uses (60 Training photos per
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fruitlens.bench_engines import _cosine, _features, balanced, interleaved_speed
-from fruitlens.engine import OnnxEngine, prepare_model
+from fruitlens.bench.engines import _cosine, _features, balanced, interleaved_speed
+from fruitlens.engines.engine import OnnxEngine, prepare_model
+from fruitlens.engines.quantize import select_calibration
 from fruitlens.images import decode_rgb, is_image_path, preprocess
-from fruitlens.quantize import select_calibration
 
 WORK = Path("/tmp/int8x")
 
@@ -83,7 +83,7 @@ CONFIGS = {
     "rr_expand_int8_conv1": {"rr_on": EXPAND, "exclude": lambda convs, *_: [convs[1], convs[2], convs[-1]]},
     "rr_expand_int8_dw0": {"rr_on": EXPAND, "exclude": lambda convs, *_: [convs[0], convs[2], convs[-1]]},
     "rr_expand_int8_proj0": {"rr_on": EXPAND, "exclude": lambda convs, *_: [convs[0], convs[1], convs[-1]]},
-    # GPTQ rounding + bias correction (fruitlens.rounding) of every int8 Conv's weights
+    # GPTQ rounding + bias correction (fruitlens.engines.rounding) of every int8 Conv's weights
     "gptq_rr_expand_first3": {"gptq": True, "rr_on": EXPAND, "exclude": first_and_last(3)},
     "gptq_rr_expand_all": {"gptq": True, "rr_on": EXPAND, "exclude": lambda *_: []},
     "gptq_rr_expand_last": {"gptq": True, "rr_on": EXPAND, "exclude": lambda convs, *_: [convs[-1]]},
@@ -137,7 +137,7 @@ def quantize(fp32: str, out: Path, cfg: dict, calib_pixels: np.ndarray) -> None:
         input_name = graph.input[0].name
         extra = dict(cfg["extra"])
         if cfg["gptq"]:
-            from fruitlens.rounding import scale_overrides, snap_convs
+            from fruitlens.engines.rounding import scale_overrides, snap_convs
 
             model = onnx.load(str(pre))
             excluded = set(cfg["exclude"](convs, adds, pool))

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from fruitlens.engine import prepare_model
+from fruitlens.engines.engine import prepare_model
 
 
 def main(model: str, photos: str = "/tmp/int8x/pixels224.npy") -> int:

@@ -11,7 +11,7 @@ venv=${FRUITLENS_HOME:-/opt/fruitlens}/venv
 rm -rf "$dist"
 PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" - <<'PY'
 import os
-from fruitlens.engine import cache_dir, prepare_model
+from fruitlens.engines.engine import cache_dir, prepare_model
 baked = set(os.listdir(cache_dir()))
 artifact = prepare_model("onnx", "imagenet")
 assert os.path.basename(artifact.path) in baked, f"the model stage baked {baked}, fruitlens wants {artifact.path}"

@@ -13,11 +13,11 @@ The contract defaults to the image's `fruitlens.flavour` label. --no-app checks 
 the stand-in bases and the real EMR bases (public.ecr.aws/emr-on-eks/spark/emr-spark-8.0.0, emr-7.x) can be
 checked too. The image's Spark is read from its jars (docker/spark_version.py): an app image's
 fruitlens.spark.version label must name it, and with --release (emr contract; `make validate-image` passes
-the EMR profile's release_label) it must be of that release's Spark line (src/fruitlens/emr/releases.py).
+the EMR profile's release_label) it must be of that release's Spark line (src/fruitlens/deploy/emr/releases.py).
 For the emr contract the checks run with tmpfs over the folders EMR on EKS mounts at run time, so
 nothing the job needs may live there. Prints one PASS/FAIL line per check; exit 1 if any failed.
 Standard library only: it runs with any python3 beside a Docker client (--release also imports this
-repository's src/fruitlens/emr/releases.py, standard library only itself).
+repository's src/fruitlens/deploy/emr/releases.py, standard library only itself).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ CONTRACTS = {
     },
 }
 DEFAULT_PYTHON = "/opt/fruitlens/venv/bin/python"
-SPARK_LABEL = "fruitlens.spark.version"  # what `make build` records (fruitlens.emr.releases.SPARK_LABEL)
+SPARK_LABEL = "fruitlens.spark.version"  # what `make build` records (fruitlens.deploy.emr.releases.SPARK_LABEL)
 NO_NET = ["--network", "none", "--hostname", "validate", "--add-host", "validate:127.0.0.1"]
 
 # A PySpark job the image's Spark runs in local mode: the driver and one Python worker import fruitlens.
@@ -129,7 +129,7 @@ class Validator:
                         f"image says {label!r}")
         if self.release and self.name == "emr":
             sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-            from fruitlens.emr.releases import ReleaseError, release, spark_line
+            from fruitlens.deploy.emr.releases import ReleaseError, release, spark_line
 
             try:
                 line = release(self.release).spark_line

@@ -1,7 +1,7 @@
 # Container images (docs/docker.md): `make build`, `make push`, `make docker-run`, `make base-local`.
 #   FLAVOUR=oss  apache/spark python3 base, Spark on Kubernetes (user 185 `spark`)
 #   FLAVOUR=emr  EMR on EKS Spark base (user hadoop): EMR_BASE, emr-spark-8.0.0's by default (Spark 4.0); an
-#                emr-7.x base (Spark 3.5) for emr-7.x releases (src/fruitlens/emr/releases.py)
+#                emr-7.x base (Spark 3.5) for emr-7.x releases (src/fruitlens/deploy/emr/releases.py)
 #   VARIANT=full (default, TensorFlow included) | slim (no TensorFlow; TAG defaults to FLAVOUR-slim)
 # BASE_IMAGE defaults to the flavour's real base; where it cannot be pulled (no registry reachable) a
 # local Debian-based stand-in is used instead: LOCAL_BASE (`make base-local`) for oss, EMR_LOCAL_BASE
@@ -32,7 +32,8 @@ REGISTRY ?=
 WEIGHTS_FILE := mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 DOCKER_STAGE := build/docker
 # What the image's model stage runs to export the weights to ONNX (not the whole wheel: see Dockerfile.oss).
-EXPORTER_FILES := src/fruitlens/__init__.py src/fruitlens/errors.py src/fruitlens/engine.py
+EXPORTER_FILES := fruitlens/__init__.py fruitlens/errors.py fruitlens/console.py fruitlens/redact.py \
+  fruitlens/engines/__init__.py fruitlens/engines/engine.py
 # Reproducible wheel bytes: an unchanged source gives an unchanged wheel, so Docker reuses the layer.
 WHEEL_EPOCH := 315532800
 
@@ -71,8 +72,8 @@ docker-stage: ## stage the build inputs in build/docker: dependency wheels, frui
 	$(VENV)/bin/pip download -q --no-deps --only-binary=:all: -d $(DOCKER_STAGE)/wheels -r $(DOCKER_STAGE)/deps.txt
 	rm -f $(DOCKER_STAGE)/dist/fruitlens-*.whl
 	SOURCE_DATE_EPOCH=$(WHEEL_EPOCH) $(VENV)/bin/pip wheel -q --no-deps -w $(DOCKER_STAGE)/dist .
-	rm -rf $(DOCKER_STAGE)/exporter && mkdir -p $(DOCKER_STAGE)/exporter/fruitlens
-	cp $(EXPORTER_FILES) $(DOCKER_STAGE)/exporter/fruitlens/
+	rm -rf $(DOCKER_STAGE)/exporter && mkdir -p $(DOCKER_STAGE)/exporter
+	cd src && cp --parents $(EXPORTER_FILES) ../$(DOCKER_STAGE)/exporter/
 	@w="$(DOCKER_STAGE)/weights/$(WEIGHTS_FILE)"; \
 	for src in "$${KERAS_HOME:-$$HOME/.keras}/models/$(WEIGHTS_FILE)" "$(SHARED)/models/$(WEIGHTS_FILE)"; do \
 	  if [ -f "$$src" ]; then cmp -s "$$src" "$$w" || cp "$$src" "$$w"; break; fi; \

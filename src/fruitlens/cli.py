@@ -17,8 +17,8 @@ from fruitlens.errors import FruitlensError
 from fruitlens.redact import redact_text
 
 #: Modules adding subcommands; a module that is not there yet is skipped.
-COMMAND_MODULES = ("fruitlens.status", "fruitlens.bench", "fruitlens.bench_engines", "fruitlens.emr.cli", "fruitlens.k8s.cli",
-                   "fruitlens.emr.data_cli", "fruitlens.classify_cli", "fruitlens.doctor")
+COMMAND_MODULES = ("fruitlens.state.status", "fruitlens.bench", "fruitlens.bench.engines", "fruitlens.deploy.emr.cli", "fruitlens.deploy.k8s.cli",
+                   "fruitlens.deploy.s3data.cli", "fruitlens.classify.cli", "fruitlens.doctor")
 
 
 def _conf_pair(text: str) -> tuple[str, str]:
@@ -96,7 +96,7 @@ PIPELINE_FLAGS = {
     "batch_size": "--batch-size", "arrow_batch_size": "--arrow-batch-size", "partitions": "--partitions",
     "limit": "--limit", "engine": "--engine", "image_size": "--image-size", "weights": "--weights", "overwrite": "--overwrite",
 }
-#: Stages after the PCA (fruitlens.classify_cli); forwarded by `emr submit`, not (yet) chart values.
+#: Stages after the PCA (fruitlens.classify.cli); forwarded by `emr submit`, not (yet) chart values.
 STAGE_FLAGS = {"train": "--train", "report": "--report"}
 #: How failures are retried and bounded; no chart values: forwarded as raw arguments (k8s: extraArgs).
 ERROR_FLAGS = {"retry_timeout": "--retry-timeout", "max_error_rate": "--max-error-rate"}

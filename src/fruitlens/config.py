@@ -18,7 +18,7 @@ from fruitlens.errors import FruitlensError
 
 ENV_PREFIX = "FRUITLENS_"
 ENGINES = ("auto", "onnx", "onnx-int8", "keras")
-#: Input sizes of the model (see fruitlens.engine.IMAGE_SIZES); 224 is the faithful default.
+#: Input sizes of the model (see fruitlens.engines.engine.IMAGE_SIZES); 224 is the faithful default.
 IMAGE_SIZES = (224, 160, 128, 96)
 VERBOSITY = ("quiet", "normal", "verbose")
 #: Where ``make data`` puts the public dataset: the job's input when none is given.
@@ -117,8 +117,8 @@ class PipelineConfig:
     verbosity: str = "normal"
     spark_conf: dict[str, str] = field(default_factory=dict)
     driver_pca_max_rows: int = 250_000
-    train: bool = False  # `run --train`: fit the classifier on the PCA (fruitlens.train)
-    report: bool = False  # `run --report`: write OUTPUT/report/index.html (fruitlens.report)
+    train: bool = False  # `run --train`: fit the classifier on the PCA (fruitlens.classify.train)
+    report: bool = False  # `run --report`: write OUTPUT/report/index.html (fruitlens.classify.report)
 
     def __post_init__(self) -> None:
         if self.pca_k is not None and self.pca_variance is not None:

@@ -69,7 +69,7 @@ def check_packages() -> Check:
     if missing:
         return Check("python packages", FAIL, f"missing in {sys.prefix}: {', '.join(missing)}",
                      "make setup (installs requirements.lock into .venv)")
-    from fruitlens.output import library_versions
+    from fruitlens.state.output import library_versions
 
     versions = library_versions()
     shown = ", ".join(f"{k} {versions[k]}" for k in ("pyspark", "onnxruntime", "numpy") if k in versions)
@@ -84,7 +84,7 @@ def check_tensorflow() -> Check:
 
 
 def check_weights() -> Check:
-    from fruitlens.engine import WEIGHTS_FILE, keras_home
+    from fruitlens.engines.engine import WEIGHTS_FILE, keras_home
 
     path = keras_home() / "models" / WEIGHTS_FILE
     if not path.is_file():
@@ -94,7 +94,13 @@ def check_weights() -> Check:
 
 
 def check_onnx_export() -> Check:
-    from fruitlens.engine import ONNX_OPSET, WEIGHTS_FILE, cache_dir, keras_home, sha256_file
+    from fruitlens.engines.engine import (
+        ONNX_OPSET,
+        WEIGHTS_FILE,
+        cache_dir,
+        keras_home,
+        sha256_file,
+    )
 
     weights = keras_home() / "models" / WEIGHTS_FILE
     if not weights.is_file():
@@ -185,8 +191,8 @@ def check_emr_profile(profile: str | None = None) -> Check:
     if not profile:
         return Check("emr profile", WARN, "none given (--emr-profile or FRUITLENS_EMR_PROFILE)",
                      "cp examples/emr-profile.yaml my-profile.yaml and fill it in (only for fruitlens emr)")
+    from fruitlens.deploy.emr.profile import load_profile
     from fruitlens.errors import FruitlensError
-    from fruitlens.emr.profile import load_profile
 
     try:
         loaded = load_profile(profile_file=profile)

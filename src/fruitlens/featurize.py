@@ -3,7 +3,7 @@
 Each task gets rows ``(path, size, modified_us)`` (the driver's listing of what to process); per batch
 of ``commit_size`` rows the worker reads those files, decodes, runs the engine (one per Python worker)
 and writes the batch's feature rows and error rows as one Parquet file each, atomically (see
-:mod:`fruitlens.store`), named from the batch's content (:func:`fruitlens.ledger.batch_name`) so a
+:mod:`fruitlens.storage.store`), named from the batch's content (:func:`fruitlens.state.ledger.batch_name`) so a
 retried task replaces its own files instead of adding rows. A crash loses only the batches in flight.
 The function yields one tiny summary tuple per batch: the driver counts from those, never re-reading
 features.
@@ -14,7 +14,7 @@ bulk of the work; the other two then fill the gaps (file I/O, Parquet encoding, 
 otherwise leave the worker's core idle between inference calls.
 
 Reading a file that fails for a reason that may pass (network, S3 throttling, permission, I/O) is
-retried with backoff (:mod:`fruitlens.retry`); still unreadable, it is a *read* error row, which the
+retried with backoff (:mod:`fruitlens.storage.retry`); still unreadable, it is a *read* error row, which the
 next run processes again, unlike a *decode* error (the bytes are not a usable image). Writing a batch
 is retried the same way; a write that waiting cannot cure (a full disk) fails the task, and the
 driver reports it as one line.
@@ -33,13 +33,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fruitlens import faults, retry
 from fruitlens.config import MAX_IMAGE_MPX
-from fruitlens.engine import FEATURE_DIM, ModelArtifact, load_engine
+from fruitlens.engines.engine import FEATURE_DIM, ModelArtifact, load_engine
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
-from fruitlens.ledger import DECODE, ERRORS_DIR, FEATURES_DIR, READ, batch_name, errors_table, features_table
 from fruitlens.progress import ProgressClient
-from fruitlens.store import Store, StoreOptions
+from fruitlens.state.ledger import (
+    DECODE,
+    ERRORS_DIR,
+    FEATURES_DIR,
+    READ,
+    batch_name,
+    errors_table,
+    features_table,
+)
+from fruitlens.storage import retry
+from fruitlens.storage.store import Store, StoreOptions
+from fruitlens.testing import faults
 
 #: One summary per committed batch: (file, images, features, errors, of which read errors, read_decode_s,
 #: inference_s, the Python worker's pid: the driver counts workers, to see that Spark reused them and

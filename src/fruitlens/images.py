@@ -45,7 +45,7 @@ MAX_MEGAPIXELS = MAX_IMAGE_MPX
 #: A JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, ``Image.draft``) while that still
 #: leaves at least this many times the output size: the bicubic resize then still averages over 2+
 #: source pixels per output pixel, and the result is within a few grey levels of a full decode
-#: (tests/test_images.py), for a fraction of the memory and time (a 12 Mpx photo decodes as 0.75 Mpx).
+#: (tests/unit/test_images.py), for a fraction of the memory and time (a 12 Mpx photo decodes as 0.75 Mpx).
 DRAFT_MARGIN = 2
 #: The EXIF tag of the orientation (1: as stored; 2-8: flipped and/or turned).
 _ORIENTATION = 0x0112

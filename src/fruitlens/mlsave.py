@@ -20,7 +20,7 @@ from pyspark.ml.linalg import MatrixUDT, VectorUDT
 from pyspark.sql import SparkSession
 from pyspark.sql.types import StructField, StructType
 
-from fruitlens.store import Store
+from fruitlens.storage.store import Store
 
 SPARK_SCHEMA_KEY = b"org.apache.spark.sql.parquet.row.metadata"
 _VECTOR = pa.struct([pa.field("type", pa.int8(), nullable=False), pa.field("size", pa.int32()),

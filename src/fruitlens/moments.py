@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from fruitlens.engine import FEATURE_DIM
+from fruitlens.engines.engine import FEATURE_DIM
 
 
 @dataclass(frozen=True)

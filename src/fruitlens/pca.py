@@ -18,10 +18,10 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import DataFrame, SparkSession
 
-from fruitlens.engine import FEATURE_DIM
+from fruitlens.engines.engine import FEATURE_DIM
 from fruitlens.moments import Moments, feature_matrix, moments_of, partition_moments
 from fruitlens.progress import log
-from fruitlens.store import Store
+from fruitlens.storage.store import Store
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """`run`, `extract`, `pca`: the stages in order, with their checks, lock, timings, progress and manifest.
 
 A run continues whatever OUTPUT already holds for the same INPUT and settings: it lists INPUT, reads
-the index of committed rows (:mod:`fruitlens.ledger`), drops stale rows, featurizes only new and
+the index of committed rows (:mod:`fruitlens.state.ledger`), drops stale rows, featurizes only new and
 changed images (committed batch by batch by the workers), refits PCA on all features and writes the
 manifest last. Killed at any point, the same command continues from what was committed.
 """
@@ -16,17 +16,30 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 
-from fruitlens import faults, hadoopfs, ledger, uris
 from fruitlens.config import PipelineConfig
-from fruitlens.engine import FEATURE_DIM, ModelArtifact, prepare_model, sha256_file
+from fruitlens.engines.engine import (
+    FEATURE_DIM,
+    ModelArtifact,
+    prepare_model,
+    sha256_file,
+)
 from fruitlens.errors import FruitlensError
 from fruitlens.featurize import SUMMARY_FIELDS, make_featurizer, make_warmer
 from fruitlens.images import IMAGE_EXTENSIONS
-from fruitlens.ledger import SourceFile
-from fruitlens.listing import list_images
-from fruitlens.lock import RunLock, iso
 from fruitlens.mlsave import save_pca_pipeline
-from fruitlens.output import (
+from fruitlens.pca import (
+    driver_moments,
+    driver_project,
+    fit_from_moments,
+    fit_pca,
+    project,
+)
+from fruitlens.progress import ImageProgress, log, task_bar
+from fruitlens.spark import build_session, launched_by_spark_submit
+from fruitlens.state import ledger
+from fruitlens.state.ledger import SourceFile
+from fruitlens.state.lock import RunLock, iso
+from fruitlens.state.output import (
     LAYOUT_VERSION,
     MANIFEST,
     RUN,
@@ -42,10 +55,10 @@ from fruitlens.output import (
     write_json,
     write_manifest,
 )
-from fruitlens.pca import driver_moments, driver_project, fit_from_moments, fit_pca, project
-from fruitlens.progress import ImageProgress, log, task_bar
-from fruitlens.spark import build_session, launched_by_spark_submit
-from fruitlens.store import Store, StoreOptions
+from fruitlens.storage import hadoopfs, uris
+from fruitlens.storage.listing import list_images
+from fruitlens.storage.store import Store, StoreOptions
+from fruitlens.testing import faults
 
 
 class InputError(FruitlensError, ValueError):
@@ -108,7 +121,7 @@ def list_input(source: Store, limit: int | None) -> list[SourceFile]:
 
     Hidden names (``.``/``_``), which Spark never reads, are skipped; empty files are listed (and
     become error rows), and so are the links, loops and names that cannot be read (``problem``, see
-    :mod:`fruitlens.listing`), so nothing that looks like an image silently vanishes.
+    :mod:`fruitlens.storage.listing`), so nothing that looks like an image silently vanishes.
     """
     if not source.exists():
         raise InputError(f"INPUT {source.uri} does not exist; check the path (and credentials for s3:// URIs)")
@@ -150,7 +163,7 @@ def resolve_model(spark: SparkSession, config: PipelineConfig, out: Store | None
     int8: OUTPUT's own model (a resumed run), else one calibrated on INPUT's photos (``listing``)."""
     weights = config.weights if config.weights == "imagenet" else str(hadoopfs.fetch(spark, config.weights))
     if config.engine == "onnx-int8":
-        from fruitlens.quantize import int8_for_run
+        from fruitlens.engines.quantize import int8_for_run
 
         artifact = int8_for_run(weights, config.image_size, out=None if config.overwrite else out,
                                 paths=[f.path for f in listing if f.problem is None], source=source)
@@ -366,7 +379,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             clear(out)
         check_settings(out, feature_settings(input_uri, artifact), overwrite=config.overwrite)
         if artifact.precision == "int8":
-            from fruitlens.quantize import pin
+            from fruitlens.engines.quantize import pin
 
             pin(out, artifact)  # resumed runs and `train` use this very model
         history = start_record(out, lock)
@@ -434,7 +447,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             "history": history,
         }
         if config.train:  # before the manifest, so its metrics and timing are in it
-            from fruitlens.train import train
+            from fruitlens.classify.train import train
 
             t = time.perf_counter()
             manifest["classifier"] = train(spark, layout, weights=config.weights, weights_sha256=artifact.sha256,
@@ -442,7 +455,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             timer.lap("train", t)
         manifest = _finish(out, lock, layout, manifest, timer)
         if config.report:  # after: the report shows the finished manifest
-            from fruitlens.report import write_report
+            from fruitlens.classify.report import write_report
 
             write_report(spark, layout)
         return manifest
@@ -453,7 +466,7 @@ def engine_entry(artifact: ModelArtifact) -> dict:
     entry = {"name": artifact.engine, "precision": artifact.precision, "image_size": artifact.image_size,
              "model_file": artifact.file_name, "weights_sha256": artifact.sha256}
     if artifact.precision == "int8":
-        from fruitlens.quantize import model_info, pinned_name
+        from fruitlens.engines.quantize import model_info, pinned_name
 
         entry.update(model_info(artifact.path), pinned=pinned_name(artifact))
     return entry

@@ -1,0 +1,1 @@
+"""classify: see ../shared/architecture.md."""

@@ -1,0 +1,156 @@
+"""`fruitlens predict`: label photos with what `fruitlens train` exported, without Spark or TensorFlow.
+
+The same steps as the pipeline (``images.decode_rgb`` → ``images.preprocess`` → the ONNX engine), then
+the head from OUTPUT/predictor/head.npz in float64, as Spark ML computes it: centre (and scale) →
+project on the PCA components → multinomial logistic regression → softmax.
+Only numpy, Pillow and ONNX Runtime are imported here (boto3 only for an s3:// OUTPUT).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fruitlens.engines.engine import OnnxEngine
+from fruitlens.errors import FruitlensError
+from fruitlens.images import DecodeError, decode_rgb, is_image_path, preprocess
+from fruitlens.storage import uris
+
+PREDICTOR_FILES = ("model.onnx", "head.npz", "labels.json")
+
+
+class PredictorError(FruitlensError, FileNotFoundError):
+    """OUTPUT has no exported predictor (run `fruitlens train OUTPUT` first)."""
+
+
+@dataclass(frozen=True)
+class Head:
+    """The arrays after the engine: optional PCA (mean, scale, components) and the softmax classifier."""
+
+    labels: list[str]
+    coefficients: np.ndarray  # (classes, k)
+    intercepts: np.ndarray    # (classes,)
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    components: np.ndarray | None = None  # (1280, k)
+
+    @classmethod
+    def load(cls, folder: Path) -> Head:
+        labels = json.loads((folder / "labels.json").read_text())
+        with np.load(folder / "head.npz") as npz:
+            arrays = {k: npz[k].astype(np.float64) for k in npz.files}
+        return cls(labels=labels, **arrays)
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        x = features.astype(np.float64)
+        if self.components is None:
+            return x
+        return ((x - self.mean) * self.scale) @ self.components
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        logits = self.project(features) @ self.coefficients.T + self.intercepts
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def local_predictor_dir(output: str) -> Path:
+    """OUTPUT/predictor as a local folder: local paths and file: URIs as they are, s3:// downloaded once."""
+    loc = uris.parse(output)
+    if not loc.is_local:
+        return _download_s3(loc.authority, loc.path.strip("/") + "/predictor")
+    root = Path(loc.path).expanduser()
+    folder = root / "predictor"
+    missing = [f for f in PREDICTOR_FILES if not (folder / f).is_file()]
+    if missing:
+        raise PredictorError(f"{folder} lacks {', '.join(missing)}: run `fruitlens train {output}` first")
+    return folder
+
+
+def _download_s3(bucket: str, prefix: str) -> Path:
+    import boto3
+
+    target = Path(tempfile.mkdtemp(prefix="fruitlens-predictor-"))
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None)
+    for name in PREDICTOR_FILES:
+        try:
+            client.download_file(bucket, f"{prefix}/{name}", str(target / name))
+        except Exception as exc:  # noqa: BLE001 - botocore's errors all mean "not readable here"
+            raise PredictorError(f"s3://{bucket}/{prefix}/{name}: {exc}; run `fruitlens train` on this "
+                                 "OUTPUT first, and check the credentials") from None
+    return target
+
+
+class Predictor:
+    """Engine + head; ``predict_files`` gives one result dict per path, errors included, in input order."""
+
+    def __init__(self, folder: Path, *, batch_size: int = 32, threads: int = 0) -> None:
+        self.engine = OnnxEngine(str(folder / "model.onnx"), threads)
+        # Photos are resized to the size the features were made at: the model's own input size.
+        side = self.engine._session.get_inputs()[0].shape[1]
+        self.size = (side, side) if isinstance(side, int) else (224, 224)
+        self.head = Head.load(folder)
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, output: str, **kwargs) -> Predictor:
+        return cls(local_predictor_dir(output), **kwargs)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.head.labels
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 RGB at the model's size S (``self.size``) → (N, classes) float64."""
+        feats = [self.engine.predict(preprocess(images[i:i + self.batch_size]))
+                 for i in range(0, len(images), self.batch_size)]
+        return self.head.probabilities(np.concatenate(feats)) if feats else np.zeros((0, len(self.labels)))
+
+    def predict_files(self, paths: list[str], top_k: int = 3) -> list[dict]:
+        contents: list[bytes | OSError] = []
+        for path in paths:
+            try:
+                contents.append(Path(path).read_bytes())
+            except OSError as exc:
+                contents.append(exc)
+        return self.predict_bytes(paths, contents, top_k)
+
+    def predict_bytes(self, names: list[str], contents: list, top_k: int = 3) -> list[dict]:
+        """One result per (name, photo bytes); an undecodable photo gets ``{"path", "error"}``."""
+        results: list[dict] = [{} for _ in names]
+        decoded, where = [], []
+        for i, (name, content) in enumerate(zip(names, contents, strict=True)):
+            try:
+                if isinstance(content, OSError):
+                    raise content
+                decoded.append(decode_rgb(content, self.size))
+                where.append(i)
+            except (OSError, DecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                results[i] = {"path": name, "error": reason}
+        if decoded:
+            probs = self.probabilities(np.stack(decoded))
+            for i, p in zip(where, probs, strict=True):
+                results[i] = self._result(names[i], p, top_k)
+        return results
+
+    def _result(self, path: str, p: np.ndarray, top_k: int) -> dict:
+        order = np.argsort(-p, kind="stable")[:max(1, top_k)]
+        top = [{"label": self.labels[j], "probability": round(float(p[j]), 6)} for j in order]
+        return {"path": path, "label": top[0]["label"], "probability": top[0]["probability"], "top": top}
+
+
+def expand_paths(items: list[str]) -> list[str]:
+    """Files as given; folders → their image files (any depth, sorted). A missing path stays, to be reported."""
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image_path(f.name))
+        else:
+            out.append(item)
+    return out

@@ -1,0 +1,1 @@
+"""deploy: see ../shared/architecture.md."""

@@ -1,0 +1,1 @@
+"""deploy.s3data: see ../shared/architecture.md."""

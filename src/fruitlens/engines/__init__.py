@@ -1,0 +1,1 @@
+"""engines: see ../shared/architecture.md."""

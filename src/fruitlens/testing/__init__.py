@@ -1,0 +1,1 @@
+"""testing: see ../shared/architecture.md."""
