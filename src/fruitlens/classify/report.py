@@ -225,7 +225,7 @@ def render(spark: SparkSession, layout: OutputLayout) -> str:
 
     versions = manifest.get("versions") or {}
     engine = manifest.get("engine") or {}
-    page = Template(resources.files("fruitlens").joinpath("report.html").read_text(encoding="utf-8"))
+    page = Template(resources.files("fruitlens.classify").joinpath("report.html").read_text(encoding="utf-8"))
     return page.substitute(
         title=_esc(manifest.get("input", layout.root)),
         subtitle=_esc(f"input {manifest.get('input')} → output {manifest.get('output', layout.root)}; engine "
