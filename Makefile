@@ -33,13 +33,18 @@ run-local: setup ## run the whole job on INPUT (default: the embedded sample) in
 test-tools: setup ## set up what the deployment tests use: Docker engine, S3 server, helm (.ci/setup.d)
 	for step in .ci/setup.d/*.sh; do echo "test-tools: $$step"; bash "$$step"; done
 
+.PHONY: lint
+lint: setup ## ruff over the whole tree (rules: [tool.ruff] in pyproject.toml)
+	$(VENV)/bin/ruff check .
+
 .PHONY: test
-test: test-tools ## run every test (unit, end to end, Docker, S3, Helm; slow ones included)
+test: test-tools lint ## lint, then every test (unit, end to end, Docker, S3, Helm; slow ones included)
 	$(VENV)/bin/pytest -q --durations=12 tests $(ARGS)
 
 .PHONY: test-fast
-test-fast: setup ## unit tests only
-	$(VENV)/bin/pytest -q -m "not slow and not docker" tests $(ARGS)
+test-fast: setup ## the fast tests: tests/unit, then tests/deploy's without Docker or a cluster (seconds each)
+	$(VENV)/bin/pytest -q tests/unit $(ARGS)
+	$(VENV)/bin/pytest -q -m "not slow and not docker" tests/deploy $(ARGS)
 
 BENCH_INPUT ?= $(SHARED)/data/fruits-360-sample/Test
 BENCH_ARGS ?= --baseline --variants $(SHARED)/data/fruits-360-sample

@@ -12,7 +12,7 @@ import io
 import json
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd

@@ -11,7 +11,8 @@ venv=${FRUITLENS_HOME:-/opt/fruitlens}/venv
 rm -rf "$dist"
 PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" - <<'PY'
 import os
-from fruitlens.engines.engine import cache_dir, prepare_model
+from fruitlens.engines import prepare_model
+from fruitlens.engines.model import cache_dir
 baked = set(os.listdir(cache_dir()))
 artifact = prepare_model("onnx", "imagenet")
 assert os.path.basename(artifact.path) in baked, f"the model stage baked {baked}, fruitlens wants {artifact.path}"

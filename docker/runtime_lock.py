@@ -1,10 +1,12 @@
 """Derive the images' locks from requirements.lock: the pins fruitlens needs at run time.
 
-requirements/runtime.lock (the default image): the closure of fruitlens' own dependencies plus the ``tf``
-extra (the image exports the ONNX model at build time and can run the Keras engine).
-requirements/runtime-slim.lock (the slim image, no TensorFlow): the closure of fruitlens' own
-dependencies plus ``onnx`` (`fruitlens export` builds its graph with it), so it is runtime.lock minus
-TensorFlow, tf2onnx and what only they need.
+requirements/runtime.lock (the default image): the closure of fruitlens' own dependencies plus the extras
+of what the image runs: ``tf`` (the image exports the ONNX model at build time and can run the Keras
+engine), ``s3`` (an s3:// OUTPUT's run lock) and ``report`` (`run --report`). Not ``emr`` nor ``k8s``:
+the image is the job, `fruitlens emr` / `fruitlens k8s` run where it is submitted from.
+requirements/runtime-slim.lock (the slim image, no TensorFlow): the same without ``tf``, plus ``onnx``
+(`fruitlens export` builds its graph with it), so it is runtime.lock minus TensorFlow, tf2onnx and what
+only they need.
 Closures are taken from the installed distributions' metadata; every version comes from
 requirements.lock, so the files can never disagree (tests check it).
 Usage: python docker/runtime_lock.py [--check]
@@ -23,12 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCK, RUNTIME = ROOT / "requirements.lock", ROOT / "requirements" / "runtime.lock"
 SLIM = ROOT / "requirements" / "runtime-slim.lock"
 #: What each lock is the closure of.
-ROOTS = {RUNTIME: ["fruitlens[tf]"], SLIM: ["fruitlens", "onnx"]}
+ROOTS = {RUNTIME: ["fruitlens[tf,s3,report]"], SLIM: ["fruitlens[s3,report]", "onnx"]}
 #: Packaging tools `pip freeze` omits; pinned at the versions installed beside requirements.lock.
 BOOTSTRAP = {"setuptools", "wheel"}
 HEADERS = {
-    RUNTIME: "# Runtime pins of the container images: fruitlens + its [tf] extra, versions from requirements.lock.\n",
-    SLIM: "# Runtime pins of the slim images (no TensorFlow): fruitlens + onnx, versions from requirements.lock.\n",
+    RUNTIME: "# Runtime pins of the container images: fruitlens[tf,s3,report], versions from requirements.lock.\n",
+    SLIM: "# Runtime pins of the slim images (no TensorFlow): fruitlens[s3,report] + onnx, versions from requirements.lock.\n",
 }
 REGENERATE = "# Regenerate: make runtime-lock (docker/runtime_lock.py). Python 3.11, linux x86_64.\n"
 

@@ -32,8 +32,9 @@ REGISTRY ?=
 WEIGHTS_FILE := mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 DOCKER_STAGE := build/docker
 # What the image's model stage runs to export the weights to ONNX (not the whole wheel: see Dockerfile.oss).
+# tests/unit/test_engines.py checks that these are all it imports.
 EXPORTER_FILES := fruitlens/__init__.py fruitlens/errors.py fruitlens/console.py fruitlens/redact.py \
-  fruitlens/engines/__init__.py fruitlens/engines/engine.py
+  fruitlens/progress.py fruitlens/engines/__init__.py fruitlens/engines/model.py fruitlens/engines/runtime.py
 # Reproducible wheel bytes: an unchanged source gives an unchanged wheel, so Docker reuses the layer.
 WHEEL_EPOCH := 315532800
 

@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fruitlens.engines import IMAGE_SIZES  # the model's input sizes; 224 is the faithful default
+from fruitlens.engines import NAMES as ENGINES  # the registry's engines and "auto"
 from fruitlens.errors import FruitlensError
 
 ENV_PREFIX = "FRUITLENS_"
-ENGINES = ("auto", "onnx", "onnx-int8", "keras")
-#: Input sizes of the model (see fruitlens.engines.engine.IMAGE_SIZES); 224 is the faithful default.
-IMAGE_SIZES = (224, 160, 128, 96)
 VERBOSITY = ("quiet", "normal", "verbose")
 #: Where ``make data`` puts the public dataset: the job's input when none is given.
 DEFAULT_INPUT = "data/fruits-360"
@@ -38,6 +37,54 @@ class ConfigError(FruitlensError, ValueError):
     exit_code = 2
 
 
+_FLAG = object()  # option(flag=...) not given: the flag is --<name-with-dashes>
+
+
+@dataclass(frozen=True)
+class Option:
+    """One pipeline option, declared once beside its :class:`PipelineConfig` field (:func:`option`).
+
+    Everything else derives from it: the YAML key and the field are ``name``, the environment variable
+    ``FRUITLENS_<NAME>``, the command line's flag (fruitlens.cli.options), what ``emr submit`` /
+    ``k8s submit`` forward to the cluster's ``fruitlens run`` and the Helm chart's value under
+    ``pipeline`` (checked against helm/fruitlens by tests/deploy/test_helm_chart.py).
+    """
+
+    name: str
+    default: Any
+    type: Any  # the field's value type: int, float, str, bool, dict
+    help: str
+    flag: str | None  # None: YAML and environment only
+    scope: str  # "job" (run, extract), "pca" (run, pca), "stage" (run: after the PCA), "lock" (every job command)
+    forward: bool  # `emr submit` / `k8s submit` pass it on to the job
+    chart: str | None  # the chart's value `pipeline.<chart>`; None: forwarded through `pipeline.extraArgs`
+    choices: tuple | None
+    metavar: str | None
+    exclusive: str | None  # options sharing this name are mutually exclusive on the command line
+    aliases: tuple[str, ...]  # older flags, still accepted
+    env_aliases: tuple[str, ...]  # older FRUITLENS_* names (without the prefix), still accepted
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def help_text(self) -> str:
+        return self.help.format(default=self.default)
+
+
+def option(default: Any, help: str, *, flag: Any = _FLAG, scope: str = "job", forward: bool = True,
+           chart: str | None = None, choices: tuple | None = None, metavar: str | None = None,
+           exclusive: str | None = None, aliases: tuple[str, ...] = (),
+           env_aliases: tuple[str, ...] = ()) -> Any:
+    """A :class:`PipelineConfig` field that is also a pipeline option (the rest of :class:`Option`)."""
+    meta = {"option": dict(help=help, flag=flag, scope=scope, forward=forward, chart=chart, choices=choices,
+                           metavar=metavar, exclusive=exclusive, aliases=aliases, env_aliases=env_aliases)}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything one pipeline job needs to know.
@@ -49,8 +96,8 @@ class PipelineConfig:
     pca_k, pca_variance
         Keep exactly ``pca_k`` components, or the fewest reaching ``pca_variance`` of the variance.
     batch_size
-        Images per inference call, independent of ``arrow_batch_size``: the images per committed batch
-        (one Parquet file each; the name is kept from when batches came as Arrow batches).
+        Images per inference call, independent of ``commit_size``: the images per committed batch (one
+        Parquet file each; ``--arrow-batch-size`` / ``FRUITLENS_ARROW_BATCH_SIZE``, its old names, still work).
     engine
         ``onnx`` (ONNX Runtime on an export of the Keras model), ``keras`` (TensorFlow), or ``auto``:
         ONNX when ONNX Runtime is installed. ``onnx-int8`` (opt-in, faster, slightly less faithful): the ONNX
@@ -95,30 +142,60 @@ class PipelineConfig:
 
     output: str
     input: str = DEFAULT_INPUT
-    pca_k: int | None = None
-    pca_variance: float | None = None
-    pca_standardize: bool = False
-    batch_size: int = 64
-    arrow_batch_size: int = 256
-    partitions: int | None = None
-    limit: int | None = None
-    master: str | None = None
-    overwrite: bool = False
-    force_unlock: bool = False
-    lock_timeout: float = 60.0
-    lock_wait: float = 0.0
-    retry_timeout: float = 45.0
-    max_error_rate: float = 0.05
-    engine: str = "auto"
-    image_size: int = 224
-    max_image_mpx: float = MAX_IMAGE_MPX
-    weights: str = "imagenet"
-    progress: bool = True
-    verbosity: str = "normal"
-    spark_conf: dict[str, str] = field(default_factory=dict)
-    driver_pca_max_rows: int = 250_000
-    train: bool = False  # `run --train`: fit the classifier on the PCA (fruitlens.classify.train)
-    report: bool = False  # `run --report`: write OUTPUT/report/index.html (fruitlens.classify.report)
+    pca_k: int | None = option(None, "keep exactly K principal components", scope="pca", chart="pcaK", metavar=None,
+                               exclusive="pca")
+    pca_variance: float | None = option(None, "keep the fewest components reaching this fraction of the variance "
+                                        "(default 0.95)", scope="pca", chart="pcaVariance", metavar=None,
+                                        exclusive="pca")
+    pca_standardize: bool = option(False, "scale features to unit variance before PCA (they are always centred)",
+                                   scope="pca", chart="pcaStandardize")
+    batch_size: int = option(64, "images per inference call (default {default})", chart="batchSize", metavar=None)
+    commit_size: int = option(256, "images per committed batch: one Parquet file, one progress step and what a "
+                              "crash can lose (default {default})", chart="commitSize", metavar=None,
+                              aliases=("--arrow-batch-size",), env_aliases=("ARROW_BATCH_SIZE",))
+    partitions: int | None = option(None, "repartition the images into N tasks (default: Spark's split)",
+                                    chart="partitions", metavar=None)
+    limit: int | None = option(None, "process only the first N images (sorted by path)", chart="limit",
+                               metavar=None)
+    master: str | None = option(None, "Spark master (default local[*], or what spark-submit set)", forward=False,
+                                metavar=None)
+    overwrite: bool = option(False, "start OUTPUT from scratch (default: continue what it holds for the same INPUT)",
+                             chart="overwrite")
+    force_unlock: bool = option(False, "take over OUTPUT's lock even if the run holding it looks alive",
+                                scope="lock", forward=False)
+    lock_timeout: float = option(60.0, "seconds without heartbeat after which another run's lock is taken over "
+                                 "(default {default:g})", scope="lock", forward=False, metavar=None)
+    lock_wait: float = option(0.0, "seconds to wait for another run's lock to be released or go stale before "
+                              "refusing (default {default:g}; cluster retries set FRUITLENS_LOCK_WAIT)",
+                              scope="lock", forward=False, metavar=None)
+    retry_timeout: float = option(45.0, "how long a worker retries a read or write that may succeed later "
+                                  "(network, S3 throttling, permission, I/O) before recording a read error "
+                                  "(default {default:g}; 0: no retries)", chart="retryTimeout", metavar="SECONDS")
+    max_error_rate: float = option(0.05, "fail the run when more than this fraction of the images end as errors, "
+                                   "decode or read (default {default:g}; 0: never)", chart="maxErrorRate",
+                                   metavar="FRACTION")
+    engine: str = option("auto", "inference engine (default auto = onnx; onnx-int8: opt-in, quantized, "
+                         "calibrated on INPUT's photos)", chart="engine", choices=ENGINES, metavar=None)
+    image_size: int = option(224, "resize photos to this square and build the model at it (default {default}; "
+                             "smaller is faster, less faithful)", chart="imageSize", choices=IMAGE_SIZES,
+                             metavar=None)
+    max_image_mpx: float = option(MAX_IMAGE_MPX, "refuse (an error row) a photo of more megapixels than this as "
+                                  "decoded; JPEGs decode reduced, so only other formats reach it "
+                                  "(default {default:g})", chart="maxImageMpx", metavar="MPX")
+    weights: str = option("imagenet", "'imagenet' (Keras cache) or a .h5 file path/URI", chart="weights",
+                          metavar=None)
+    progress: bool = option(True, "no progress lines", flag="--no-progress", forward=False)
+    verbosity: str = option("normal", "quiet (-q: only errors and the final summary), normal, or verbose (-v: "
+                            "also Spark's, the JVM's and TensorFlow's output)", flag=None, forward=False,
+                            choices=VERBOSITY)
+    spark_conf: dict[str, str] = option({}, "extra Spark setting (repeatable)", flag="--conf", metavar="KEY=VALUE")
+    driver_pca_max_rows: int = option(250_000, "up to this many feature rows PCA streams the features on the "
+                                      "driver, above it as Spark jobs (default {default})", flag=None,
+                                      forward=False)
+    train: bool = option(False, "then fit the classifier on the PCA (as `fruitlens train`)", scope="stage",
+                         chart="train")
+    report: bool = option(False, "then write OUTPUT/report/index.html (as `fruitlens report`)", scope="stage",
+                          chart="report")
 
     def __post_init__(self) -> None:
         if self.pca_k is not None and self.pca_variance is not None:
@@ -131,7 +208,7 @@ class PipelineConfig:
             raise ConfigError(f"--pca-variance must be in (0, 1], got {self.pca_variance}")
         if self.driver_pca_max_rows < 0:
             raise ConfigError(f"driver_pca_max_rows must be 0 or more, got {self.driver_pca_max_rows}")
-        for name in ("batch_size", "arrow_batch_size", "partitions", "limit"):
+        for name in ("batch_size", "commit_size", "partitions", "limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -212,13 +289,19 @@ def merge_sources(
     file_label: str,
     file_hint: str,
     merge_keys: tuple[str, ...] = ("spark_conf",),
+    env_aliases: Mapping[str, tuple[str, ...]] | None = None,
+    key_aliases: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The settings of dataclass ``cls`` from YAML < ``{env_prefix}<FIELD>`` env < CLI, typed.
 
     ``None`` on the CLI means "not given". Mapping settings named in ``merge_keys`` merge key by key
-    across the sources; every other setting is replaced by the higher-precedence source.
+    across the sources; every other setting is replaced by the higher-precedence source. ``env_aliases``
+    (field → older variable names) and ``key_aliases`` (older YAML key → field) keep old spellings working.
     """
     import yaml
+
+    env_aliases = env_aliases or {}
+    key_aliases = key_aliases or {}
 
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -237,18 +320,21 @@ def merge_sources(
             raise ConfigError(f"{file_label} {path}: {_yaml_problem(exc)}; {file_hint}") from None
         if not isinstance(data, Mapping):
             raise ConfigError(f"{file_label} {path}: expected a mapping of settings at the top level")
-        unknown = sorted(set(str(k).replace("-", "_") for k in data) - set(names))
+        unknown = sorted(set(str(k).replace("-", "_") for k in data) - set(names) - set(key_aliases))
         if unknown:
             raise ConfigError(f"{file_label} {path}: unknown settings {unknown}; known: {names}")
         for key, value in data.items():
             key = str(key).replace("-", "_")
+            key = key_aliases.get(key, key)
             if value is not None:
                 put(key, _coerce(f"{path}:{key}", value, hints[key]))
 
     for key in names:
-        raw = env.get(env_prefix + key.upper())
-        if raw is not None and raw != "":
-            put(key, _coerce(env_prefix + key.upper(), raw, hints[key]))
+        for env_name in (key.upper(), *env_aliases.get(key, ())):
+            raw = env.get(env_prefix + env_name)
+            if raw is not None and raw != "":
+                put(key, _coerce(env_prefix + env_name, raw, hints[key]))
+                break
 
     for key, value in (cli or {}).items():
         if value is not None:
@@ -265,7 +351,9 @@ def load_config(
     env = os.environ if env is None else env
     merged = merge_sources(PipelineConfig, cli=cli, env=env, env_prefix=ENV_PREFIX,
                            file=config_file or env.get(f"{ENV_PREFIX}CONFIG"),
-                           file_label="config file", file_hint=f"fix --config or {ENV_PREFIX}CONFIG")
+                           file_label="config file", file_hint=f"fix --config or {ENV_PREFIX}CONFIG",
+                           env_aliases={o.name: o.env_aliases for o in OPTIONS.values() if o.env_aliases},
+                           key_aliases={a.lower(): o.name for o in OPTIONS.values() for a in o.env_aliases})
     if "output" not in merged:
         raise ConfigError("OUTPUT is required: a local folder or a URI such as s3://bucket/prefix")
     # A k given on a higher-precedence source replaces a variance target from a lower one, and back.
@@ -273,3 +361,25 @@ def load_config(
     if len(given) == 1:
         merged.pop(({"pca_k", "pca_variance"} - given).pop(), None)
     return PipelineConfig(**merged)
+
+
+def _options() -> dict[str, Option]:
+    hints = typing.get_type_hints(PipelineConfig)
+    table = {}
+    for f in dataclasses.fields(PipelineConfig):
+        if "option" not in f.metadata:
+            continue
+        spec = dict(f.metadata["option"])
+        flag = spec.pop("flag")
+        hint = hints[f.name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        kind = typing.get_origin(hint) or hint
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        table[f.name] = Option(name=f.name, default=default, type=kind,
+                               flag="--" + f.name.replace("_", "-") if flag is _FLAG else flag, **spec)
+    return table
+
+
+#: Every pipeline option by field name, in the field order of :class:`PipelineConfig`.
+OPTIONS: dict[str, Option] = _options()

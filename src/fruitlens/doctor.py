@@ -69,7 +69,7 @@ def check_packages() -> Check:
     if missing:
         return Check("python packages", FAIL, f"missing in {sys.prefix}: {', '.join(missing)}",
                      "make setup (installs requirements.lock into .venv)")
-    from fruitlens.state.output import library_versions
+    from fruitlens.state.run import library_versions
 
     versions = library_versions()
     shown = ", ".join(f"{k} {versions[k]}" for k in ("pyspark", "onnxruntime", "numpy") if k in versions)
@@ -84,7 +84,7 @@ def check_tensorflow() -> Check:
 
 
 def check_weights() -> Check:
-    from fruitlens.engines.engine import WEIGHTS_FILE, keras_home
+    from fruitlens.engines.model import WEIGHTS_FILE, keras_home
 
     path = keras_home() / "models" / WEIGHTS_FILE
     if not path.is_file():
@@ -94,19 +94,12 @@ def check_weights() -> Check:
 
 
 def check_onnx_export() -> Check:
-    from fruitlens.engines.engine import (
-        ONNX_OPSET,
-        WEIGHTS_FILE,
-        cache_dir,
-        keras_home,
-        sha256_file,
-    )
+    from fruitlens.engines.model import WEIGHTS_FILE, cache_dir, keras_home, onnx_file_name, sha256_file
 
     weights = keras_home() / "models" / WEIGHTS_FILE
     if not weights.is_file():
         return Check("onnx export", WARN, "no weights, so no export to look for", "fix the weights check first")
-    digest = sha256_file(weights)
-    export = cache_dir() / f"mobilenet_v2_avg_{digest[:16]}_opset{ONNX_OPSET}.onnx"
+    export = cache_dir() / onnx_file_name(sha256_file(weights))
     if not export.is_file():
         return Check("onnx export", WARN, f"{export} not made yet: the first run exports it (~20 s, needs TF)",
                      "nothing to do; or run once to warm the cache")

@@ -30,25 +30,23 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fruitlens.config import MAX_IMAGE_MPX
-from fruitlens.engines.engine import FEATURE_DIM, ModelArtifact, load_engine
+from fruitlens.engines import FEATURE_DIM, ModelArtifact, load_engine
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
-from fruitlens.progress import ProgressClient
-from fruitlens.state.ledger import (
-    DECODE,
-    ERRORS_DIR,
-    FEATURES_DIR,
-    READ,
-    batch_name,
-    errors_table,
-    features_table,
-)
+from fruitlens.progress import ProgressClient, log
+from fruitlens.state.layout import ERRORS, FEATURES, batch_file
+from fruitlens.state.ledger import batch_name
+from fruitlens.state.schema import DECODE, READ, errors_table, features_table
 from fruitlens.storage import retry
 from fruitlens.storage.store import Store, StoreOptions
 from fruitlens.testing import faults
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 #: One summary per committed batch: (file, images, features, errors, of which read errors, read_decode_s,
 #: inference_s, the Python worker's pid: the driver counts workers, to see that Spark reused them and
@@ -148,7 +146,7 @@ def _committed(future: Future, out: Store) -> tuple:
     summary = future.result()
     faults.fail_once()  # after a commit: the retried task must rewrite, not duplicate, it
     if faults.wants("extract"):
-        faults.kill_point("extract", len(out.list(FEATURES_DIR)))
+        faults.kill_point("extract", len(out.list(FEATURES)))
     return summary
 
 
@@ -212,12 +210,78 @@ def _commit(out: Store, decoded: Decoded, features: np.ndarray, inference_s: flo
         labels, splits = zip(*(label_and_split(rows[i][0]) for i in ok), strict=True)
         table = features_table([rows[i][0] for i in ok], list(labels), list(splits), [rows[i][1] for i in ok],
                                [rows[i][2] for i in ok], features)
-        retrier.call(lambda: out.write_table(f"{FEATURES_DIR}/{name}", table), retry.retryable_write)
+        retrier.call(lambda: out.write_table(batch_file(FEATURES, name), table), retry.retryable_write)
     bad = [i for i, e in enumerate(errors) if e is not None]
     if bad:
         table = errors_table([rows[i][0] for i in bad], [errors[i][1] for i in bad], [errors[i][0] for i in bad],
                              [rows[i][1] for i in bad], [rows[i][2] for i in bad])
-        retrier.call(lambda: out.write_table(f"{ERRORS_DIR}/{name}", table), retry.retryable_write)
+        retrier.call(lambda: out.write_table(batch_file(ERRORS, name), table), retry.retryable_write)
     reporter.add(len(rows))  # image-level progress for the driver (fire and forget)
     unread = sum(1 for i in bad if errors[i][0] == READ)
     return name, len(rows), len(ok), len(bad), unread, decoded.seconds, inference_s, os.getpid()
+
+
+# ---------------------------------------------------------------- on the driver: task sizes, warm-up
+
+def task_sizes(images: int, slots: int, *, max_images: int = 2500, min_images: int = 256) -> list[int]:
+    """Images per feature task, in the order Spark starts them (factoring, a guided self-scheduling):
+    each task takes half its slot's share of what is left (``left / (2 slots)``), at most ``max_images``
+    (a retried task redoes at most that, ~25 s of one core), at least ``min_images`` (one commit batch:
+    smaller loses the worker's decode/infer overlap). Tasks shrink towards the end, so a worker that runs slower (a noisy neighbour,
+    a slower node, S3 latency) leaves the others idle for one small task at most, not for a big one."""
+    sizes, left, slots = [], images, max(1, slots)
+    while left > 0:
+        size = min(max_images, max(min_images, -(-left // (2 * slots))), left)
+        if left - size < min_images:  # no runt task at the end
+            size = left
+        sizes.append(size)
+        left -= size
+    return sorted(sizes, reverse=True)
+
+
+def even_sizes(images: int, tasks: int) -> list[int]:
+    """``--partitions N``: N tasks of (nearly) equal size."""
+    tasks = max(1, min(tasks, images))
+    return [images // tasks + (1 if i < images % tasks else 0) for i in range(tasks)]
+
+
+class WarmUp:
+    """Starts the Python workers and builds their engines in a background Spark job (see
+    :func:`make_warmer`) while the driver takes the lock, reads OUTPUT's index and plans; :meth:`wait`
+    before the feature job. Leaving the block early cancels it."""
+
+    def __init__(self, spark: SparkSession, job) -> None:
+        self._sc = spark.sparkContext
+        self._group = f"fruitlens-warmup-{time.monotonic_ns()}"
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmup")
+        self._future = self._pool.submit(self._run, job)
+
+    def _run(self, job):
+        self._sc.setJobGroup(self._group, "warm up the Python workers", interruptOnCancel=True)
+        return job()
+
+    def wait(self) -> None:
+        t = time.perf_counter()
+        self._future.result()  # a worker that cannot load the model fails here, before any image
+        if time.perf_counter() - t > 0.1:
+            log(f"extract: waited {time.perf_counter() - t:.1f} s for the Python workers to load the model")
+
+    def cancel(self) -> None:
+        if not self._future.done():
+            self._sc.cancelJobGroup(self._group)
+
+    def __enter__(self) -> WarmUp:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            self.cancel()
+        self._pool.shutdown(wait=False)
+
+
+def warm_workers(spark: SparkSession, artifact: ModelArtifact, *, batch_size: int) -> WarmUp:
+    sc = spark.sparkContext
+    warmer = make_warmer(artifact, batch_size=batch_size)
+    # One task per slot: each runs in its own Python worker, which the feature job's tasks then reuse.
+    return WarmUp(spark, lambda: sc.parallelize(range(sc.defaultParallelism), sc.defaultParallelism)
+                  .mapPartitions(warmer).collect())

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from fruitlens.engines.engine import FEATURE_DIM
+from fruitlens.engines import FEATURE_DIM
+from fruitlens.state.schema import FEATURES
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def partition_moments(batches):
     """mapInArrow: one output row per partition with its (n, Σx, XᵀX)."""
     n, total, gram = 0, np.zeros(FEATURE_DIM), np.zeros((FEATURE_DIM, FEATURE_DIM))
     for batch in batches:
-        col = batch.column("features")
+        col = batch.column(FEATURES)
         if len(col) == 0:
             continue
         m = moments_of(feature_matrix(col))

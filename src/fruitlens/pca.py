@@ -18,9 +18,10 @@ from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.sql import DataFrame, SparkSession
 
-from fruitlens.engines.engine import FEATURE_DIM
+from fruitlens.engines import FEATURE_DIM
 from fruitlens.moments import Moments, feature_matrix, moments_of, partition_moments
 from fruitlens.progress import log
+from fruitlens.state.schema import CARRIED, FEATURES, PCA, PCA_DDL
 from fruitlens.storage.store import Store
 
 
@@ -46,7 +47,7 @@ def choose_k(explained: np.ndarray | list[float], target: float) -> int:
 
 
 def compute_moments(features: DataFrame) -> Moments:
-    partials = features.select("features").mapInArrow(partition_moments, "n long, total binary, gram binary")
+    partials = features.select(FEATURES).mapInArrow(partition_moments, "n long, total binary, gram binary")
     return (
         partials.rdd.map(lambda r: Moments(r.n, np.frombuffer(r.total), np.frombuffer(r.gram).reshape(FEATURE_DIM, -1)))
         .treeReduce(lambda a, b: a + b, depth=2)
@@ -120,7 +121,7 @@ def driver_moments(store: Store, files: list[str], *, threads: int = 2) -> Momen
     def reduce(chunk: list[str]) -> Moments:
         total = Moments.zero()
         for path in chunk:
-            total = total + moments_of(feature_matrix(store.read_table(path, columns=["features"]).column(0)))
+            total = total + moments_of(feature_matrix(store.read_table(path, columns=[FEATURES]).column(0)))
         return total
 
     parts = _chunks(files, threads)
@@ -136,7 +137,7 @@ def driver_project(model: PipelineModel, store: Store, files: list[str], folder:
     arrays = projection_arrays(model)
 
     def write(path: str) -> int:
-        table = store.read_table(path, columns=["path", "label", "split", "features"])
+        table = store.read_table(path, columns=[*CARRIED, FEATURES])
         store.write_table(f"{folder}/{path.rsplit('/', 1)[1]}", project_table(table, *arrays))
         return table.num_rows
 
@@ -177,7 +178,7 @@ def _pca_model(spark: SparkSession, components: np.ndarray, explained: np.ndarra
     matrix = jvm.org.apache.spark.ml.linalg.DenseMatrix(rows, cols, _jdoubles(spark, components.T.reshape(-1)))
     java = jvm.org.apache.spark.ml.feature.PCAModel("fruitlens_pca", matrix, _jvm_vector(spark, explained))
     model = PCAModel(java)
-    model._set(inputCol="scaled", outputCol="pca", k=cols)
+    model._set(inputCol="scaled", outputCol=PCA, k=cols)
     model._transfer_params_to_java()
     return model
 
@@ -196,5 +197,4 @@ def project(model: PipelineModel, features: DataFrame) -> DataFrame:
     from fruitlens.projection import make_projector
 
     arrays = features.sparkSession.sparkContext.broadcast(projection_arrays(model))
-    return features.select("path", "label", "split", "features").mapInArrow(
-        make_projector(arrays), "path string, label string, split string, pca array<float>")
+    return features.select(*CARRIED, FEATURES).mapInArrow(make_projector(arrays), PCA_DDL)

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from fruitlens.moments import feature_matrix
+from fruitlens.state.schema import FEATURES, pca_table
 
 
 def project_batch(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, components: np.ndarray) -> np.ndarray:
@@ -21,15 +22,8 @@ def project_batch(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, components
 def project_table(table: pa.Table | pa.RecordBatch, mean: np.ndarray, scale: np.ndarray,
                   components: np.ndarray) -> pa.Table:
     """(path, label, split, features) rows → (path, label, split, pca list<float>)."""
-    x = feature_matrix(table.column("features"))
-    k = components.shape[1]
-    y = project_batch(x, mean, scale, components).astype(np.float32)
-    offsets = pa.array(np.arange(0, (len(x) + 1) * k, k, dtype=np.int32))
-    return pa.Table.from_arrays(
-        [table.column("path"), table.column("label"), table.column("split"),
-         pa.ListArray.from_arrays(offsets, pa.array(y.reshape(-1)))],
-        names=["path", "label", "split", "pca"],
-    )
+    x = feature_matrix(table.column(FEATURES))
+    return pca_table(table, project_batch(x, mean, scale, components).astype(np.float32))
 
 
 def make_projector(broadcast):

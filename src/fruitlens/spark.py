@@ -1,4 +1,5 @@
-"""Building the SparkSession from the config: the only place Spark settings are chosen."""
+"""Building the SparkSession from the config: the only place Spark settings are chosen (and read back,
+for the Python side's storage options)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ from pyspark.sql import SparkSession
 from fruitlens import console
 from fruitlens.config import PipelineConfig
 from fruitlens.progress import log
+from fruitlens.storage.store import StoreOptions
 
 
 def spark_settings(config: PipelineConfig) -> dict[str, str]:
@@ -17,7 +19,7 @@ def spark_settings(config: PipelineConfig) -> dict[str, str]:
     settings = {
         "spark.app.name": "fruitlens",
         # Arrow batches of feature rows (the PCA's Spark passes on large sets): one commit batch each.
-        "spark.sql.execution.arrow.maxRecordsPerBatch": str(config.arrow_batch_size),
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(config.commit_size),
         # Reused Python workers keep their model between tasks (built once per worker, not per task).
         "spark.python.worker.reuse": "true",
         "spark.ui.showConsoleProgress": "false",
@@ -93,3 +95,23 @@ def _start_jvm(settings: dict[str, str]) -> None:
     console.jvm_stderr = console.JvmStderr(gateway.proc.stderr, show=console.verbosity() == "verbose")
     SparkContext(conf=conf, gateway=gateway)
     console.stop_on_interrupt()
+
+
+S3A_KEYS = ("fs.s3a.endpoint", "fs.s3a.endpoint.region", "fs.s3a.access.key", "fs.s3a.secret.key",
+            "fs.s3a.session.token")
+
+
+def store_options(spark: SparkSession, *uris: str) -> StoreOptions:
+    """S3 settings for the pyarrow side: the AWS environment, else Spark's own ``fs.s3a.*`` settings, and
+    the region of each S3 bucket in ``uris``, resolved here on the driver (see StoreOptions.with_bucket_regions)."""
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    hadoop = {k: v for k in S3A_KEYS if (v := conf.get(k))}
+    return StoreOptions.from_environment(hadoop=hadoop).with_bucket_regions(*uris)
+
+
+def store_options_before_spark(config: PipelineConfig, *uris: str) -> StoreOptions:
+    """The same, before the JVM starts: Spark's ``fs.s3a.*`` settings are then the ``spark.hadoop.*``
+    ones of ``--conf`` (and of the YAML or environment)."""
+    hadoop = {k: v for k in S3A_KEYS if (v := config.spark_conf.get(f"spark.hadoop.{k}"))}
+    return StoreOptions.from_environment(hadoop=hadoop).with_bucket_regions(*uris)
+

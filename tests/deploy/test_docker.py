@@ -154,7 +154,8 @@ def test_container_runs_as_non_root(oss_image: str, emr_image: str, container_ru
 def test_baked_model_loads_without_network(flavour: str, request) -> None:
     image = request.getfixturevalue(f"{flavour}_image")
     script = (
-        "import json, os, time; from fruitlens.engines.engine import prepare_model, load_engine, resolve_weights, sha256_file;"
+        "import json, os, time; from fruitlens.engines import prepare_model, load_engine; "
+        "from fruitlens.engines.model import resolve_weights, sha256_file;"
         "t = time.time(); a = prepare_model('onnx', 'imagenet'); took = time.time() - t;"
         "import numpy as np; e = load_engine('onnx', a.path);"
         "y = e.predict(np.zeros((2, 224, 224, 3), np.float32));"
@@ -169,7 +170,7 @@ def test_baked_model_loads_without_network(flavour: str, request) -> None:
     assert info["shape"] == [2, 1280]
     assert not info["writable"], "the baked model must not be writable by the job's user"
     if WEIGHTS.is_file():
-        from fruitlens.engines.engine import sha256_file
+        from fruitlens.engines.model import sha256_file
 
         assert info["sha"] == sha256_file(WEIGHTS)
 
@@ -183,7 +184,7 @@ def test_job_script_is_the_cli(flavour: str, request) -> None:
 
 
 def test_keras_engine_loads_without_network(oss_image: str) -> None:
-    script = ("from fruitlens.engines.engine import resolve_weights, build_keras_model;"
+    script = ("from fruitlens.engines.model import resolve_weights, build_keras_model;"
               "m = build_keras_model(resolve_weights('imagenet')); print(m.output_shape)")
     assert docker("run", "--rm", *NO_NET, oss_image, "python", "-c", script).strip().endswith("(None, 1280)")
 

@@ -76,6 +76,9 @@ def test_runtime_lock_is_consistent() -> None:
     full, runtime = pins(REPO / "requirements.lock"), pins(REPO / "requirements/runtime.lock")
     assert {"tensorflow-cpu", "onnxruntime", "pyspark", "numpy", "pillow", "tf2onnx"} <= runtime.keys()
     assert not {"pytest", "moto"} & runtime.keys(), "test libraries do not belong in the image"
+    # The image is the job: the extras of what it runs (s3:// OUTPUT's lock, `run --report`), not the
+    # clients `fruitlens k8s` uses where the job is submitted from.
+    assert {"boto3", "matplotlib"} <= runtime.keys() and "kubernetes" not in runtime.keys()
     for name, version in runtime.items():
         if name in ("setuptools", "wheel"):  # pip freeze omits them from requirements.lock
             continue
@@ -106,7 +109,7 @@ def test_tensorflow_missing_is_a_clear_error(monkeypatch) -> None:
     """--engine keras and a new ONNX export need TensorFlow: without it (the slim image) a ModelError says so."""
     import importlib.util
 
-    from fruitlens.engines import engine
+    from fruitlens.engines import model as engine
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))

@@ -17,7 +17,9 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from fruitlens.cli import main
-from fruitlens.deploy.emr import jobs as emr
+from fruitlens.deploy.emr import client as emr
+from fruitlens.deploy.emr import errors as emr_errors
+from fruitlens.deploy.emr import request as emr_request
 from fruitlens.deploy.emr.profile import load_profile
 
 REGION = "eu-west-1"
@@ -80,7 +82,7 @@ def test_submit_sends_exactly_the_built_request(moto_emr, capsys):
     assert main([*SUBMIT, "--virtual-cluster-name", "fruitlens"]) == 0
     job_id = capsys.readouterr().out.strip()
 
-    expected = emr.build_request(
+    expected = emr_request.build_request(
         load_profile({"region": REGION, "execution_role_arn": ROLE, "image": IMAGE, "log_uri": "s3://fruit-logs/emr",
                       "release_label": RELEASE, "image_spark": IMAGE_SPARK}, env={}),
         virtual_cluster_id=vc, input_uri="s3://fruit-data/fruits-360", output_uri="s3://fruit-out/run1",
@@ -138,7 +140,7 @@ def test_resubmitting_after_the_run_ended_sends_a_new_token_and_starts_again(mot
     assert second != first
     tokens = [p["clientToken"] for p in named(calls, "StartJobRun")]
     assert len(tokens) == 2 and tokens[0] != tokens[1]
-    hashes = {p["tags"][emr.REQUEST_TAG] for p in named(calls, "StartJobRun")}
+    hashes = {p["tags"][emr_request.REQUEST_TAG] for p in named(calls, "StartJobRun")}
     assert len(hashes) == 1  # the same request, deliberately not matched once it has ended
 
 
@@ -246,7 +248,7 @@ def test_wait_times_out(stubbed, capsys):
         now[0] += seconds
 
     add_states(stubbed, "RUNNING", "RUNNING")
-    with pytest.raises(emr.WaitTimeout, match="still RUNNING after 9s"):
+    with pytest.raises(emr_errors.WaitTimeout, match="still RUNNING after 9s"):
         emr.wait(emr.client(), VC, JOB, poll=5, backoff=1, timeout=9, sleep=sleep, clock=lambda: now[0])
 
 

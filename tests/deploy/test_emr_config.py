@@ -91,10 +91,10 @@ def test_require_names_every_missing_setting_and_how_to_give_it():
 
 
 def test_pod_identity_trust_and_service_accounts():
-    from fruitlens.deploy.emr import jobs as emr
+    from fruitlens.deploy.emr import iam
 
     profile = load_profile({"execution_role_arn": "arn:aws:iam::123456789012:role/fruitlens-job",
                             "identity": "pod-identity"}, env={})
-    (statement,) = emr.trust_policy(profile)["Statement"]  # no OIDC provider needed
+    (statement,) = iam.trust_policy(profile)["Statement"]  # no OIDC provider needed
     assert statement["Principal"] == {"Service": "pods.eks.amazonaws.com"}
-    assert emr.service_accounts(profile)[1] == f"emr-containers-sa-spark-driver-123456789012-{emr.base36('fruitlens-job')}"
+    assert iam.service_accounts(profile)[1] == f"emr-containers-sa-spark-driver-123456789012-{iam.base36('fruitlens-job')}"

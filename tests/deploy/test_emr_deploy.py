@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from fruitlens.cli import main
-from fruitlens.deploy.emr.jobs import base36
+from fruitlens.deploy.emr.iam import base36
 from fruitlens.deploy.emr.profile import load_profile
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,10 @@ from botocore.stub import Stubber
 
 from fruitlens.cli import main
 from fruitlens.config import ConfigError
-from fruitlens.deploy.emr import jobs as emr
+from fruitlens.deploy.emr import errors as emr_errors
+from fruitlens.deploy.emr import iam, validation
+from fruitlens.deploy.emr import profile as emr_profile
+from fruitlens.deploy.emr import request as emr_request
 from fruitlens.deploy.emr.profile import EmrProfile
 
 ROLE = "arn:aws:iam::123456789012:role/fruitlens-job"
@@ -27,7 +30,7 @@ def profile(**overrides) -> EmrProfile:
 
 def build(p: EmrProfile | None = None, args=("--pca-k", "50"), **kw):
     p = p or profile()
-    return emr.build_request(p, virtual_cluster_id=VC, input_uri=p.input, output_uri=p.output,
+    return emr_request.build_request(p, virtual_cluster_id=VC, input_uri=p.input, output_uri=p.output,
                              pipeline_args=list(args), **kw)
 
 
@@ -51,13 +54,13 @@ def test_request_shape():
         "logUri": "s3://fruit-logs/emr"}
     assert request["retryPolicyConfiguration"] == {"maxAttempts": 1}
     assert request["releaseLabel"] == "emr-spark-8.0.0-latest" and request["executionRoleArn"] == ROLE
-    assert request["tags"] == {emr.REQUEST_TAG: emr.request_hash(request)}
+    assert request["tags"] == {emr_request.REQUEST_TAG: emr_request.request_hash(request)}
     # The job's interpreter wins over whatever the base's spark-defaults or environment name (finding 10).
     assert props["spark.pyspark.python"] == props["spark.pyspark.driver.python"] == "/opt/fruitlens/venv/bin/python"
     # The image is amd64 only (finding 12); a tag is pulled on every pod start (finding 7).
     assert props["spark.kubernetes.node.selector.kubernetes.io/arch"] == "amd64"
     assert props["spark.kubernetes.container.image.pullPolicy"] == "Always"
-    assert emr.POD_NAME_PREFIX not in props
+    assert emr_request.POD_NAME_PREFIX not in props
 
 
 def test_explicit_overhead_and_cloudwatch_and_extra_spark_settings():
@@ -70,17 +73,17 @@ def test_explicit_overhead_and_cloudwatch_and_extra_spark_settings():
     assert request["configurationOverrides"]["monitoringConfiguration"]["cloudWatchMonitoringConfiguration"] == {
         "logGroupName": "/fruitlens/jobs", "logStreamNamePrefix": "fruitlens"}
     assert request["retryPolicyConfiguration"] == {"maxAttempts": 3}
-    assert request["tags"] == {"team": "ml", emr.REQUEST_TAG: emr.request_hash(request)}
+    assert request["tags"] == {"team": "ml", emr_request.REQUEST_TAG: emr_request.request_hash(request)}
 
 
 def test_each_build_gets_a_fresh_client_token_but_the_same_request_hash():
     """Finding 1: a token is per invocation; only the hash (a tag) says "the same job"."""
     a, b = build(), build()
     assert a["clientToken"] != b["clientToken"] and 1 <= len(a["clientToken"]) <= 64
-    assert a["tags"][emr.REQUEST_TAG] == b["tags"][emr.REQUEST_TAG] == emr.request_hash(a) == emr.request_hash(b)
-    assert len(a["tags"][emr.REQUEST_TAG]) == 64
-    assert build(args=("--pca-k", "20"))["tags"][emr.REQUEST_TAG] != a["tags"][emr.REQUEST_TAG]
-    assert build(run_key="again")["tags"][emr.REQUEST_TAG] != a["tags"][emr.REQUEST_TAG]
+    assert a["tags"][emr_request.REQUEST_TAG] == b["tags"][emr_request.REQUEST_TAG] == emr_request.request_hash(a) == emr_request.request_hash(b)
+    assert len(a["tags"][emr_request.REQUEST_TAG]) == 64
+    assert build(args=("--pca-k", "20"))["tags"][emr_request.REQUEST_TAG] != a["tags"][emr_request.REQUEST_TAG]
+    assert build(run_key="again")["tags"][emr_request.REQUEST_TAG] != a["tags"][emr_request.REQUEST_TAG]
     assert build(client_token="ci-build-42")["clientToken"] == "ci-build-42"  # the caller's own, if given
 
 
@@ -89,8 +92,8 @@ def test_a_digest_pinned_image_is_not_pulled_again():
     props = build(profile(image=pinned))["configurationOverrides"]["applicationConfiguration"][0]["properties"]
     assert props["spark.kubernetes.container.image"] == pinned
     assert props["spark.kubernetes.container.image.pullPolicy"] == "IfNotPresent"
-    assert emr.request_notes(profile(image=pinned)) == []
-    assert "pin the digest" in " ".join(emr.request_notes(profile()))
+    assert emr_request.request_notes(profile(image=pinned)) == []
+    assert "pin the digest" in " ".join(emr_request.request_notes(profile()))
 
 
 def test_arm_nodes_and_another_interpreter_are_one_setting_each():
@@ -153,17 +156,17 @@ def test_the_spark_submit_parameters_limit_is_the_models():
     assert limit == 102400
     request = build()
     request["jobDriver"]["sparkSubmitJobDriver"]["sparkSubmitParameters"] = "--conf a=b " * 1000
-    emr.validate_request(request)  # 11,000 characters: fine
+    validation.validate_request(request)  # 11,000 characters: fine
     request["jobDriver"]["sparkSubmitJobDriver"]["sparkSubmitParameters"] = "x" * (limit + 1)
-    with pytest.raises(emr.EmrRequestError, match=f"{limit + 1} characters, the API allows at most {limit}.*spark_conf"):
-        emr.validate_request(request)
+    with pytest.raises(emr_errors.EmrRequestError, match=f"{limit + 1} characters, the API allows at most {limit}.*spark_conf"):
+        validation.validate_request(request)
 
 
 def test_overwrite_is_refused_with_a_retry_policy_and_never_added():
     """Finding 5: a retry re-runs the same arguments; with --overwrite attempt 2 would delete attempt 1's work."""
     args = build(profile(max_attempts=3), args=())["jobDriver"]["sparkSubmitJobDriver"]["entryPointArguments"]
     assert "--overwrite" not in args  # a retry then continues the interrupted OUTPUT (`fruitlens run` resumes)
-    with pytest.raises(emr.EmrRequestError, match="--overwrite with max_attempts=3.*attempt 2 would delete"):
+    with pytest.raises(emr_errors.EmrRequestError, match="--overwrite with max_attempts=3.*attempt 2 would delete"):
         build(profile(max_attempts=3), args=("--overwrite",))
     assert "--overwrite" in build(profile(max_attempts=1), args=("--overwrite",))[
         "jobDriver"]["sparkSubmitJobDriver"]["entryPointArguments"]
@@ -212,20 +215,20 @@ def test_the_request_is_what_botocore_would_send():
 def test_requests_over_the_api_limits_are_refused_before_any_call(mutate, message):
     request = build()
     mutate(request)
-    with pytest.raises(emr.EmrRequestError, match=message):
-        emr.validate_request(request)
+    with pytest.raises(emr_errors.EmrRequestError, match=message):
+        validation.validate_request(request)
 
 
 def test_every_problem_is_reported_at_once():
     request = build()
     request.update(name="x" * 65, releaseLabel="emr 7")
-    with pytest.raises(emr.EmrRequestError, match=r"name: 65.*; .*releaseLabel"):
-        emr.validate_request(request)
+    with pytest.raises(emr_errors.EmrRequestError, match=r"name: 65.*; .*releaseLabel"):
+        validation.validate_request(request)
 
 
 def test_input_and_output_must_be_s3():
-    with pytest.raises(emr.EmrRequestError, match="INPUT must be an S3 URI.*fruitlens data upload"):
-        emr.job_arguments("data/fruits-360", "s3://b/out")
+    with pytest.raises(emr_errors.EmrRequestError, match="INPUT must be an S3 URI.*fruitlens data upload"):
+        emr_request.job_arguments("data/fruits-360", "s3://b/out")
 
 
 def test_dry_run_prints_the_exact_request_and_calls_nothing(monkeypatch, capsys):
@@ -257,14 +260,14 @@ def test_pipeline_options_are_forwarded(capsys):
     assert code == 0
     request = json.loads(capsys.readouterr().out)
     assert request["jobDriver"]["sparkSubmitJobDriver"]["entryPointArguments"] == [
-        "run", "s3://a/in", "s3://a/out", "--batch-size", "64", "--engine", "onnx", "--overwrite",
+        "run", "s3://a/in", "s3://a/out", "--batch-size", "64", "--overwrite", "--engine", "onnx",
         "--conf", "spark.sql.shuffle.partitions=8", "--no-progress"]
     props = request["configurationOverrides"]["applicationConfiguration"][0]["properties"]
     assert props["spark.foo"] == "bar"
 
 
 def test_iam_policy_grants_the_prefixes_and_nothing_else():
-    policy = emr.iam_policy(profile(entry_point="s3://fruit-code/job.py"))
+    policy = iam.iam_policy(profile(entry_point="s3://fruit-code/job.py"))
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
     # Finding 2: Hadoop's first look at s3://b/p HEADs the bare key p and EMRFS's p_$folder$ marker.
     assert by_sid["ReadInput"] == {"Sid": "ReadInput", "Effect": "Allow", "Action": ["s3:GetObject"],
@@ -287,7 +290,7 @@ def test_iam_policy_grants_the_prefixes_and_nothing_else():
 
 def test_iam_policy_lets_a_mkdirs_walk_up_the_output_path():
     """S3A's mkdirs HEADs every parent of OUTPUT; EMRFS removes its parents' _$folder$ markers."""
-    by_sid = {s["Sid"]: s for s in emr.iam_policy(profile(output="s3://fruit-out/team/runs/r1"))["Statement"]}
+    by_sid = {s["Sid"]: s for s in iam.iam_policy(profile(output="s3://fruit-out/team/runs/r1"))["Statement"]}
     assert by_sid["WriteOutputParents"] == {
         "Sid": "WriteOutputParents", "Effect": "Allow", "Action": ["s3:GetObject"],
         "Resource": ["arn:aws:s3:::fruit-out/team", "arn:aws:s3:::fruit-out/team_$folder$",
@@ -298,15 +301,15 @@ def test_iam_policy_lets_a_mkdirs_walk_up_the_output_path():
 
 
 def test_trust_policy_matches_what_the_aws_cli_writes():
-    policy = emr.trust_policy(profile(oidc_provider="https://oidc.eks.eu-west-1.amazonaws.com/id/ABC123",
+    policy = iam.trust_policy(profile(oidc_provider="https://oidc.eks.eu-west-1.amazonaws.com/id/ABC123",
                                       namespace="fruitlens"))
     (statement,) = policy["Statement"]
     assert statement["Principal"] == {
         "Federated": "arn:aws:iam::123456789012:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/ABC123"}
     assert statement["Condition"]["StringLike"] == {
         "oidc.eks.eu-west-1.amazonaws.com/id/ABC123:sub":
-            f"system:serviceaccount:fruitlens:emr-containers-sa-*-*-123456789012-{emr.base36('fruitlens-job')}"}
-    assert emr.base36("a") == "2p"  # 0x61 = 97 = 2*36 + 25
+            f"system:serviceaccount:fruitlens:emr-containers-sa-*-*-123456789012-{iam.base36('fruitlens-job')}"}
+    assert iam.base36("a") == "2p"  # 0x61 = 97 = 2*36 + 25
 
 
 def test_iam_commands_print_json(capsys, tmp_path):
@@ -351,7 +354,8 @@ def test_submit_refuses_uris_outside_the_granted_prefixes(tmp_path, capsys):
     capsys.readouterr()
     assert main([*DRY, "--profile", str(prof), "s3://fruit-data/fruits-360", "s3://fruit-out/runs2"]) == 2
     err = capsys.readouterr().err
-    assert "OUTPUT s3://fruit-out/runs2 is outside s3://fruit-out/runs, the prefix the job role's policy grants (the profile's `output_grant:`)" in err and "403" in err
+    assert ("OUTPUT s3://fruit-out/runs2 is outside s3://fruit-out/runs, the prefix the job role's policy grants "
+            "(the profile's `output_grant:`)") in err and "403" in err
     assert "INPUT" not in err.split("outside")[0].split("error:")[1]
     assert main([*DRY, "--profile", str(prof), "s3a://other/x", "s3://fruit-out/runs/r1"]) == 2
     assert "INPUT s3a://other/x is outside" in capsys.readouterr().err
@@ -361,15 +365,15 @@ def test_submit_refuses_uris_outside_the_granted_prefixes(tmp_path, capsys):
 
 
 def test_within_prefix():
-    assert emr.within_prefix("s3://b/runs/r1", "s3://b/runs") and emr.within_prefix("s3a://b/runs", "s3://b/runs/")
-    assert emr.within_prefix("s3://b/anything", "s3://b")
-    assert not emr.within_prefix("s3://b/runs2", "s3://b/runs") and not emr.within_prefix("s3://c/runs", "s3://b/runs")
+    assert emr_profile.within_prefix("s3://b/runs/r1", "s3://b/runs") and emr_profile.within_prefix("s3a://b/runs", "s3://b/runs/")
+    assert emr_profile.within_prefix("s3://b/anything", "s3://b")
+    assert not emr_profile.within_prefix("s3://b/runs2", "s3://b/runs") and not emr_profile.within_prefix("s3://c/runs", "s3://b/runs")
 
 
 def test_a_fixed_executor_pod_name_prefix_is_warned_about(capsys):
     """Finding 6: two runs in one namespace would both name their executors fruitlens-exec-1."""
-    assert main([*DRY, "s3://a/in", "s3://a/out", "--spark-default", f"{emr.POD_NAME_PREFIX}=fruitlens"]) == 0
-    assert f"spark_conf sets {emr.POD_NAME_PREFIX}=fruitlens: two job runs in one namespace" in capsys.readouterr().err
+    assert main([*DRY, "s3://a/in", "s3://a/out", "--spark-default", f"{emr_request.POD_NAME_PREFIX}=fruitlens"]) == 0
+    assert f"spark_conf sets {emr_request.POD_NAME_PREFIX}=fruitlens: two job runs in one namespace" in capsys.readouterr().err
 
 
 def test_the_example_profile_has_no_fixed_pod_name_prefix():
@@ -378,21 +382,21 @@ def test_the_example_profile_has_no_fixed_pod_name_prefix():
     import yaml
 
     example = yaml.safe_load((Path(__file__).parents[2] / "examples" / "emr-profile.yaml").read_text())
-    assert emr.POD_NAME_PREFIX not in (example.get("spark_conf") or {})
+    assert emr_request.POD_NAME_PREFIX not in (example.get("spark_conf") or {})
 
 
 def test_trust_policy_is_merged_into_a_shared_roles_existing_trust():
     """Finding 9: setup.sh appends, as `aws emr-containers update-role-trust-policy` does."""
-    ours = emr.trust_policy(profile(oidc_provider="oidc.eks.eu-west-1.amazonaws.com/id/ABC", namespace="fruitlens"))
+    ours = iam.trust_policy(profile(oidc_provider="oidc.eks.eu-west-1.amazonaws.com/id/ABC", namespace="fruitlens"))
     other = {"Effect": "Allow", "Principal": {"Federated": "arn:aws:iam::123456789012:oidc-provider/x/id/OTHER"},
              "Action": "sts:AssumeRoleWithWebIdentity", "Condition": {"StringLike": {"x/id/OTHER:sub": "sa"}}}
     existing = {"Version": "2012-10-17", "Statement": [other]}
-    merged = emr.merge_trust_policy(existing, ours)
+    merged = iam.merge_trust_policy(existing, ours)
     assert merged["Statement"] == [other, *ours["Statement"]]
-    assert emr.merge_trust_policy(merged, ours) == merged  # idempotent: a re-run adds nothing
+    assert iam.merge_trust_policy(merged, ours) == merged  # idempotent: a re-run adds nothing
     single = {"Version": "2012-10-17", "Statement": {**ours["Statement"][0], "Sid": "X"}}
-    assert emr.merge_trust_policy(single, ours)["Statement"] == [single["Statement"]]
-    assert emr.merge_trust_policy(None, ours) == ours
+    assert iam.merge_trust_policy(single, ours)["Statement"] == [single["Statement"]]
+    assert iam.merge_trust_policy(None, ours) == ours
 
 
 def test_trust_policy_merge_with_on_the_command_line(tmp_path, capsys):
@@ -412,4 +416,4 @@ def test_access_denied_points_at_the_execution_role_condition_key():
     from botocore.exceptions import ClientError
 
     error = ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}, "StartJobRun")
-    assert "emr-containers:ExecutionRoleArn condition key" in str(emr.explain(error, "StartJobRun", "vc"))
+    assert "emr-containers:ExecutionRoleArn condition key" in str(emr_errors.explain(error, "StartJobRun", "vc"))

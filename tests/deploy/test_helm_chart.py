@@ -33,7 +33,7 @@ NON_DEFAULT = {
     "imagePullSecrets": [{"name": "regcred"}],
     "job": {"command": "run", "input": "s3a://fruits/in", "output": "s3a://fruits/out", "backoffLimit": 1,
             "activeDeadlineSeconds": 7200, "ttlSecondsAfterFinished": 600, "annotations": {"team": "ml"}},
-    "pipeline": {"pcaK": 50, "pcaStandardize": True, "batchSize": 64, "arrowBatchSize": 128, "partitions": 8,
+    "pipeline": {"pcaK": 50, "pcaStandardize": True, "batchSize": 64, "commitSize": 128, "partitions": 8,
                  "limit": 1000, "engine": "onnx", "weights": "s3a://fruits/w.h5", "overwrite": True,
                  "extraArgs": ["--conf", "spark.sql.shuffle.partitions=8"]},
     "s3": {"endpoint": "http://s3.fruitlens-s3.svc:8333", "region": "us-east-1",
@@ -256,9 +256,9 @@ def test_headless_service_selects_the_driver_pod_on_the_driver_ports(default_doc
 
 def test_renders_the_job_arguments_from_the_pipeline_values(custom_docs):
     assert job_args(custom_docs) == [
-        "run", "s3a://fruits/in", "s3a://fruits/out", "--pca-k", "50", "--pca-standardize",
-        "--arrow-batch-size", "128", "--batch-size", "64", "--limit", "1000", "--partitions", "8",
-        "--engine", "onnx", "--weights", "s3a://fruits/w.h5", "--overwrite", "--no-progress",
+        "run", "s3a://fruits/in", "s3a://fruits/out", "--batch-size", "64", "--commit-size", "128",
+        "--engine", "onnx", "--limit", "1000", "--overwrite", "--partitions", "8", "--pca-k", "50",
+        "--pca-standardize", "--weights", "s3a://fruits/w.h5", "--no-progress",
         "--conf", "spark.sql.shuffle.partitions=8"]
 
 
@@ -627,3 +627,75 @@ def test_notes_say_the_operator_must_watch_the_namespace():
                 "--set", "sparkOperator.enabled=true")
     notes = done.stdout.split("NOTES:", 1)[1]
     assert "spark.jobNamespaces" in notes and "jobs" in notes
+
+
+# -- the chart against the options table (fruitlens.config.OPTIONS) ----------------------------------------
+
+def _chart_options():
+    from fruitlens.config import OPTIONS
+
+    return [o for o in OPTIONS.values() if o.forward and o.chart]
+
+
+def _kebab(name):
+    return re.sub(r"([A-Z])", lambda m: "-" + m.group(1).lower(), name)
+
+
+def test_every_chart_pipeline_value_is_an_option_of_the_table_and_back():
+    from fruitlens.deploy.k8s.chart import PIPELINE_VALUES
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["pipeline"]
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["pipeline"]["properties"]
+    charted = {o.chart for o in _chart_options()}
+    assert set(values) - {"extraArgs"} == charted == set(schema) - {"extraArgs"}
+    assert set(PIPELINE_VALUES.values()) == charted
+    for o in _chart_options():  # the template turns the value's name into the flag (kebabcase)
+        assert f"--{_kebab(o.chart)}" == o.flag, o.name
+
+
+def test_the_chart_knows_which_options_extract_does_not_take():
+    from fruitlens.cli_options import SCOPES
+
+    tpl = (CHART / "templates" / "_helpers.tpl").read_text()
+    run_only = re.search(r'\$runOnly := list ((?:"\w+" ?)+)', tpl).group(1).split()
+    assert {s.strip('"') for s in run_only} == {o.chart for o in _chart_options()
+                                                if o.scope not in SCOPES["extract"]}
+
+
+def test_the_charts_documented_defaults_and_types_are_fruitlens_own():
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)["pipeline"]
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["pipeline"]["properties"]
+    kinds = {int: "integer", float: "number", bool: "boolean", str: "string"}
+    for o in _chart_options():
+        types = schema[o.chart]["type"]
+        assert kinds[o.type] in ([types] if isinstance(types, str) else types), o.chart
+        if o.choices:
+            assert [c for c in schema[o.chart]["enum"] if c is not None] == list(o.choices), o.chart
+        value = values[o.chart]
+        if value not in (None, "", False):
+            assert value == o.default, o.chart
+            continue
+        if o.default in (None, False):
+            continue  # an unset value is fruitlens' default already
+        shown = re.search(rf"# @default -- \S+ \(([^)]*)\)\n  {o.chart}:", text)
+        assert shown, f"pipeline.{o.chart}: no `# @default -- null (...)` line"
+        expected = f"{o.default:g}" if isinstance(o.default, float) else str(o.default)
+        assert shown.group(1) == expected, f"pipeline.{o.chart} documents {shown.group(1)}, fruitlens says {expected}"
+
+
+def test_every_chart_value_reaches_the_job_as_its_option():
+    from fruitlens.cli import build_parser
+    from fruitlens.cli_options import config_from_args
+
+    samples = {int: 7, float: 0.25, str: "x"}
+    pipeline = {}
+    for o in _chart_options():
+        if o.name == "pca_variance":
+            continue  # exclusive with pca_k
+        pipeline[o.chart] = True if o.type is bool else (o.choices[-1] if o.choices else samples[o.type])
+    docs, _ = render({"pipeline": pipeline})
+    config = config_from_args(build_parser().parse_args(job_args(docs)))
+    for o in _chart_options():
+        if o.chart in pipeline:
+            assert getattr(config, o.name) == pipeline[o.chart], o.name

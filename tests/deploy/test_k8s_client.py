@@ -16,7 +16,8 @@ import pytest
 import yaml
 from fakes.fake_k8s import CHART, FakeKubeServer, job, one, pod, render
 
-from fruitlens.cli import PIPELINE_FLAGS, build_parser, main
+from fruitlens.cli import build_parser, main
+from fruitlens.cli_options import FORWARDED
 from fruitlens.deploy.k8s import (
     PIPELINE_VALUES,
     Helm,
@@ -59,9 +60,9 @@ def test_every_pipeline_flag_reaches_the_chart():
     ns = build_parser().parse_args(["k8s", "submit", "--partitions", "7", "--limit", "9", "--weights", "w.h5",
                                     "--arrow-batch-size", "64", "--pca-standardize", "--engine", "onnx"])
     values = submit_values(ns)
-    assert values["pipeline"] == {"partitions": 7, "limit": 9, "weights": "w.h5", "arrowBatchSize": 64,
+    assert values["pipeline"] == {"partitions": 7, "limit": 9, "weights": "w.h5", "commitSize": 64,
                                   "pcaStandardize": True, "engine": "onnx"}
-    assert set(PIPELINE_FLAGS) <= set(PIPELINE_VALUES)
+    assert set(FORWARDED) - {"spark_conf"} <= set(PIPELINE_VALUES)  # spark_conf: the chart's spark.conf
 
 
 def test_submit_flags_become_chart_values():

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fruitlens.engines import engine
+from fruitlens import engines
+from fruitlens.engines import model
 
 
 @pytest.fixture
@@ -31,25 +32,25 @@ def test_export_falls_back_to_tmpdir_when_the_cache_cannot_be_written(tmp_path, 
     monkeypatch.setenv("FRUITLENS_CACHE", str(blocker / "cache"))
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    monkeypatch.setattr(engine.tempfile, "tempdir", None)  # re-read TMPDIR
+    monkeypatch.setattr(model.tempfile, "tempdir", None)  # re-read TMPDIR
     calls: list[Path] = []
-    monkeypatch.setattr(engine, "export_onnx", _fake_export(calls))
+    monkeypatch.setattr(model, "export_onnx", _fake_export(calls))
 
-    artifact = engine.prepare_model("onnx", str(weights))
+    artifact = engines.prepare_model("onnx", str(weights))
 
     assert calls == [tmp_path / "tmp" / "fruitlens-cache" / calls[0].name]
     assert artifact.path == str(calls[0]) and artifact.engine == "onnx"
     err = capsys.readouterr().err
     assert f"model cache {blocker / 'cache'} is not writable" in err and str(tmp_path / "tmp") in err
 
-    engine.prepare_model("onnx", str(weights))  # the fallback export is reused, not made again
+    engines.prepare_model("onnx", str(weights))  # the fallback export is reused, not made again
     assert len(calls) == 1
 
 
 def test_a_writable_cache_is_used_as_before(tmp_path, weights, monkeypatch, capsys):
     monkeypatch.setenv("FRUITLENS_CACHE", str(tmp_path / "cache"))
     calls: list[Path] = []
-    monkeypatch.setattr(engine, "export_onnx", _fake_export(calls))
-    artifact = engine.prepare_model("onnx", str(weights))
+    monkeypatch.setattr(model, "export_onnx", _fake_export(calls))
+    artifact = engines.prepare_model("onnx", str(weights))
     assert Path(artifact.path).parent == tmp_path / "cache"
     assert "not writable" not in capsys.readouterr().err

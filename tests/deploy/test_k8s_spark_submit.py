@@ -110,8 +110,9 @@ def test_cluster_mode_driver_runs_the_job_script_with_the_pipeline_arguments(clu
     args = _driver_pod(cluster_mode_submission)["spec"]["containers"][0]["args"]
     assert args[0] == "driver"
     i = args.index(JOB_SCRIPT)
-    assert args[i + 1:] == ["run", "s3a://fruits/in", "s3a://fruits/out", "--pca-k", "20", "--batch-size", "16",
-                            "--engine", "auto", "--no-progress"]
+    # forwarded in the options table's order (fruitlens.config)
+    assert args[i + 1:] == ["run", "s3a://fruits/in", "s3a://fruits/out", "--batch-size", "16", "--engine", "auto",
+                            "--pca-k", "20", "--no-progress"]
 
 
 def test_cluster_mode_driver_uses_the_service_account(cluster_mode_submission):

@@ -15,7 +15,6 @@ from conftest import REPO, SAMPLE, real_images, truncated_jpeg, uri_to_path
 
 from fruitlens.classify.train import metrics_from_confusion
 from fruitlens.cli import main
-from fruitlens.errors import FruitlensError
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 5
 CLASSES = sorted(p.name for p in (SAMPLE / "Test").iterdir() if p.is_dir())
@@ -76,39 +75,13 @@ def test_predict_on_an_output_without_a_predictor_says_what_to_run(tmp_path, cap
     assert "predictor lacks model.onnx" in err and f"fruitlens train {tmp_path}" in err
 
 
-def _tiny_predictor(folder: Path, rng) -> None:
+def tiny_predictor(folder: Path, rng) -> None:
     """OUTPUT/predictor as train writes it, around the tiny engine (3 features, 2 components, 3 classes)."""
     folder.mkdir(parents=True)
     _tiny_engine(folder / "model.onnx")
     np.savez(folder / "head.npz", coefficients=rng.normal(size=(3, 2)) * 5, intercepts=rng.normal(size=3),
              mean=np.zeros(3), scale=np.ones(3), components=rng.normal(size=(3, 2)))
     (folder / "labels.json").write_text(json.dumps(["a", "b", "c"]))
-
-
-def test_predict_reads_an_s3_output_like_a_local_one(tmp_path, rng, monkeypatch):
-    """s3:// OUTPUT: the predictor files come down with boto3 (moto's in-process S3 as the test double)."""
-    import boto3
-    from moto import mock_aws
-
-    from fruitlens.classify.predictor import Predictor
-
-    _tiny_predictor(tmp_path / "out" / "predictor", rng)
-    photos = [str(p) for p in real_images(per_class=1, classes=3)]
-    local = Predictor.load(str(tmp_path / "out")).predict_files(photos)
-    for key in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="fruits")
-        for f in (tmp_path / "out" / "predictor").iterdir():
-            s3.upload_file(str(f), "fruits", f"runs/1/predictor/{f.name}")
-        remote = Predictor.load("s3://fruits/runs/1").predict_files(photos)
-        with pytest.raises(FruitlensError, match="s3://fruits/runs/2/predictor/model.onnx"):
-            Predictor.load("s3://fruits/runs/2")
-    assert remote == local and local[0]["top"] != local[1]["top"]
 
 
 # ---------------------------------------------------------------- end to end on real photos
@@ -359,11 +332,11 @@ def test_train_refuses_weights_other_than_the_runs_before_any_work(trained):
     from pyspark.sql import SparkSession
 
     from fruitlens.classify.train import TrainError, train
-    from fruitlens.state.output import OutputLayout
+    from fruitlens.storage.store import Store
 
     before = (trained / "classifier" / "metrics.json").stat().st_mtime_ns
     with pytest.raises(TrainError, match="are not the run's"):
-        train(SparkSession.getActiveSession(), OutputLayout(trained.as_uri()), weights_sha256="0" * 64)
+        train(SparkSession.getActiveSession(), Store(trained.as_uri()), weights_sha256="0" * 64)
     assert (trained / "classifier" / "metrics.json").stat().st_mtime_ns == before
 
 

@@ -5,13 +5,9 @@ import numpy as np
 import pytest
 from conftest import real_images
 
-from fruitlens.engines.engine import (
-    FEATURE_DIM,
-    KerasEngine,
-    OnnxEngine,
-    build_keras_model,
-    prepare_model,
-)
+from fruitlens.engines import FEATURE_DIM, ModelError, prepare_model
+from fruitlens.engines.model import build_keras_model
+from fruitlens.engines.runtime import KerasEngine, OnnxEngine
 from fruitlens.images import decode_rgb, preprocess
 
 pytestmark = pytest.mark.slow
@@ -64,7 +60,5 @@ def test_the_onnx_export_is_made_once_and_reused(tmp_path, monkeypatch):
 
 
 def test_a_missing_weights_file_is_a_clear_error(tmp_path):
-    from fruitlens.engines.engine import ModelError
-
     with pytest.raises(ModelError, match="weights file .*nope.h5 does not exist"):
         prepare_model("onnx", str(tmp_path / "nope.h5"))

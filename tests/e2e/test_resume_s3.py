@@ -16,7 +16,7 @@ from test_data_s3 import BUCKET, CLASSES, local_copy, s3_endpoint, s3env  # noqa
 
 from fruitlens.cli import main
 from fruitlens.deploy.s3data import staging as s3
-from fruitlens.state import ledger
+from fruitlens.state import ledger, schema
 from fruitlens.state.lock import LOCK, LockedError, RunLock
 from fruitlens.storage.store import Store, StoreOptions
 
@@ -54,7 +54,7 @@ def test_batches_index_and_rewrites_on_s3(store, s3env):  # noqa: F811
     paths = [f"s3://b/in/{i}.jpg" for i in range(6)]
     for part in (paths[:3], paths[3:]):
         rows = [(p, 1, 5) for p in part]
-        out.write_table(f"features/{ledger.batch_name(rows)}", ledger.features_table(
+        out.write_table(f"features/{ledger.batch_name(rows)}", schema.features_table(
             part, ["L"] * 3, [""] * 3, [1] * 3, [5] * 3, np.zeros((3, 1280), np.float32)))
     index = ledger.read_index(out)
     assert sorted(r[0] for f in index for r in f.rows) == paths
@@ -119,3 +119,23 @@ def test_s3_keys_are_literal_names_too(store, s3env):  # noqa: F811
     rows = [source.spark_path(e.path) for e in entries]
     assert [label_and_split(r) for r in rows] == [("100%25 juice", "Test"), ("a#b?c [1]", "Test")]
     assert all(source.read_bytes(source.path_of(r)) == b"jpeg bytes" for r in rows)
+
+
+def test_predict_reads_an_s3_output_like_a_local_one(s3env, tmp_path, rng):  # noqa: F811
+    """s3:// OUTPUT: the predictor files come down through the same Store as every OUTPUT read."""
+    from conftest import real_images
+    from test_classify import tiny_predictor
+
+    from fruitlens.classify.predictor import Predictor
+    from fruitlens.errors import FruitlensError
+
+    tiny_predictor(tmp_path / "out" / "predictor", rng)
+    photos = [str(p) for p in real_images(per_class=1, classes=3)]
+    local = Predictor.load(str(tmp_path / "out")).predict_files(photos)
+    prefix = f"predict-{time.time_ns()}"
+    for f in (tmp_path / "out" / "predictor").iterdir():
+        s3env.upload_file(str(f), BUCKET, f"{prefix}/1/predictor/{f.name}")
+    remote = Predictor.load(f"s3://{BUCKET}/{prefix}/1").predict_files(photos)
+    with pytest.raises(FruitlensError, match=f"s3://{BUCKET}/{prefix}/2/predictor/model.onnx"):
+        Predictor.load(f"s3://{BUCKET}/{prefix}/2")
+    assert remote == local and local[0]["top"] != local[1]["top"]

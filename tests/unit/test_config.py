@@ -91,3 +91,27 @@ def test_retries_and_the_error_rate_bound_are_settings_like_any_other(tmp_path):
         load_config({"output": "o", "max_error_rate": 5}, env={})
     with pytest.raises(ConfigError, match="--retry-timeout must be 0 or more"):
         load_config({"output": "o", "retry_timeout": -1}, env={})
+
+
+def test_commit_size_keeps_its_old_names_as_aliases(tmp_path):
+    from fruitlens.cli import build_parser
+    from fruitlens.cli_options import config_from_args
+
+    for flag in ("--commit-size", "--arrow-batch-size"):
+        assert config_from_args(build_parser().parse_args(["run", "in", "out", flag, "12"])).commit_size == 12
+    assert load_config({"output": "o"}, env={"FRUITLENS_ARROW_BATCH_SIZE": "9"}).commit_size == 9
+    assert load_config({"output": "o"}, env={"FRUITLENS_COMMIT_SIZE": "8", "FRUITLENS_ARROW_BATCH_SIZE": "9"}).commit_size == 8
+    yml = tmp_path / "job.yaml"
+    yml.write_text("arrow_batch_size: 5\n")
+    assert load_config({"output": "o"}, env={}, config_file=yml).commit_size == 5
+
+
+def test_every_option_comes_from_the_table_with_its_env_var_and_help_default():
+    from fruitlens.cli import build_parser
+    from fruitlens.config import OPTIONS, PipelineConfig
+
+    assert {f for f in PipelineConfig.__dataclass_fields__} - set(OPTIONS) == {"input", "output"}
+    run = next(a for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions
+               if a.dest == "batch_size")
+    assert run.help == "images per inference call (default 64)" and OPTIONS["batch_size"].default == 64
+    assert load_config({"output": "o"}, env={OPTIONS["max_image_mpx"].env: "7"}).max_image_mpx == 7.0

@@ -87,21 +87,6 @@ def test_preprocess_maps_0_255_to_minus1_plus1():
     np.testing.assert_allclose(x.ravel(), [-1.0, 127 / 127.5 - 1, 1.0], rtol=0, atol=1e-7)
 
 
-@pytest.mark.slow
-def test_preprocessing_equals_keras_on_real_photos():
-    """decode + resize + preprocess == keras load_img(bicubic) + img_to_array + preprocess_input."""
-    import keras
-    from keras.applications.mobilenet_v2 import preprocess_input
-
-    paths = real_images(per_class=2) + sorted(ORIGINAL.rglob("*.jpg"))[:10]  # 100x100 and original sizes
-    assert len(paths) >= 20
-    for path in paths:
-        ours = preprocess(decode_rgb(path.read_bytes())[None])[0]
-        img = keras.utils.load_img(path, target_size=(224, 224), interpolation="bicubic")
-        theirs = preprocess_input(keras.utils.img_to_array(img, dtype="float32"))
-        np.testing.assert_array_equal(ours, theirs, err_msg=str(path))
-
-
 # -- every mode gives the right picture ------------------------------------------------------------------
 
 def _photo(size=(60, 40)) -> Image.Image:

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from fruitlens.state import ledger
+from fruitlens.state import ledger, schema
 from fruitlens.state.ledger import CommittedFile, SourceFile, batch_name, plan
 from fruitlens.state.lock import LOCK, LockedError, RunLock
-from fruitlens.state.output import OutputExistsError, check_settings
+from fruitlens.state.manifest import OutputExistsError, check_settings
 from fruitlens.storage.store import Store
 
 
@@ -89,9 +89,9 @@ def test_a_read_error_is_no_verdict_the_next_run_processes_it_again_but_a_decode
 def test_error_files_record_their_kind_and_older_ones_without_it_hold_decode_errors(tmp_path):
     store = Store(f"file://{tmp_path}")
     store.make_dirs("features", "errors")
-    store.write_table("errors/new.parquet", ledger.errors_table(
+    store.write_table("errors/new.parquet", schema.errors_table(
         ["file:/in/a", "file:/in/b"], ["not an image", "cannot read file"], ["decode", "read"], [1, 1], [7, 7]))
-    old = ledger.errors_table(["file:/in/c"], ["empty file (0 bytes)"], ["decode"], [1], [7]).drop_columns(["kind"])
+    old = schema.errors_table(["file:/in/c"], ["empty file (0 bytes)"], ["decode"], [1], [7]).drop_columns(["kind"])
     assert old.schema.names == ["path", "error", "size", "modified"]  # the layout before kinds
     store.write_table("errors/old.parquet", old)
     listing = [SourceFile(f"file:/in/{x}", 1, 7) for x in "abc"]
@@ -109,7 +109,7 @@ def test_batch_names_depend_on_content_not_order():
 
 
 def _features(store: Store, paths: list[str], sizes: list[int]) -> None:
-    table = ledger.features_table(paths, ["L"] * len(paths), [""] * len(paths), sizes, [7] * len(paths),
+    table = schema.features_table(paths, ["L"] * len(paths), [""] * len(paths), sizes, [7] * len(paths),
                                   np.ones((len(paths), 1280), np.float32))
     store.write_table(f"features/{batch_name(zip(paths, sizes, [7] * len(paths), strict=True))}", table)
 
@@ -282,7 +282,7 @@ def test_lock_wait_still_refuses_a_live_run_once_the_wait_is_over(tmp_path):
 
 
 def test_feature_tasks_shrink_towards_the_end_and_cover_every_image_once():
-    from fruitlens.pipeline import even_sizes, task_sizes
+    from fruitlens.featurize import even_sizes, task_sizes
 
     sizes = task_sizes(19_611, 2)
     assert sum(sizes) == 19_611 and max(sizes) == 2500

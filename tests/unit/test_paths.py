@@ -11,9 +11,9 @@ import pytest
 from conftest import real_images
 
 from fruitlens.images import label_and_split
-from fruitlens.state import ledger
+from fruitlens.state import layout, ledger
 from fruitlens.state.ledger import SourceFile
-from fruitlens.state.output import (
+from fruitlens.state.manifest import (
     ForeignFilesError,
     OutputExistsError,
     check_reusable,
@@ -206,7 +206,7 @@ def test_hidden_names_are_skipped_as_spark_skips_them(tmp_path, photo):
 
 def test_listing_problems_are_committed_as_error_rows_the_ledger_keeps(tmp_path):
     out = Store(uris.qualify(str(tmp_path / "out")))
-    out.make_dirs(ledger.ERRORS_DIR)
+    out.make_dirs(layout.ERRORS)
     files = [SourceFile("file:/in/A/\\xff.jpg", 10, 5, "the file name is not valid UTF-8"),
              SourceFile("file:/in/A/loop", 0, 6, "symbolic link loop"),
              SourceFile("file:/in/B", 0, 7, "cannot list this folder: Permission denied")]

@@ -9,8 +9,10 @@ from fruitlens import console
 from fruitlens.cli import main
 from fruitlens.progress import log
 from fruitlens.redact import redact, redact_text
+from fruitlens.state.layout import RUN
 from fruitlens.state.lock import LOCK, RunLock
-from fruitlens.state.output import RUN, command_line, write_manifest
+from fruitlens.state.manifest import publish
+from fruitlens.state.run import command_line
 from fruitlens.storage.store import Store
 
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
@@ -46,7 +48,7 @@ def test_values_of_secret_environment_variables_are_masked_wherever_they_appear(
 
 def test_the_manifest_the_run_record_and_the_lock_hold_no_secret(tmp_path, monkeypatch):
     from fruitlens.config import load_config
-    from fruitlens.pipeline import start_record
+    from fruitlens.state.run import start_record
 
     yml = tmp_path / "job.yaml"
     yml.write_text(f"spark_conf:\n  spark.hadoop.fs.s3a.secret.key: {SECRET}\n")
@@ -60,7 +62,7 @@ def test_the_manifest_the_run_record_and_the_lock_hold_no_secret(tmp_path, monke
     with RunLock.acquire(store, command=command_line(), timeout_s=60) as lock:
         lock_text = (tmp_path / "out" / LOCK).read_text()
         start_record(store, lock)
-        write_manifest(store, {"command": lock.info["command"], "config": config.to_dict(), "history": []})
+        publish(store, lock, {"command": lock.info["command"], "config": config.to_dict(), "history": []})
     for text in (lock_text, (tmp_path / "out" / RUN).read_text(), (tmp_path / "out" / "manifest.json").read_text()):
         assert SECRET not in text and KEY_ID not in text
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -96,30 +98,3 @@ def test_log_lines_the_error_line_and_the_jvm_tail_are_masked(tmp_path, capsys, 
     buf = io.StringIO()
     reader.dump(buf)
     assert SECRET not in buf.getvalue() and "***" in buf.getvalue()
-
-
-@pytest.mark.slow
-def test_a_real_run_with_a_secret_in_conf_leaves_it_in_no_file_and_no_line(tmp_path):
-    """`fruitlens run --conf …secret.key=… --report`: every file OUTPUT holds, and everything printed."""
-    import subprocess
-    import sys
-
-    from conftest import real_images
-
-    src = real_images(per_class=4, classes=2)[0].parents[1]
-    out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "fruitlens", "run", str(src), str(out), "--pca-k", "2",
-                           "--report", "--no-progress", "--conf", f"spark.hadoop.fs.s3a.secret.key={SECRET}",
-                           "--conf", f"spark.hadoop.fs.s3a.access.key={KEY_ID}"],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (out / "report" / "index.html").is_file() and (out / "manifest.json").is_file()
-    for text in (done.stdout, done.stderr):
-        assert SECRET not in text and KEY_ID not in text
-    for path in out.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            assert SECRET.encode() not in data and KEY_ID.encode() not in data, path
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["config"]["spark_conf"]["spark.hadoop.fs.s3a.secret.key"] == "***"
-    assert "fs.s3a.secret.key=***" in manifest["command"]

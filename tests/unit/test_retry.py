@@ -14,7 +14,8 @@ from fruitlens.config import PipelineConfig
 from fruitlens.featurize import _commit, _decode
 from fruitlens.pipeline import ErrorRateError, check_error_rate, worker_error
 from fruitlens.progress import ProgressClient
-from fruitlens.state.ledger import ERRORS_DIR
+from fruitlens.state import schema
+from fruitlens.state.layout import ERRORS
 from fruitlens.storage import retry
 from fruitlens.storage.store import Store, StoreError
 
@@ -159,7 +160,7 @@ def test_decode_and_read_errors_are_told_apart_and_committed_with_their_kind(tmp
 
     summary = _commit(out, decoded, np.zeros((2, 1280), np.float32), 0.0, ProgressClient(None))
     assert summary[1:5] == (5, 2, 3, 2)  # images, features, errors, of which read errors
-    table = pq.read_table(next((tmp_path / "out" / ERRORS_DIR).glob("*.parquet")))
+    table = pq.read_table(next((tmp_path / "out" / ERRORS).glob("*.parquet")))
     assert table.schema.names == ["path", "error", "kind", "size", "modified"]
     assert sorted(table.column("kind").to_pylist()) == ["decode", "read", "read"]
 
@@ -170,13 +171,12 @@ def counts(matched: int, decode: int, read: int) -> dict:
 
 
 def test_more_errors_than_the_bound_fail_the_run_naming_counts_and_reasons(tmp_path):
-    from fruitlens.state import ledger
 
     out = Store(f"file://{tmp_path}")
     out.make_dirs("errors")
     reason = "cannot read file (retried for 45 s): When reading information for key 'in/a.jpg' in bucket 'b': " \
              "AWS Error NETWORK_CONNECTION during HeadObject operation"
-    out.write_table("errors/x.parquet", ledger.errors_table(
+    out.write_table("errors/x.parquet", schema.errors_table(
         [f"s3://b/in/{i}.jpg" for i in range(6)], [reason.replace("a.jpg", f"{i}.jpg") for i in range(5)]
         + ["not an image PIL can identify"], ["read"] * 5 + ["decode"], [1] * 6, [7] * 6))
     config = PipelineConfig(output="o")

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fruitlens.engines.rounding import (
     ConvShape,
-    Moments,
+    PatchMoments,
     bias_correction,
     gptq,
     patches,
@@ -72,7 +72,7 @@ def test_gptq_weights_sit_on_each_channels_grid_and_beat_round_to_nearest(qmax):
     w = rng.normal(size=(cout, 1, 3, 3)).astype(np.float32)
     w -= w.mean(axis=(2, 3), keepdims=True) * 0.98
     shape = ConvShape.of(conv_model(attrs, cin, cout, group, w, np.zeros(cout, np.float32)).graph.node[0])
-    moments = Moments(shape)
+    moments = PatchMoments(shape)
     x = smooth_inputs()
     moments.add(x)
     snapped, scale = gptq(w, moments, qmax)

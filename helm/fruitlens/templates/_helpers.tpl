@@ -73,36 +73,29 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* Where the executor pod template is mounted in the driver. */}}
 {{- define "fruitlens.podTemplateDir" -}}/etc/fruitlens/pod-template{{- end }}
 
-{{/* The job's own arguments: `fruitlens run|extract INPUT OUTPUT [pipeline options]`, as a YAML list. */}}
+{{/* The job's own arguments: `fruitlens run|extract INPUT OUTPUT [pipeline options]`, as a YAML list.
+Each value under `pipeline` (but extraArgs) is the option of the same name in kebab case (commitSize ->
+--commit-size; fruitlens.config.OPTIONS, checked by tests/deploy/test_helm_chart.py): a true boolean is the
+bare flag, a number or non-empty string the flag and its value, null/false/"" leaves fruitlens' default.
+`extract` takes no option of the PCA or the stages after it ($runOnly). */}}
 {{- define "fruitlens.jobArgs" -}}
 {{- $p := .Values.pipeline }}
 {{- if and (not (kindIs "invalid" $p.pcaK)) (not (kindIs "invalid" $p.pcaVariance)) }}
 {{- fail "pipeline.pcaK and pipeline.pcaVariance are exclusive: set one of them (the other to null)" }}
 {{- end }}
+{{- $runOnly := list "pcaK" "pcaVariance" "pcaStandardize" "train" "report" }}
 {{- $args := list .Values.job.command (required "job.input is required" .Values.job.input) (required "job.output is required" .Values.job.output) }}
-{{- if and (ne .Values.job.command "extract") (not (kindIs "invalid" $p.pcaK)) }}
-{{- $args = concat $args (list "--pca-k" ($p.pcaK | int | toString)) }}
-{{- end }}
-{{- if and (ne .Values.job.command "extract") (not (kindIs "invalid" $p.pcaVariance)) }}
-{{- $args = concat $args (list "--pca-variance" ($p.pcaVariance | toString)) }}
-{{- end }}
-{{- if and (ne .Values.job.command "extract") $p.pcaStandardize }}
-{{- $args = append $args "--pca-standardize" }}
-{{- end }}
-{{- range $key, $flag := dict "batchSize" "--batch-size" "arrowBatchSize" "--arrow-batch-size" "partitions" "--partitions" "limit" "--limit" "imageSize" "--image-size" }}
-{{- $v := index $p $key }}
-{{- if not (kindIs "invalid" $v) }}
-{{- $args = concat $args (list $flag ($v | int | toString)) }}
+{{- range $key, $v := omit $p "extraArgs" }}
+{{- if not (and (eq $.Values.job.command "extract") (has $key $runOnly)) }}
+{{- $flag := printf "--%s" (kebabcase $key) }}
+{{- if kindIs "bool" $v }}
+{{- if $v }}{{ $args = append $args $flag }}{{ end }}
+{{- else if and (kindIs "float64" $v) (eq $v (floor $v)) }}
+{{- $args = concat $args (list $flag ($v | int64 | toString)) }}
+{{- else if and (not (kindIs "invalid" $v)) (ne (toString $v) "") }}
+{{- $args = concat $args (list $flag (toString $v)) }}
 {{- end }}
 {{- end }}
-{{- if $p.engine }}
-{{- $args = concat $args (list "--engine" $p.engine) }}
-{{- end }}
-{{- if $p.weights }}
-{{- $args = concat $args (list "--weights" $p.weights) }}
-{{- end }}
-{{- if $p.overwrite }}
-{{- $args = append $args "--overwrite" }}
 {{- end }}
 {{- $args = append $args "--no-progress" }}
 {{- $args = concat $args $p.extraArgs }}

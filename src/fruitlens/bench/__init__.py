@@ -25,8 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fruitlens.engines.engine import load_engine, prepare_model
+from fruitlens.engines import NAMES, RunInputs, load_engine, prepare_model
+from fruitlens.errors import FruitlensError
 from fruitlens.images import decode_rgb, is_image_path, preprocess
+from fruitlens.state.layout import MANIFEST
+from fruitlens.storage.store import Store
 
 
 def sample_paths(root: Path, limit: int | None) -> list[Path]:
@@ -123,7 +126,10 @@ def ceilings(paths: list[Path], args: argparse.Namespace) -> dict:
     cores = os.cpu_count() or 1
     contents = [p.read_bytes() for p in paths[: args.pool]]
     pool = preprocess(np.stack([decode_rgb(c) for c in contents]))
-    artifact = prepare_model(args.engine, "imagenet")
+    # An engine that calibrates (int8) does so on these photos, as `run` does on INPUT's.
+    source = Store(f"file://{os.path.commonpath([str(p) for p in paths])}")
+    artifact = prepare_model(args.engine, "imagenet", run=RunInputs(paths=tuple(f"file:{p}" for p in paths),
+                                                                    source=source))
     engine = engine_throughput(artifact.engine, artifact.path, pool, args.ceiling_images, args.batch_size)
     decode = decode_throughput(contents)
     # Decoding and inference share the same cores: per image, 1/engine + 1/(cores·decode) seconds of the machine.
@@ -159,7 +165,7 @@ def pipeline_run(root: Path, workdir: Path, args: argparse.Namespace, engine: st
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     wall, peak = run_process(cmd)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST).read_text())
     t = manifest["timings_s"]
     slots = manifest["spark"]["task_slots"]
     matched = manifest["counts"]["matched"]
@@ -189,8 +195,18 @@ def pipeline_run(root: Path, workdir: Path, args: argparse.Namespace, engine: st
     }
 
 
+def baseline_script() -> Path:
+    """``$FRUITLENS_BASELINE_JOB``, else bench/baseline_job.py under the working directory (a checkout's
+    root, where `make bench` runs): the reference is not part of the package."""
+    script = Path(os.environ.get("FRUITLENS_BASELINE_JOB") or Path("bench") / "baseline_job.py")
+    if not script.is_file():
+        raise FruitlensError(f"the baseline job {script} is not there: run from a checkout's root (make bench) "
+                             "or set FRUITLENS_BASELINE_JOB")
+    return script.resolve()
+
+
 def baseline_run(root: Path, workdir: Path, args: argparse.Namespace) -> dict:
-    script = Path(__file__).resolve().parents[3] / "bench" / "baseline_job.py"
+    script = baseline_script()
     out = workdir / f"baseline-{root.name}"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
@@ -350,7 +366,8 @@ def register(sub) -> None:
     p.add_argument("input", nargs="+", help="local folders of images, each run in turn (e.g. "
                    "../shared/data/fruits-360-sample/Test); the ceilings use the first")
     p.add_argument("--limit", type=int, help="use the first N images (sorted by path)")
-    p.add_argument("--engine", default="auto", choices=("auto", "onnx", "keras"))
+    p.add_argument("--engine", default="auto", choices=NAMES, help="the engine timed (int8: calibrated on the "
+                   "first input's photos, as `run` does)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--pca-k", type=int, default=50)
     p.add_argument("--pool", type=int, default=256, help="distinct preprocessed images for the ceilings")

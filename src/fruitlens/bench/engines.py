@@ -23,12 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from fruitlens.engines.engine import load_engine, prepare_model
+from fruitlens.engines import ENGINES, load_engine, prepare_model
 from fruitlens.engines.quantize import Calibration, select_calibration
 from fruitlens.images import decode_rgb, is_image_path, label_and_split, preprocess
 
 #: (precision, image size); the first is the reference the others are compared with.
 VARIANTS = (("fp32", 224), ("int8", 224), ("fp32", 160), ("int8", 160), ("fp32", 128), ("fp32", 96))
+
+
+#: The engine a variant of each precision runs: the registry's first on the same ONNX Runtime providers as
+#: `fruitlens bench`'s default engine (the CPU), so that only precision and size differ.
+PRECISIONS = {s.precision: s.name for s in reversed(ENGINES.values()) if s.providers == ENGINES["onnx"].providers}
 
 
 def variant_name(precision: str, size: int) -> str:
@@ -40,7 +45,7 @@ def parse_variants(text: str) -> list[tuple[str, int]]:
     out = [("fp32", 224)]
     for item in filter(None, (t.strip() for t in text.split(","))):
         precision, _, size = item.partition("-")
-        if precision not in ("fp32", "int8") or not size.isdigit():
+        if precision not in PRECISIONS or not size.isdigit():
             raise argparse.ArgumentTypeError(f"a variant is PRECISION-SIZE such as int8-224, got {item!r}")
         if (precision, int(size)) not in out:
             out.append((precision, int(size)))
@@ -155,8 +160,7 @@ def measure_engines(sample: str | os.PathLike[str], *, variants=VARIANTS, train_
     for precision, size in variants:  # fidelity: every photo through every variant
         name = variant_name(precision, size)
         t = time.perf_counter()
-        artifact = prepare_model("onnx-int8" if precision == "int8" else "onnx", weights, image_size=size,
-                                 calibration=calibration)
+        artifact = prepare_model(PRECISIONS[precision], weights, image_size=size, calibration=calibration)
         prepare_s = time.perf_counter() - t
         pixels = preprocess(np.stack([decode_rgb(c, (size, size)) for c in contents]))
         engines[name] = load_engine(artifact.engine, artifact.path, threads)

@@ -12,34 +12,38 @@ import time
 
 
 def _session(ns: argparse.Namespace):
+    """Spark, OUTPUT's store (reached as Spark reaches it) and the config (lock settings)."""
     from fruitlens.config import load_config
-    from fruitlens.spark import build_session
-    from fruitlens.state.output import OutputLayout
+    from fruitlens.spark import build_session, store_options
     from fruitlens.storage import uris
+    from fruitlens.storage.store import Store
 
     config = load_config({"output": ns.output, "master": ns.master, "progress": False}, env={})
-    return build_session(config), OutputLayout(uris.qualify(ns.output))
+    spark = build_session(config)
+    root = uris.qualify(ns.output)
+    return spark, Store(root, store_options(spark, root)), config
 
 
 def _train(ns: argparse.Namespace) -> int:
     from fruitlens.classify.train import train
-    from fruitlens.pipeline import store_options
-    from fruitlens.state.lock import RunLock
-    from fruitlens.state.output import command_line, read_manifest, write_manifest
-    from fruitlens.storage.store import Store
+    from fruitlens.state.manifest import read_manifest, update_manifest
+    from fruitlens.state.run import take_lock
 
-    spark, layout = _session(ns)
-    out = Store(layout.root, store_options(spark, layout.root))
-    manifest = read_manifest(out)  # a clear error before any work
-    with RunLock.acquire(out, command=command_line(), timeout_s=60.0):  # no run may rewrite OUTPUT meanwhile
-        summary = train(spark, layout, on=ns.on, seed=ns.seed, reg_param=ns.reg_param, max_iter=ns.max_iter,
-                        weights=(manifest.get("config") or {}).get("weights", "imagenet"),
-                        weights_sha256=(manifest.get("engine") or {}).get("weights_sha256"),
-                        engine=manifest.get("engine"))
-        manifest = read_manifest(out)
+    spark, out, config = _session(ns)
+    read_manifest(out)  # a clear error before any work
+    summary: dict = {}
+
+    def trained(manifest: dict) -> dict:
+        summary.update(train(spark, out, on=ns.on, seed=ns.seed, reg_param=ns.reg_param, max_iter=ns.max_iter,
+                             weights=(manifest.get("config") or {}).get("weights", "imagenet"),
+                             weights_sha256=(manifest.get("engine") or {}).get("weights_sha256"),
+                             engine=manifest.get("engine")))
         manifest["classifier"] = summary
         manifest.setdefault("timings_s", {})["train"] = summary["seconds"]
-        write_manifest(out, manifest)
+        return manifest
+
+    with take_lock(out, config) as lock:  # no run may rewrite OUTPUT meanwhile
+        update_manifest(out, lock, trained)
     print(json.dumps({"accuracy": summary["accuracy"], "macro_f1": summary["macro_f1"],
                       "test_rows": summary["test_rows"], "classes": summary["classes"],
                       "metrics": summary["metrics"]}))
@@ -49,8 +53,8 @@ def _train(ns: argparse.Namespace) -> int:
 def _report(ns: argparse.Namespace) -> int:
     from fruitlens.classify.report import write_report
 
-    spark, layout = _session(ns)
-    print(json.dumps({"report": write_report(spark, layout)}))
+    spark, out, _ = _session(ns)
+    print(json.dumps({"report": write_report(spark, out)}))
     return 0
 
 
@@ -87,9 +91,11 @@ def _export(ns: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from fruitlens.state import layout
+
     p = sub.add_parser("train", help="fit a classifier on OUTPUT's PCA (or raw) features; metrics + predictor")
     p.add_argument("output", metavar="OUTPUT")
-    p.add_argument("--on", choices=("pca", "features"), default="pca", help="train on OUTPUT/pca (default) "
+    p.add_argument("--on", choices=(layout.PCA, layout.FEATURES), default=layout.PCA, help="train on OUTPUT/pca (default) "
                    "or the raw 1280-d OUTPUT/features")
     p.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split when INPUT had no "
                    "Training/Test folders (default 0)")

@@ -18,6 +18,7 @@ import numpy as np
 
 from fruitlens import __version__
 from fruitlens.classify.predictor import Head, local_predictor_dir
+from fruitlens.state.layout import PREDICTOR_MODEL
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -81,7 +82,7 @@ def export(output: str, target: str) -> dict:
     import onnx
 
     folder = local_predictor_dir(output)
-    model = build_model(folder / "model.onnx", Head.load(folder))
+    model = build_model(folder / PREDICTOR_MODEL, Head.load(folder))
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))

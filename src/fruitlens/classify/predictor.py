@@ -3,24 +3,23 @@
 The same steps as the pipeline (``images.decode_rgb`` → ``images.preprocess`` → the ONNX engine), then
 the head from OUTPUT/predictor/head.npz in float64, as Spark ML computes it: centre (and scale) →
 project on the PCA components → multinomial logistic regression → softmax.
-Only numpy, Pillow and ONNX Runtime are imported here (boto3 only for an s3:// OUTPUT).
+Only numpy, Pillow and ONNX Runtime are imported here (pyarrow's S3 client for an s3:// OUTPUT).
 """
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fruitlens.engines.engine import OnnxEngine
+from fruitlens.engines import load_engine
 from fruitlens.errors import FruitlensError
 from fruitlens.images import DecodeError, decode_rgb, is_image_path, preprocess
+from fruitlens.projection import project_batch
+from fruitlens.state import layout
 from fruitlens.storage import uris
-
-PREDICTOR_FILES = ("model.onnx", "head.npz", "labels.json")
 
 
 class PredictorError(FruitlensError, FileNotFoundError):
@@ -40,16 +39,15 @@ class Head:
 
     @classmethod
     def load(cls, folder: Path) -> Head:
-        labels = json.loads((folder / "labels.json").read_text())
-        with np.load(folder / "head.npz") as npz:
+        labels = json.loads((folder / layout.PREDICTOR_LABELS).read_text())
+        with np.load(folder / layout.PREDICTOR_HEAD) as npz:
             arrays = {k: npz[k].astype(np.float64) for k in npz.files}
         return cls(labels=labels, **arrays)
 
     def project(self, features: np.ndarray) -> np.ndarray:
-        x = features.astype(np.float64)
         if self.components is None:
-            return x
-        return ((x - self.mean) * self.scale) @ self.components
+            return features.astype(np.float64)
+        return project_batch(features, self.mean, self.scale, self.components)
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         logits = self.project(features) @ self.coefficients.T + self.intercepts
@@ -62,26 +60,25 @@ def local_predictor_dir(output: str) -> Path:
     """OUTPUT/predictor as a local folder: local paths and file: URIs as they are, s3:// downloaded once."""
     loc = uris.parse(output)
     if not loc.is_local:
-        return _download_s3(loc.authority, loc.path.strip("/") + "/predictor")
-    root = Path(loc.path).expanduser()
-    folder = root / "predictor"
-    missing = [f for f in PREDICTOR_FILES if not (folder / f).is_file()]
+        return _download(uris.qualify(output))
+    folder = Path(loc.path).expanduser() / layout.PREDICTOR
+    missing = [f for f in layout.PREDICTOR_FILES if not (folder / f).is_file()]
     if missing:
         raise PredictorError(f"{folder} lacks {', '.join(missing)}: run `fruitlens train {output}` first")
     return folder
 
 
-def _download_s3(bucket: str, prefix: str) -> Path:
-    import boto3
+def _download(root: str) -> Path:
+    from fruitlens.storage.store import Store, StoreError, StoreOptions
 
+    out = Store(root, StoreOptions.from_environment().with_bucket_regions(root))
     target = Path(tempfile.mkdtemp(prefix="fruitlens-predictor-"))
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None)
-    for name in PREDICTOR_FILES:
+    for name in layout.PREDICTOR_FILES:
         try:
-            client.download_file(bucket, f"{prefix}/{name}", str(target / name))
-        except Exception as exc:  # noqa: BLE001 - botocore's errors all mean "not readable here"
-            raise PredictorError(f"s3://{bucket}/{prefix}/{name}: {exc}; run `fruitlens train` on this "
-                                 "OUTPUT first, and check the credentials") from None
+            (target / name).write_bytes(out.read_file(f"{layout.PREDICTOR}/{name}"))
+        except StoreError as exc:
+            raise PredictorError(f"{exc}; run `fruitlens train` on this OUTPUT first, and check the "
+                                 "credentials") from None
     return target
 
 
@@ -89,10 +86,10 @@ class Predictor:
     """Engine + head; ``predict_files`` gives one result dict per path, errors included, in input order."""
 
     def __init__(self, folder: Path, *, batch_size: int = 32, threads: int = 0) -> None:
-        self.engine = OnnxEngine(str(folder / "model.onnx"), threads)
+        # model.onnx: the ONNX model the features were made with (fp32 or int8): the onnx engine runs either
+        self.engine = load_engine("onnx", str(folder / layout.PREDICTOR_MODEL), threads)
         # Photos are resized to the size the features were made at: the model's own input size.
-        side = self.engine._session.get_inputs()[0].shape[1]
-        self.size = (side, side) if isinstance(side, int) else (224, 224)
+        self.size = (self.engine.image_size, self.engine.image_size)
         self.head = Head.load(folder)
         self.batch_size = batch_size
 

@@ -1,7 +1,8 @@
 """`fruitlens report`: OUTPUT/report/index.html, one self-contained page a person reads instead of JSON.
 
-Everything is read through Spark (Parquet, the manifest, the classifier's metrics, the misclassified
-photos' bytes), so an s3:// OUTPUT works as a local one. Figures are matplotlib PNGs inlined as data:
+The Parquet folders are read through Spark, the records (manifest, the classifier's metrics) and the
+misclassified photos' bytes through :class:`~fruitlens.storage.store.Store`, so an s3:// OUTPUT works as
+a local one. Figures are matplotlib PNGs inlined as data:
 URIs; the page fetches nothing.
 """
 from __future__ import annotations
@@ -17,10 +18,15 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from fruitlens.errors import require
 from fruitlens.progress import log
 from fruitlens.redact import redact
-from fruitlens.state.output import OutputLayout, OutputMissingError
-from fruitlens.storage import hadoopfs, uris
+from fruitlens.state import layout
+from fruitlens.state.layout import OutputLayout
+from fruitlens.state.manifest import OutputMissingError, read_json
+from fruitlens.state.schema import DECODE, ERROR, KIND, LABEL, PATH, PCA
+from fruitlens.storage import uris
+from fruitlens.storage.store import Store, StoreError, read_uri
 
 MAX_ERRORS_SHOWN = 200
 MAX_MAP_POINTS = 4000
@@ -80,16 +86,16 @@ def variance_figure(pca: dict) -> str:
     return _img(_png(fig), "explained variance curve")
 
 
-def pca_map_figure(spark: SparkSession, layout: OutputLayout, pca: dict) -> str:
+def pca_map_figure(spark: SparkSession, out: Store, pca: dict) -> str:
     import matplotlib.pyplot as plt
 
-    if (pca.get("k") or 0) < 2 or not hadoopfs.exists(spark, layout.pca):
+    if (pca.get("k") or 0) < 2 or not out.exists(layout.PCA):
         return _missing("No 2-D map: PCA kept fewer than 2 components or was not fitted.")
-    data = spark.read.parquet(uris.spark_read_path(layout.pca))
+    data = spark.read.parquet(uris.spark_read_path(OutputLayout(out.uri).pca))
     rows = pca.get("rows") or data.count()
     if rows > MAX_MAP_POINTS:
         data = data.sample(fraction=min(1.0, 1.2 * MAX_MAP_POINTS / rows), seed=0).limit(MAX_MAP_POINTS)
-    points = data.select("label", F.col("pca")[0].alias("x"), F.col("pca")[1].alias("y")).toPandas()
+    points = data.select(LABEL, F.col(PCA)[0].alias("x"), F.col(PCA)[1].alias("y")).toPandas()
     fig, ax = plt.subplots(figsize=(6.2, 4.6))
     labels = sorted(points["label"].unique())
     cmap = plt.get_cmap("tab20", max(len(labels), 1))
@@ -125,16 +131,17 @@ def confusion_figure(metrics: dict) -> str:
     return _img(_png(fig), "confusion matrix")
 
 
-def thumbnails(spark: SparkSession, paths: list[str]) -> dict[str, str]:
-    """path → a small JPEG data: URI, reading the photos through Spark's file system (local files and S3
-    alike; one by one, by their literal names: a reader such as binaryFile would expand glob characters)."""
+def thumbnails(paths: list[str], options) -> dict[str, str]:
+    """path → a small JPEG data: URI, reading the photos (local files and S3 alike) one by one, by their
+    literal names (a reader such as Spark's binaryFile would expand glob characters)."""
     from PIL import Image
 
+    options = options.with_bucket_regions(*paths)  # INPUT's bucket may not be OUTPUT's
     out, unread = {}, []
     for path in paths:
         try:
-            content = hadoopfs.read_bytes(spark, path)
-        except hadoopfs.StorageError as exc:  # moved since the run: the grid shows its name only
+            content = read_uri(path, options)
+        except StoreError as exc:  # moved since the run: the grid shows its name only
             unread.append(str(exc))
             continue
         try:
@@ -151,13 +158,13 @@ def thumbnails(spark: SparkSession, paths: list[str]) -> dict[str, str]:
     return out
 
 
-def misclassified_grid(spark: SparkSession, metrics: dict | None) -> str:
+def misclassified_grid(out: Store, metrics: dict | None) -> str:
     if metrics is None:
         return _missing("No classifier yet: run `fruitlens train OUTPUT`.")
     wrong = metrics.get("misclassified") or []
     if not wrong:
         return _missing(f"None: every one of the {metrics['test_rows']} test photos was labelled correctly.")
-    thumbs = thumbnails(spark, [w["path"] for w in wrong])
+    thumbs = thumbnails([w["path"] for w in wrong], out.options)
     cells = []
     for w in wrong:
         name = w["path"].rsplit("/", 1)[-1]
@@ -170,20 +177,16 @@ def misclassified_grid(spark: SparkSession, metrics: dict | None) -> str:
     return note + '<div class="grid">' + "".join(cells) + "</div>"
 
 
-def _read_json(spark: SparkSession, uri: str) -> dict | None:
-    return json.loads(hadoopfs.read_text(spark, uri)) if hadoopfs.exists(spark, uri) else None
-
-
-def render(spark: SparkSession, layout: OutputLayout) -> str:
-    import matplotlib
-
+def render(spark: SparkSession, out: Store) -> str:
+    matplotlib = require("matplotlib", "report", "the report's figures")
     matplotlib.use("Agg")
-    manifest = _read_json(spark, layout.manifest)
+    where = OutputLayout(out.uri)
+    manifest = read_json(out, layout.MANIFEST)
     if manifest is None:
-        raise OutputMissingError(f"{layout.manifest} not found: OUTPUT is not a finished fruitlens output "
+        raise OutputMissingError(f"{where.manifest} not found: OUTPUT is not a finished fruitlens output "
                                  "(`fruitlens status OUTPUT` tells more)")
     manifest = redact(manifest)  # a manifest written before fruitlens masked secrets
-    metrics = _read_json(spark, f"{layout.root.rstrip('/')}/classifier/metrics.json")
+    metrics = read_json(out, layout.METRICS)
     pca = manifest.get("pca") or {}
     counts = manifest.get("counts") or {}
     clf = manifest.get("classifier") or metrics or {}
@@ -194,11 +197,11 @@ def render(spark: SparkSession, layout: OutputLayout) -> str:
              ("macro-F1", f"{clf['macro_f1']:.3f}" if clf.get("macro_f1") is not None else "–")]
 
     errors_table = _missing("No errors: every matched image was decoded.")
-    if counts.get("errors") and hadoopfs.exists(spark, layout.errors):
+    if counts.get("errors") and out.exists(layout.ERRORS):
         # Error files written before `kind` existed lack the column: merged, it is null there (decode).
-        errors = spark.read.option("mergeSchema", "true").parquet(uris.spark_read_path(layout.errors))
-        kind = F.coalesce(F.col("kind"), F.lit("decode")) if "kind" in errors.columns else F.lit("decode")
-        rows = errors.select("path", "error", kind.alias("kind")).orderBy("path").limit(MAX_ERRORS_SHOWN).collect()
+        errors = spark.read.option("mergeSchema", "true").parquet(uris.spark_read_path(where.errors))
+        kind = F.coalesce(F.col(KIND), F.lit(DECODE)) if KIND in errors.columns else F.lit(DECODE)
+        rows = errors.select(PATH, ERROR, kind.alias(KIND)).orderBy(PATH).limit(MAX_ERRORS_SHOWN).collect()
         more = counts["errors"] - len(rows)
         errors_table = (_table(["path", "kind", "error"], [[r["path"], r["kind"], r["error"]] for r in rows])
                         + (f"<p class=\"muted\">… and {more} more (OUTPUT/errors)</p>" if more > 0 else ""))
@@ -227,8 +230,8 @@ def render(spark: SparkSession, layout: OutputLayout) -> str:
     engine = manifest.get("engine") or {}
     page = Template(resources.files("fruitlens.classify").joinpath("report.html").read_text(encoding="utf-8"))
     return page.substitute(
-        title=_esc(manifest.get("input", layout.root)),
-        subtitle=_esc(f"input {manifest.get('input')} → output {manifest.get('output', layout.root)}; engine "
+        title=_esc(manifest.get("input", out.uri)),
+        subtitle=_esc(f"input {manifest.get('input')} → output {manifest.get('output', out.uri)}; engine "
                       f"{engine.get('name')} {engine.get('precision', 'fp32')} {engine.get('image_size', 224)}px; "
                       f"fruitlens {manifest.get('fruitlens')}"),
         cards="".join(f'<div class="card">{_esc(k)}<b>{_esc(v)}</b></div>' for k, v in cards),
@@ -236,19 +239,21 @@ def render(spark: SparkSession, layout: OutputLayout) -> str:
         errors_table=errors_table,
         timings_table=_table(["stage", "seconds"], timing_rows, numeric={1}),
         variance_figure=variance_figure(pca),
-        pca_map_figure=pca_map_figure(spark, layout, pca),
+        pca_map_figure=pca_map_figure(spark, out, pca),
         classifier_summary=summary,
         confusion_figure=confusion,
         per_class_table=per_class_table,
-        misclassified_grid=misclassified_grid(spark, metrics),
+        misclassified_grid=misclassified_grid(out, metrics),
         versions_table=_table(["library", "version"], [[k, v] for k, v in versions.items()]),
         config_json=_esc(json.dumps(manifest.get("config") or {}, indent=2, ensure_ascii=False)),
     )
 
 
-def write_report(spark: SparkSession, layout: OutputLayout) -> str:
+def write_report(spark: SparkSession, out: Store) -> str:
     """Render and write OUTPUT/report/index.html; return its URI."""
-    uri = f"{layout.root.rstrip('/')}/report/index.html"
-    hadoopfs.write_text(spark, uri, render(spark, layout))
+    page = render(spark, out)
+    out.make_dirs(layout.REPORT)
+    out.write_text(layout.REPORT_PAGE, page)
+    uri = OutputLayout(out.uri).uri(layout.REPORT_PAGE)
     log(f"report: {uri}")
     return uri

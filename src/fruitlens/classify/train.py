@@ -8,9 +8,8 @@ OUTPUT/predictor/           model.onnx (the MobileNetV2 export the features were
 """
 from __future__ import annotations
 
+import io
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,14 +21,19 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruitlens.engines.engine import prepare_model, sha256_file
+from fruitlens.engines import ENGINES, prepare_model
+from fruitlens.engines.model import sha256_file
 from fruitlens.errors import FruitlensError
+from fruitlens.pca import projection_arrays
 from fruitlens.progress import log
-from fruitlens.state.output import OutputLayout
-from fruitlens.storage import hadoopfs, uris
+from fruitlens.state import layout
+from fruitlens.state.layout import OutputLayout
+from fruitlens.state.schema import FEATURES, LABEL, PATH, PCA, SPLIT
+from fruitlens.storage import uris
+from fruitlens.storage.store import Store, fetch
 
 #: Inputs the classifier can be trained on: the column holding the vector in that Parquet folder.
-SOURCES = {"pca": "pca", "features": "features"}
+SOURCES = {layout.PCA: PCA, layout.FEATURES: FEATURES}
 #: Misclassified test photos kept in metrics.json (the report shows them as thumbnails).
 MAX_MISCLASSIFIED = 60
 TEST_FRACTION = 0.2
@@ -37,10 +41,6 @@ TEST_FRACTION = 0.2
 
 class TrainError(FruitlensError, ValueError):
     """The output cannot be trained on (no PCA, one class, empty split...)."""
-
-
-def child(layout: OutputLayout, name: str) -> str:
-    return f"{layout.root.rstrip('/')}/{name}"
 
 
 def split_rows(data: DataFrame, seed: int) -> tuple[DataFrame, DataFrame, str]:
@@ -116,33 +116,30 @@ def head_arrays(pca_model: PipelineModel | None, classifier: PipelineModel) -> d
         "coefficients": lr.coefficientMatrix.toArray(),  # (classes, k)
         "intercepts": lr.interceptVector.toArray(),      # (classes,)
     }
-    if pca_model is not None:
-        scaler, pca = pca_model.stages
-        std = scaler.std.toArray()
-        arrays["mean"] = scaler.mean.toArray() if scaler.getWithMean() else np.zeros_like(std)
-        # StandardScaler maps a zero-variance feature to 0: scale by 1/std where std > 0, else 0.
-        arrays["scale"] = (np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
-                           if scaler.getWithStd() else np.ones_like(std))
-        arrays["components"] = pca.pc.toArray()  # (1280, k)
+    if pca_model is not None:  # the PCA step as the pipeline's projection applies it
+        arrays["mean"], arrays["scale"], arrays["components"] = projection_arrays(pca_model)
     if len(indexer.labels) != arrays["coefficients"].shape[0]:
         raise TrainError(f"{len(indexer.labels)} labels but {arrays['coefficients'].shape[0]} classes in the model")
     return arrays
 
 
-def model_file(spark: SparkSession, weights: str, sha256: str | None, engine: dict | None = None,
-               root: str | None = None) -> Path:
+def model_file(out: Store, weights: str, sha256: str | None, engine: dict | None = None) -> Path:
     """The engine the features were made with (manifest's ``engine``): the fp32 ONNX export at their
-    image size (from the fruitlens cache; exported if missing), or the int8 model OUTPUT keeps."""
+    image size (from the fruitlens cache; exported if missing), or the model OUTPUT keeps (int8: a model
+    the weights alone do not make again)."""
     engine = engine or {}
     size = int(engine.get("image_size") or 224)
-    if engine.get("precision", "fp32") == "int8":
-        uri = f"{root.rstrip('/')}/{engine.get('pinned')}" if root and engine.get("pinned") else None
-        if uri is None or not hadoopfs.exists(spark, uri):
-            raise TrainError(f"OUTPUT's features were made by an int8 model, and OUTPUT does not hold it "
-                             f"({uri or 'no pinned model in the manifest'}): rerun `fruitlens run --engine "
-                             "onnx-int8 --overwrite` to make features and model together")
-        return hadoopfs.fetch(spark, uri)
-    local = weights if weights == "imagenet" else str(hadoopfs.fetch(spark, weights))
+    precision = engine.get("precision", "fp32")
+    if precision != "fp32":
+        pinned = engine.get("pinned")
+        if not pinned or not out.exists(pinned):
+            where = OutputLayout(out.uri).uri(pinned) if pinned else "no pinned model in the manifest"
+            made_by = next((s.name for s in ENGINES.values() if s.precision == precision), "...")
+            raise TrainError(f"OUTPUT's features were made by an {precision} model, and OUTPUT does not hold it "
+                             f"({where}): rerun `fruitlens run --engine {made_by} --overwrite` to make features "
+                             "and model together")
+        return fetch(OutputLayout(out.uri).uri(pinned), out.options)
+    local = weights if weights == "imagenet" else str(fetch(weights, out.options))
     artifact = prepare_model("onnx", local, image_size=size)
     if sha256 and artifact.sha256 != sha256:
         raise TrainError(f"the weights {weights} here (sha256 {artifact.sha256[:12]}) are not the run's "
@@ -150,34 +147,36 @@ def model_file(spark: SparkSession, weights: str, sha256: str | None, engine: di
     return Path(artifact.path)
 
 
-def write_predictor(spark: SparkSession, uri: str, arrays: dict, labels: list[str], onnx_path: Path,
-                    info: dict) -> None:
-    with tempfile.TemporaryDirectory(prefix="fruitlens-predictor-") as tmp:
-        folder = Path(tmp)
-        np.savez(folder / "head.npz", **arrays)
-        (folder / "labels.json").write_text(json.dumps(labels, ensure_ascii=False) + "\n")
-        (folder / "predictor.json").write_text(json.dumps(info, indent=2) + "\n")
-        shutil.copyfile(onnx_path, folder / "model.onnx")
-        hadoopfs.delete(spark, uri)
-        for f in sorted(folder.iterdir()):
-            hadoopfs.put_file(spark, str(f), f"{uri}/{f.name}")
+def write_predictor(out: Store, arrays: dict, labels: list[str], onnx_path: Path, info: dict) -> None:
+    """OUTPUT/predictor: what `predict` and `export` load (see :data:`fruitlens.state.layout.PREDICTOR_FILES`)."""
+    head = io.BytesIO()
+    np.savez(head, **arrays)
+    files = {layout.PREDICTOR_HEAD: head.getvalue(),
+             layout.PREDICTOR_LABELS: (json.dumps(labels, ensure_ascii=False) + "\n").encode("utf-8"),
+             layout.PREDICTOR_INFO: (json.dumps(info, indent=2) + "\n").encode("utf-8"),
+             layout.PREDICTOR_MODEL: onnx_path.read_bytes()}
+    out.delete_tree(layout.PREDICTOR)
+    out.make_dirs(layout.PREDICTOR)
+    for name in sorted(files):
+        out.write_bytes(f"{layout.PREDICTOR}/{name}", files[name])
 
 
-def train(spark: SparkSession, layout: OutputLayout, *, on: str = "pca", seed: int = 0,
+def train(spark: SparkSession, out: Store, *, on: str = "pca", seed: int = 0,
           reg_param: float = 1e-3, max_iter: int = 200, weights: str = "imagenet",
           weights_sha256: str | None = None, engine: dict | None = None) -> dict:
     """Fit, evaluate, save classifier + metrics + predictor; return the manifest's ``classifier`` entry."""
     if on not in SOURCES:
         raise TrainError(f"--on must be one of {', '.join(SOURCES)}, got {on!r}")
-    source = child(layout, on)
-    if not hadoopfs.exists(spark, source):
+    where = OutputLayout(out.uri)
+    source = where.uri(on)
+    if not out.exists(on):
         hint = "fit it with `fruitlens pca OUTPUT` or train with --on features" if on == "pca" else ""
         raise TrainError(f"{source} not found; {hint or 'run `fruitlens extract` first'}")
     # The predictor must see photos as the features did (size, precision): before any work, fails fast.
-    onnx_path = model_file(spark, weights, weights_sha256, engine, layout.root)
+    onnx_path = model_file(out, weights, weights_sha256, engine)
     t = time.perf_counter()
     data = (spark.read.parquet(uris.spark_read_path(source))
-            .select("path", "label", "split", array_to_vector(SOURCES[on]).alias("vector")))
+            .select(PATH, LABEL, SPLIT, array_to_vector(SOURCES[on]).alias("vector")))
     train_rows, test_rows, how = split_rows(data, seed)
     train_rows = train_rows.cache()
     n_train = train_rows.count()
@@ -189,19 +188,19 @@ def train(spark: SparkSession, layout: OutputLayout, *, on: str = "pca", seed: i
     metrics = evaluate(model, test_rows, labels)
     fit_s = time.perf_counter() - t
 
-    classifier_uri = child(layout, "classifier")
+    classifier_uri = where.classifier
     model.write().overwrite().save(classifier_uri)
-    pca_model = PipelineModel.load(uris.spark_read_path(layout.pca_model)) if on == "pca" else None
+    pca_model = PipelineModel.load(uris.spark_read_path(where.pca_model)) if on == layout.PCA else None
     summary = {
         "on": on, "split": how, "train_rows": n_train, "test_rows": metrics["test_rows"],
         "classes": len(labels), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         "reg_param": reg_param, "max_iter": max_iter, "seed": seed,
-        "model": classifier_uri, "metrics": f"{classifier_uri}/metrics.json",
-        "predictor": child(layout, "predictor"), "engine_sha256": sha256_file(onnx_path),
+        "model": classifier_uri, "metrics": where.uri(layout.METRICS),
+        "predictor": where.predictor, "engine_sha256": sha256_file(onnx_path),
         "precision": (engine or {}).get("precision", "fp32"), "image_size": (engine or {}).get("image_size", 224),
     }
-    hadoopfs.write_text(spark, summary["metrics"], json.dumps({**summary, **metrics}, indent=2) + "\n")
-    write_predictor(spark, summary["predictor"], head_arrays(pca_model, model), labels, onnx_path,
+    out.write_text(layout.METRICS, json.dumps({**summary, **metrics}, indent=2) + "\n")
+    write_predictor(out, head_arrays(pca_model, model), labels, onnx_path,
                     {k: summary[k] for k in ("on", "classes", "accuracy", "engine_sha256", "precision", "image_size")})
     summary["seconds"] = round(time.perf_counter() - t, 3)
     log(f"train: {n_train} training rows ({how}), {metrics['test_rows']} test rows: accuracy "

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fruitlens.engines.engine import (
+from fruitlens.engines.model import (
     ModelArtifact,
     ModelError,
-    _writable,
     cache_dir,
-    prepare_model,
+    onnx_export,
     sha256_file,
+    writable_cache,
 )
 from fruitlens.engines.rounding import scale_overrides, snap_convs
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
@@ -112,10 +112,10 @@ def quantized_model(fp32_path: str | os.PathLike[str],
     key = hashlib.sha256(json.dumps([sha256_file(fp32_path), calibration.digest, SETTINGS],
                                     sort_keys=True).encode()).hexdigest()
     name = f"{Path(fp32_path).stem}_int8_{key[:16]}.onnx"
-    for folder in (cache_dir(), _writable(cache_dir())):
+    for folder in (cache_dir(), writable_cache()):
         if (folder / name).is_file():
             return folder / name
-    out = _writable(cache_dir()) / name
+    out = writable_cache() / name
     quantize(fp32_path, out, calibration)
     return out
 
@@ -205,38 +205,54 @@ def model_info(onnx_path: str | os.PathLike[str]) -> dict:
             "model_sha256": sha256_file(onnx_path)}
 
 
-# ---------------------------------------------------------------- OUTPUT keeps the model of its features
+# ---------------------------------------------------------------- the registry's hooks (fruitlens.engines)
 
-def int8_for_run(weights: str, image_size: int, *, out, paths: list[str], source) -> ModelArtifact:
-    """`run --engine onnx-int8`: ``out``'s own int8 model when it has one (a resumed run; ``out`` None
-    with --overwrite), else one calibrated on ``paths``, read from the INPUT store ``source``."""
-    fp32 = prepare_model("onnx", weights, image_size=image_size)
-    pinned = from_output(out, fp32) if out is not None else None
-    return pinned or prepare_model("onnx-int8", weights, image_size=image_size, calibration=lambda: calibration_from(
-        paths, lambda p: source.read_bytes(source.path_of(p)), root=source.uri))
-
-
-def pinned_name(artifact: ModelArtifact) -> str:
-    return f"_fruitlens/model-int8-{artifact.sha256[:16]}-{artifact.image_size}px.onnx"
-
-
-def from_output(out, fp32: ModelArtifact) -> ModelArtifact | None:
-    """The int8 model OUTPUT's features were made with (same weights and size), copied to the local cache."""
-    pinned = ModelArtifact("onnx", "", fp32.sha256, precision="int8", image_size=fp32.image_size)
-    name = pinned_name(pinned)
-    if not out.exists(name):
-        return None
-    data = out.read_bytes(out.fs_path(name))
-    local = _writable(cache_dir()) / f"{Path(fp32.path).stem}_int8_pinned_{hashlib.sha256(data).hexdigest()[:16]}.onnx"
-    if not local.is_file():
-        staged = local.with_suffix(f".tmp{os.getpid()}")
-        staged.write_bytes(data)
-        os.replace(staged, local)
-    return ModelArtifact("onnx", str(local), fp32.sha256, precision="int8", image_size=fp32.image_size)
+def prepare(spec, weights_path: Path, digest: str, *, image_size: int, calibration=None, run=None) -> ModelArtifact:
+    """The fp32 export quantized on ``calibration``; in a run (``run``: fruitlens.engines.RunInputs), OUTPUT's
+    own int8 model when it has one (a resumed run), else one calibrated on INPUT's photos."""
+    fp32 = onnx_export(weights_path, digest, image_size)
+    pinned = from_output(run.out, spec, fp32, digest, image_size) if run is not None and run.out is not None else None
+    if pinned is not None:
+        return pinned
+    if calibration is None and run is not None:
+        source = run.source
+        calibration = lambda: calibration_from(  # noqa: E731 - read only when the model is not cached yet
+            run.paths, lambda p: source.read_bytes(source.path_of(p)), root=source.uri)
+    if calibration is None:
+        raise ModelError("the int8 engine needs calibration photos")
+    return ModelArtifact(spec.name, str(quantized_model(fp32, calibration)), digest, precision=spec.precision,
+                         image_size=image_size)
 
 
-def pin(out, artifact: ModelArtifact) -> None:
+def keep(spec, out, artifact: ModelArtifact) -> None:
     """Keep the int8 model in OUTPUT (once), so resumed runs and `train` use this very model."""
     name = pinned_name(artifact)
     if not out.exists(name):
         out.write_bytes(name, Path(artifact.path).read_bytes())
+
+
+def describe(spec, artifact: ModelArtifact) -> dict:
+    return {**model_info(artifact.path), "pinned": pinned_name(artifact)}
+
+
+# ---------------------------------------------------------------- OUTPUT keeps the model of its features
+
+def pinned_name(artifact: ModelArtifact) -> str:
+    from fruitlens.state.layout import pinned_int8
+
+    return pinned_int8(artifact.sha256, artifact.image_size)
+
+
+def from_output(out, spec, fp32_path: Path, digest: str, image_size: int) -> ModelArtifact | None:
+    """The int8 model OUTPUT's features were made with (same weights and size), copied to the local cache."""
+    pinned = ModelArtifact(spec.name, "", digest, precision=spec.precision, image_size=image_size)
+    name = pinned_name(pinned)
+    if not out.exists(name):
+        return None
+    data = out.read_bytes(out.fs_path(name))
+    local = writable_cache() / f"{fp32_path.stem}_int8_pinned_{hashlib.sha256(data).hexdigest()[:16]}.onnx"
+    if not local.is_file():
+        staged = local.with_suffix(f".tmp{os.getpid()}")
+        staged.write_bytes(data)
+        os.replace(staged, local)
+    return ModelArtifact(spec.name, str(local), digest, precision=spec.precision, image_size=image_size)

@@ -59,7 +59,7 @@ def patches(x: np.ndarray, shape: ConvShape) -> np.ndarray:
     return win.reshape(g, n * ho * wo, (c // g) * kh * kw)
 
 
-class Moments:
+class PatchMoments:
     """E[x xᵀ] and E[x] of one Conv's input patches, per group, accumulated batch by batch."""
 
     def __init__(self, shape: ConvShape) -> None:
@@ -78,7 +78,7 @@ class Moments:
             self.count += p.shape[1]
 
 
-def gptq(weights: np.ndarray, moments: Moments, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+def gptq(weights: np.ndarray, moments: PatchMoments, qmax: int) -> tuple[np.ndarray, np.ndarray]:
     """(O, C/G, kh, kw) fp32 weights → (the same on each output channel's grid, the per-channel scales).
 
     Columns are rounded in order of decreasing input energy (GPTQ's "act order"); every row keeps the
@@ -109,7 +109,7 @@ def gptq(weights: np.ndarray, moments: Moments, qmax: int) -> tuple[np.ndarray, 
     return q.reshape(weights.shape), scale.reshape(o)
 
 
-def bias_correction(before: np.ndarray, after: np.ndarray, moments: Moments) -> np.ndarray:
+def bias_correction(before: np.ndarray, after: np.ndarray, moments: PatchMoments) -> np.ndarray:
     """The per-output-channel mean shift the new weights make, to subtract from the bias: ΔW · E[x]."""
     g = moments.shape.group
     o = before.shape[0]
@@ -130,7 +130,7 @@ def snap_convs(model, conv_names: Iterable[str], batches: Iterable[np.ndarray], 
 
     nodes = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
     wanted = [nodes[name] for name in conv_names]
-    moments = {n.name: Moments(ConvShape.of(n)) for n in wanted}
+    moments = {n.name: PatchMoments(ConvShape.of(n)) for n in wanted}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     inputs = sorted({n.input[0] for n in wanted})
@@ -138,7 +138,9 @@ def snap_convs(model, conv_names: Iterable[str], batches: Iterable[np.ndarray], 
     probe.graph.output.extend([onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in inputs])
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the tensors as named
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    from fruitlens.engines import ENGINES  # the Convs' inputs as the int8 engine's providers compute them
+
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=list(ENGINES["onnx-int8"].providers))
     feed = session.get_inputs()[0].name
     for batch in batches:
         values = dict(zip(inputs, session.run(inputs, {feed: batch})))

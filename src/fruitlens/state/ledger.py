@@ -29,23 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fruitlens.engines.engine import FEATURE_DIM
+from fruitlens.state import layout
+from fruitlens.state.schema import DECODE, ERROR, INDEX_COLUMNS, KIND, MODIFIED, PATH, READ, SIZE, errors_table
 from fruitlens.storage.store import Store
-
-FEATURES_DIR = "features"
-ERRORS_DIR = "errors"
-KINDS = (FEATURES_DIR, ERRORS_DIR)
-
-_SOURCE = [pa.field("size", pa.int64()), pa.field("modified", pa.timestamp("us", tz="UTC"))]
-FEATURES_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("label", pa.string()),
-                             pa.field("split", pa.string()), pa.field("features", pa.list_(pa.float32())),
-                             *_SOURCE])
-#: ``kind``: "decode" (not a usable image: a verdict until the file changes) or "read" (could not be read
-#: at the time: retried by the next run). Error files written before the column existed hold decode errors.
-ERRORS_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("error", pa.string()),
-                           pa.field("kind", pa.string()), *_SOURCE])
-DECODE, READ = "decode", "read"
-INDEX_COLUMNS = ["path", "size", "modified"]
 
 
 @dataclass(frozen=True)
@@ -86,18 +72,19 @@ def batch_name(rows: Iterable[tuple[str, int, int]]) -> str:
 
 def read_index(store: Store, *, threads: int = 16) -> list[CommittedFile]:
     """The index of everything committed in OUTPUT (column reads only, files in parallel)."""
-    infos = [(kind, info) for kind in KINDS for info in store.list(kind) if info.base_name.endswith(".parquet")]
+    infos = [(kind, info) for kind in layout.COMMITTED for info in store.list(kind)
+             if info.base_name.endswith(".parquet")]
 
     def read(item) -> CommittedFile:
         kind, info = item
         with store.fs.open_input_file(info.path) as fh:
             parquet = pq.ParquetFile(fh)
-            kinds = kind == ERRORS_DIR and "kind" in parquet.schema_arrow.names
-            table = parquet.read(columns=INDEX_COLUMNS + (["kind"] if kinds else []))
-        modified = pc.cast(table.column("modified"), pa.int64()).to_pylist()
-        rows = tuple(zip(table.column("path").to_pylist(), table.column("size").to_pylist(), modified, strict=True))
+            kinds = kind == layout.ERRORS and KIND in parquet.schema_arrow.names
+            table = parquet.read(columns=INDEX_COLUMNS + ([KIND] if kinds else []))
+        modified = pc.cast(table.column(MODIFIED), pa.int64()).to_pylist()
+        rows = tuple(zip(table.column(PATH).to_pylist(), table.column(SIZE).to_pylist(), modified, strict=True))
         return CommittedFile(kind, info.path, info.mtime_ns or 0, rows,
-                             tuple(table.column("kind").to_pylist()) if kinds else ())
+                             tuple(table.column(KIND).to_pylist()) if kinds else ())
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return list(pool.map(read, infos))
@@ -111,7 +98,7 @@ class Plan:
     changed: int = 0
     removed: int = 0
     retried: int = 0  # read errors of earlier runs, processed again
-    kept: dict[str, int] = field(default_factory=lambda: {k: 0 for k in KINDS})  # rows kept per kind
+    kept: dict[str, int] = field(default_factory=lambda: {k: 0 for k in layout.COMMITTED})  # rows kept per kind
     delete: list[str] = field(default_factory=list)  # files whose rows are all dropped
     rewrite: list[tuple[CommittedFile, list[bool]]] = field(default_factory=list)  # file, keep mask
 
@@ -170,38 +157,15 @@ def apply(store: Store, p: Plan, *, after_write=None) -> None:
         kept = table.filter(pa.array(keep))
         rows = [r for r, k in zip(f.rows, keep, strict=True) if k]
         name = batch_name(rows)
-        store.write_table(f"{f.kind}/{name}", kept)
-        targets.add(store.fs_path(f"{f.kind}/{name}"))
+        store.write_table(layout.batch_file(f.kind, name), kept)
+        targets.add(store.fs_path(layout.batch_file(f.kind, name)))
         if after_write:
             after_write()
-        if store.fs_path(f"{f.kind}/{name}") != f.path:
+        if store.fs_path(layout.batch_file(f.kind, name)) != f.path:
             store.delete(f.path)
     for path in p.delete:
         if path not in targets:
             store.delete(path)
-
-
-def features_table(paths: list[str], labels: list[str], splits: list[str], sizes: list[int],
-                   modified: list[int], features) -> pa.Table:
-    """The committed form of feature rows (``features``: (n, 1280) float32)."""
-    n = len(paths)
-    values = pa.array(features.reshape(-1), pa.float32())
-    offsets = pa.array([i * FEATURE_DIM for i in range(n + 1)], pa.int32())
-    return pa.Table.from_arrays(
-        [pa.array(paths, pa.string()), pa.array(labels, pa.string()), pa.array(splits, pa.string()),
-         pa.ListArray.from_arrays(offsets, values), pa.array(sizes, pa.int64()),
-         pa.array(modified, pa.int64()).cast(pa.timestamp("us", tz="UTC"))],
-        schema=FEATURES_SCHEMA,
-    )
-
-
-def errors_table(paths: list[str], errors: list[str], kinds: list[str], sizes: list[int],
-                 modified: list[int]) -> pa.Table:
-    return pa.Table.from_arrays(
-        [pa.array(paths, pa.string()), pa.array(errors, pa.string()), pa.array(kinds, pa.string()),
-         pa.array(sizes, pa.int64()), pa.array(modified, pa.int64()).cast(pa.timestamp("us", tz="UTC"))],
-        schema=ERRORS_SCHEMA,
-    )
 
 
 #: Listing problems that may pass (permission, I/O): read errors, listed again by every run. The others
@@ -216,7 +180,7 @@ def commit_listing_errors(store: Store, files: Sequence[SourceFile]) -> tuple[in
         return 0, 0
     rows = [(f.path, f.size, f.modified_us) for f in files]
     kinds = [READ if f.problem.startswith(_UNLISTABLE) else DECODE for f in files]
-    store.write_table(f"{ERRORS_DIR}/{batch_name(rows)}", errors_table(
+    store.write_table(layout.batch_file(layout.ERRORS, batch_name(rows)), errors_table(
         [f.path for f in files], [f.problem for f in files], kinds, [f.size for f in files],
         [f.modified_us for f in files]))
     return len(files), kinds.count(READ)
@@ -225,17 +189,17 @@ def commit_listing_errors(store: Store, files: Sequence[SourceFile]) -> tuple[in
 def committed_rows(store: Store) -> dict[str, int]:
     """Rows per kind (errors also split into decode and read) for `fruitlens status`: feature files
     from their Parquet footers only, error files (few, small) from their ``kind`` column."""
-    out = {FEATURES_DIR: 0, ERRORS_DIR: 0, "decode_errors": 0, "read_errors": 0}
-    for kind in KINDS:
+    out = {layout.FEATURES: 0, layout.ERRORS: 0, "decode_errors": 0, "read_errors": 0}
+    for kind in layout.COMMITTED:
         for info in store.list(kind):
             if not info.base_name.endswith(".parquet"):
                 continue
             with store.fs.open_input_file(info.path) as fh:
                 parquet = pq.ParquetFile(fh)
                 out[kind] += parquet.metadata.num_rows
-                if kind == ERRORS_DIR:
-                    kinds = (parquet.read(columns=["kind"]).column("kind").to_pylist()
-                             if "kind" in parquet.schema_arrow.names else [])
+                if kind == layout.ERRORS:
+                    kinds = (parquet.read(columns=[KIND]).column(KIND).to_pylist()
+                             if KIND in parquet.schema_arrow.names else [])
                     read = sum(1 for k in kinds if k == READ)
                     out["read_errors"] += read
                     out["decode_errors"] += parquet.metadata.num_rows - read
@@ -246,14 +210,14 @@ def error_reasons(store: Store, top: int = 3) -> list[tuple[str, int]]:
     """The commonest reasons among OUTPUT's error rows, as ``("read: <reason>", count)``: the reason's
     quoted names (paths, keys, buckets) are blanked so that one cause counts once."""
     counts: Counter[str] = Counter()
-    for info in store.list(ERRORS_DIR):
+    for info in store.list(layout.ERRORS):
         if not info.base_name.endswith(".parquet"):
             continue
         with store.fs.open_input_file(info.path) as fh:
             parquet = pq.ParquetFile(fh)
-            table = parquet.read(columns=["error", *(["kind"] if "kind" in parquet.schema_arrow.names else [])])
-        kinds = table.column("kind").to_pylist() if "kind" in table.column_names else [DECODE] * table.num_rows
-        for kind, error in zip(kinds, table.column("error").to_pylist(), strict=True):
+            table = parquet.read(columns=[ERROR, *([KIND] if KIND in parquet.schema_arrow.names else [])])
+        kinds = table.column(KIND).to_pylist() if KIND in table.column_names else [DECODE] * table.num_rows
+        for kind, error in zip(kinds, table.column(ERROR).to_pylist(), strict=True):
             counts[f"{kind or DECODE}: {_general(error or '')}"] += 1
     return counts.most_common(top)
 

@@ -26,9 +26,8 @@ import pyarrow.fs as pafs
 from fruitlens import console
 from fruitlens.errors import FruitlensError
 from fruitlens.progress import log
+from fruitlens.state.layout import LOCK, STATE
 from fruitlens.storage.store import Store
-
-LOCK = "_fruitlens/lock.json"
 
 
 class LockedError(FruitlensError, RuntimeError):
@@ -77,7 +76,7 @@ class RunLock:
                 wait_s: float = 0.0, sleep=time.sleep) -> RunLock:
         """Take OUTPUT's lock. A live holder refuses at once, unless ``wait_s``: then wait up to that long
         for it to finish or go stale (a retried driver whose predecessor died a moment ago)."""
-        store.make_dirs("_fruitlens")
+        store.make_dirs(STATE)
         run_id = uuid.uuid4().hex
         info = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started": now(),
                 "heartbeat": now(), "command": command}

@@ -13,9 +13,10 @@ import time
 
 from fruitlens.redact import redact
 from fruitlens.state import ledger
+from fruitlens.state.layout import MANIFEST, RUN, SETTINGS
 from fruitlens.state.lock import describe, stale_reason
 from fruitlens.state.lock import read as read_lock
-from fruitlens.state.output import MANIFEST, RUN, SETTINGS, read_json
+from fruitlens.state.manifest import read_json
 from fruitlens.storage.store import Store, StoreOptions
 from fruitlens.storage.uris import qualify
 

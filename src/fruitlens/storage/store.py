@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass, replace
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fruitlens.errors import FruitlensError
+from fruitlens.errors import FruitlensError, require
 from fruitlens.storage import uris
 
 
@@ -61,7 +63,7 @@ class StoreOptions:
         regions = dict(self.bucket_regions)
         for uri in locations:
             loc = uris.parse(uri)
-            if not loc.is_local and loc.authority and loc.authority not in regions:
+            if loc.store == "s3" and loc.authority and loc.authority not in regions:
                 bucket = loc.authority
                 try:
                     regions[bucket] = pafs.resolve_s3_region(bucket)
@@ -105,6 +107,8 @@ def _s3_filesystem(options: StoreOptions, region: str | None) -> pafs.S3FileSyst
     return pafs.S3FileSystem(**kwargs)
 
 
+#: The filesystem of each kind of remote store in :data:`fruitlens.storage.uris.STORES`.
+FILESYSTEMS = {"s3": _s3_filesystem}
 _FILESYSTEMS: dict = {}
 
 
@@ -120,10 +124,11 @@ class Store:
             self.fs = pafs.LocalFileSystem()
             self.root = loc.path.rstrip("/") or "/"
         else:
-            self.region = self.options.region_for(loc.authority)
-            key = ("s3", self.options, self.region)
+            if loc.store == "s3":
+                self.region = self.options.region_for(loc.authority)
+            key = (loc.store, self.options, self.region)
             if key not in _FILESYSTEMS:  # one client per process and region (workers reuse it across tasks)
-                _FILESYSTEMS[key] = _s3_filesystem(self.options, self.region)
+                _FILESYSTEMS[key] = FILESYSTEMS[loc.store](self.options, self.region)
             self.fs = _FILESYSTEMS[key]
             self.root = f"{loc.authority}/{loc.path}".rstrip("/")
         self.uri = uri
@@ -175,6 +180,10 @@ class Store:
                 return None
             raise self._error("read", rel, exc) from None
 
+    def read_file(self, rel: str) -> bytes:
+        """The bytes of ``rel``; any failure (a missing file too) as a :class:`StoreError` naming it."""
+        return self._call("read", rel, lambda: self.read_bytes(self.fs_path(rel)))
+
     def read_table(self, path: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(path, columns=columns, filesystem=self.fs)
 
@@ -189,7 +198,7 @@ class Store:
         final = self.fs_path(rel)
         if self.is_local:
             head, name = final.rsplit("/", 1)
-            tmp = f"{head}/.{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp = f"{head}/{temporary_name(name)}"
             try:
                 with open(tmp, "wb") as fh:
                     fh.write(data)
@@ -265,12 +274,11 @@ class Store:
             return []
         selector = pafs.FileSelector(self.fs_path(rel), allow_not_found=True)
         return [i.path for i in self.fs.get_file_info(selector)
-                if i.type == pafs.FileType.File and i.base_name.startswith(".") and ".tmp-" in i.base_name]
+                if i.type == pafs.FileType.File and temporary_of(i.base_name) is not None]
 
     # -- helpers -----------------------------------------------------------------------------------
     def _boto(self):
-        import boto3
-
+        boto3 = require("boto3", "s3", "the run lock of an s3:// OUTPUT (a conditional PUT)")
         o = self.options
         return boto3.client("s3", endpoint_url=o.endpoint, region_name=self.region or None,
                             aws_access_key_id=o.access_key, aws_secret_access_key=o.secret_key,
@@ -295,6 +303,36 @@ class Store:
         else:
             hint = text
         return StoreError(f"cannot {what} {where}: {hint}", exc)
+
+
+def read_uri(uri: str, options: StoreOptions | None = None) -> bytes:
+    """The bytes of the file at ``uri`` (a row's ``path``, a user's file); failures as :class:`StoreError`."""
+    head, name = uri.rstrip("/").rsplit("/", 1)
+    return Store(head, options).read_file(name)
+
+
+def fetch(uri: str, options: StoreOptions | None = None) -> Path:
+    """A local path for the file at ``uri`` (a user's ``--weights``, OUTPUT's pinned model): a local file
+    as it is, a remote one copied once into a temporary folder."""
+    loc = uris.parse(uri)
+    if loc.is_local:
+        return Path(loc.path).expanduser()
+    data = read_uri(uri, options)
+    local = Path(tempfile.mkdtemp(prefix="fruitlens-fetch-")) / uri.rstrip("/").rsplit("/", 1)[-1]
+    local.write_bytes(data)
+    return local
+
+
+def temporary_name(name: str) -> str:
+    """The hidden name an atomic local write of ``name`` goes through (``.name.tmp-<pid>-<random>``)."""
+    return f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def temporary_of(name: str) -> str | None:
+    """The name a temporary file of :func:`temporary_name` stands for, or None if it is not one."""
+    if not name.startswith(".") or ".tmp-" not in name:
+        return None
+    return name[1:].split(".tmp-", 1)[0]
 
 
 def _remove(path: str) -> None:

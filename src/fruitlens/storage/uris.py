@@ -19,8 +19,11 @@ from dataclasses import dataclass
 
 from fruitlens.errors import FruitlensError
 
-S3_SCHEMES = ("s3", "s3a", "s3n")
-SCHEMES = ("file", *S3_SCHEMES)
+#: The one scheme table: each URI scheme fruitlens takes and the kind of store behind it
+#: (:mod:`fruitlens.storage.store` has one filesystem per kind). Every check of a scheme asks this table.
+STORES = {"file": "local", "s3": "s3", "s3a": "s3", "s3n": "s3"}
+S3_SCHEMES = tuple(scheme for scheme, kind in STORES.items() if kind == "s3")
+SCHEMES = tuple(STORES)
 #: Characters Hadoop's glob matcher gives a meaning (``GlobPattern``); ``\`` escapes one of them.
 GLOB_CHARS = frozenset("\\{}[]*?")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
@@ -44,6 +47,11 @@ class Location:
     @property
     def is_local(self) -> bool:
         return self.scheme == "file"
+
+    @property
+    def store(self) -> str:
+        """The kind of store (:data:`STORES`): "local", "s3"."""
+        return STORES[self.scheme]
 
 
 def has_scheme(text: str) -> bool:
@@ -69,12 +77,21 @@ def parse(uri: str) -> Location:
             raise PathError(f"{uri}: a file: URI names a local path (file:///absolute/path); "
                             f"{authority!r} looks like a host name")
         return Location("file", "", rest or "/")
-    if scheme not in S3_SCHEMES:
-        raise PathError(f"{uri}: fruitlens reads and writes local paths and s3:// / s3a:// URIs; "
+    if scheme not in STORES:
+        known = " / ".join(f"{s}://" for s in SCHEMES if s != "file")
+        raise PathError(f"{uri}: fruitlens reads and writes local paths and {known} URIs; "
                         f"{scheme}:// is not supported")
     if not authority:
-        raise PathError(f"{uri}: an S3 URI names a bucket: {scheme}://bucket/prefix")
+        raise PathError(f"{uri}: a {scheme}:// URI names a bucket: {scheme}://bucket/prefix")
     return Location(scheme, authority, rest.lstrip("/"))
+
+
+def is_s3(uri: str) -> bool:
+    """``uri`` names an S3 location (any of :data:`S3_SCHEMES`); false for local paths and anything unparsable."""
+    try:
+        return parse(uri).store == "s3"
+    except PathError:
+        return False
 
 
 def check_utf8(text: str, what: str) -> None:

@@ -1,5 +1,7 @@
-"""Deployment on AWS EMR on EKS: the profile (:mod:`.profile`), the StartJobRun request and the calls
-(:mod:`.jobs`), IAM checks (:mod:`.access`), logs (:mod:`.cwlogs`, :mod:`.staging`), S3 staging of the
-images (:mod:`.staging`) and the ``fruitlens emr`` / ``fruitlens data`` commands (:mod:`.cli`,
-:mod:`.data_cli`). The pipeline's stage modules never import this package (tests/unit/test_layout.py).
+"""Deployment on AWS EMR on EKS, one module per concern: the profile (:mod:`.profile`), errors and AWS'
+errors translated (:mod:`.errors`), the StartJobRun request (:mod:`.request`) checked against botocore's
+model of the API (:mod:`.validation`), IAM and trust policies (:mod:`.iam`), the boto3 calls and polling
+(:mod:`.client`), IAM checks (:mod:`.access`), logs (:mod:`.cwlogs`) and ``fruitlens emr`` (:mod:`.cli`).
+S3 staging and ``fruitlens data`` are fruitlens.deploy.s3data (which imports nothing of this package).
+The pipeline's stage modules never import this package (tests/unit/test_architecture.py).
 """

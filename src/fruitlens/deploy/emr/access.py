@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fruitlens.deploy.emr.jobs import EmrError, explain, role_parts, s3_parts
-from fruitlens.deploy.emr.profile import EmrProfile
+from fruitlens.deploy.emr.errors import EmrError, explain
+from fruitlens.deploy.emr.iam import role_parts
+from fruitlens.deploy.emr.profile import EmrProfile, s3_parts
+from fruitlens.errors import require
 
 PROBE = "fruitlens-access-check"  # a key name below the prefix: the simulator needs a concrete resource
 
@@ -50,7 +52,7 @@ def check_access(iam, profile: EmrProfile, input_uri: str, output_uri: str) -> l
 
 
 def client(region: str | None = None):
-    import boto3
+    boto3 = require("boto3", "emr", "fruitlens emr")
 
     try:
         return boto3.client("iam", region_name=region)

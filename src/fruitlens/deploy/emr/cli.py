@@ -1,7 +1,7 @@
 """`fruitlens emr ...`: submit the job to EMR on EKS, follow it, read its logs, print its IAM documents.
 
 Parsing only: the profile comes from :func:`fruitlens.deploy.emr.profile.load_profile`, the work from
-:mod:`fruitlens.deploy.emr.jobs` and :mod:`fruitlens.deploy.s3data.staging`. Progress and notes go to stderr, results to stdout.
+:mod:`fruitlens.deploy.emr.request` / :mod:`.client` and :mod:`fruitlens.deploy.s3data.staging`. Progress and notes go to stderr, results to stdout.
 """
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import sys
 import time
 from typing import Any
 
-from fruitlens.cli import _conf_pair, add_pipeline_options, pipeline_args
+from fruitlens.cli_options import add_pipeline_options, conf_pair, pipeline_args
 from fruitlens.config import ConfigError
-from fruitlens.deploy.emr import jobs as emr
-from fruitlens.deploy.emr import releases
+from fruitlens.deploy.emr import client as emr
+from fruitlens.deploy.emr import errors as emr_errors
+from fruitlens.deploy.emr import iam, releases, request
 from fruitlens.deploy.emr.profile import EmrProfile, load_profile
 
 # (flag, profile field, type, help); grouped by the commands that use them.
@@ -73,9 +74,9 @@ def _add_flags(parser: argparse.ArgumentParser, *tables) -> None:
 
 def _add_job_maps(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("EMR job")
-    g.add_argument("--tag", dest=DEST + "tags", action="append", type=_conf_pair, metavar="KEY=VALUE",
+    g.add_argument("--tag", dest=DEST + "tags", action="append", type=conf_pair, metavar="KEY=VALUE",
                    help="tag of the job run (repeatable)")
-    g.add_argument("--spark-default", dest=DEST + "spark_conf", action="append", type=_conf_pair,
+    g.add_argument("--spark-default", dest=DEST + "spark_conf", action="append", type=conf_pair,
                    metavar="KEY=VALUE", help="extra spark-defaults setting for the cluster (repeatable)")
 
 
@@ -145,7 +146,7 @@ def _wait_and_check(client, vc: str, job_id: str, ns: argparse.Namespace, namesp
     try:
         run = emr.wait(client, vc, job_id, on_change=_on_change, poll=ns.poll, max_poll=ns.max_poll,
                        timeout=ns.timeout, stuck_after=ns.stuck_hint_after, on_stuck=_stuck_hint(namespace))
-    except emr.WaitTimeout:
+    except emr_errors.WaitTimeout:
         _stop_waiting(client, vc, job_id, ns, f"timeout after {ns.timeout:g}s")
         raise
     except KeyboardInterrupt:
@@ -186,7 +187,7 @@ def _submit(ns: argparse.Namespace) -> int:
     if not input_uri or not output_uri:
         raise ConfigError("emr submit: give INPUT and OUTPUT (s3://...) or set input/output in the EMR profile")
     # Before any call: a URI outside what the role's policy grants would fail on AWS with a 403.
-    outside = emr.granted_prefix_problems(profile, input_uri, output_uri)
+    outside = request.granted_prefix_problems(profile, input_uri, output_uri)
     if outside and not ns.outside_grant:
         raise ConfigError("; ".join(outside) + ". Use a URI under the granted prefix, or widen the grant to a "
                           "parent prefix (output_grant, or input) and re-apply the policy (`fruitlens emr "
@@ -205,18 +206,18 @@ def _submit(ns: argparse.Namespace) -> int:
         client, vc = None, profile.virtual_cluster_id
     else:
         client, vc = _cluster(profile)
-    request = emr.build_request(profile, virtual_cluster_id=vc, input_uri=input_uri, output_uri=output_uri,
+    job = request.build_request(profile, virtual_cluster_id=vc, input_uri=input_uri, output_uri=output_uri,
                                 pipeline_args=pipeline_args(ns), run_key=ns.run_key, client_token=ns.client_token)
-    for note in emr.request_notes(profile):
+    for note in request.request_notes(profile):
         _note(note)
     if ns.dry_run:
-        print(json.dumps(request, indent=2))
+        print(json.dumps(job, indent=2))
         return 0
-    started = emr.submit(client, request)
+    started = emr.submit(client, job)
     print(started["id"])
     if started["reused"]:
         _note(f"an identical job run {started['id']} is still {started['state']}: nothing new started (same "
-              f"arguments, tag {emr.REQUEST_TAG}); `fruitlens emr wait {started['id']}` follows it, "
+              f"arguments, tag {request.REQUEST_TAG}); `fruitlens emr wait {started['id']}` follows it, "
               "--run-key KEY starts another beside it")
     else:
         _note(f"started job run {started['id']} ({started['state']}) on virtual cluster {vc}; follow it: "
@@ -309,7 +310,7 @@ def _logs(ns: argparse.Namespace) -> int:
                                                                         ns.component)
                  if ns.stream == "both" or stream == ns.stream]
     if not found:
-        raise emr.EmrError(f"no {ns.component} logs yet under {where}: EMR ships them while the pods run and "
+        raise emr_errors.EmrError(f"no {ns.component} logs yet under {where}: EMR ships them while the pods run and "
                            "when they end; check the job started (`fruitlens emr status`) and that the role may "
                            "write there")
     for title, read in found:
@@ -320,7 +321,7 @@ def _logs(ns: argparse.Namespace) -> int:
 
 
 def _iam_policy(ns: argparse.Namespace) -> int:
-    print(json.dumps(emr.iam_policy(profile_from_args(ns)), indent=2))
+    print(json.dumps(iam.iam_policy(profile_from_args(ns)), indent=2))
     return 0
 
 
@@ -337,7 +338,7 @@ def _check_access(ns: argparse.Namespace) -> int:
         print(f"{decision}\t{action}\t{resource}")
     denied = [f"{action} {resource}" for decision, action, resource in results if decision != "allowed"]
     if denied:
-        raise emr.EmrError(f"the role {profile.execution_role_arn} may not make {len(denied)} of the job's first S3 "
+        raise emr_errors.EmrError(f"the role {profile.execution_role_arn} may not make {len(denied)} of the job's first S3 "
                            f"calls ({'; '.join(denied)}): the job would stop on a 403. Apply `fruitlens emr "
                            "iam-policy` to it (deploy/emr-on-eks/setup.sh)")
     _note(f"the role's own policies allow the job's first S3 calls on {input_uri} and {output_uri} (bucket "
@@ -346,7 +347,7 @@ def _check_access(ns: argparse.Namespace) -> int:
 
 
 def _trust_policy(ns: argparse.Namespace) -> int:
-    policy = emr.trust_policy(profile_from_args(ns))
+    policy = iam.trust_policy(profile_from_args(ns))
     if ns.merge_with:
         try:
             with open(ns.merge_with) as f:
@@ -354,7 +355,7 @@ def _trust_policy(ns: argparse.Namespace) -> int:
             existing = json.loads(text) if text and text != "None" else None
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"trust-policy --merge-with {ns.merge_with}: not a readable JSON policy ({exc})") from None
-        policy = emr.merge_trust_policy(existing, policy)
+        policy = iam.merge_trust_policy(existing, policy)
     print(json.dumps(policy, indent=2))
     return 0
 
@@ -463,7 +464,7 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("service-accounts", help="print the service accounts EMR runs the job's pods under")
     _add_flags(p, JOB_FLAGS[:1], IAM_FLAGS[2:])
-    p.set_defaults(func=lambda ns: print("\n".join(emr.service_accounts(profile_from_args(ns)))) or 0)
+    p.set_defaults(func=lambda ns: print("\n".join(iam.service_accounts(profile_from_args(ns)))) or 0)
 
     p = sub.add_parser("trust-policy", help="print the job role's trust policy JSON (IRSA or EKS Pod Identity)")
     _add_flags(p, JOB_FLAGS[:1], IAM_FLAGS[2:])

@@ -7,12 +7,13 @@ boto3 reads the standard AWS settings (credentials, region, ``AWS_ENDPOINT_URL_L
 """
 from __future__ import annotations
 
-from fruitlens.deploy.emr.jobs import EmrError
+from fruitlens.deploy.emr.errors import EmrError
 from fruitlens.deploy.s3data.staging import COMPONENTS, classify_log_key
+from fruitlens.errors import require
 
 
 def client(region: str | None = None):
-    import boto3
+    boto3 = require("boto3", "emr", "fruitlens emr")
     from botocore.config import Config
 
     return boto3.client("logs", region_name=region, config=Config(retries={"mode": "standard"}))

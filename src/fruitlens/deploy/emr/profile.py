@@ -8,7 +8,6 @@ the environment again; boto3 alone still reads the standard AWS variables (crede
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +22,9 @@ from fruitlens.deploy.emr.releases import (
     release,
     spark_line,
 )
+from fruitlens.deploy.emr.validation import api_string_problem
+from fruitlens.deploy.s3data.staging import split_uri
+from fruitlens.storage import uris
 
 ENV_PREFIX = "FRUITLENS_EMR_"
 #: The script the container image must provide: it runs ``fruitlens.cli.main(sys.argv[1:])``.
@@ -43,24 +45,6 @@ LOG_GROUP_RE = re.compile(r"^[.\-_/#A-Za-z0-9]{1,512}$")
 IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*(:\d+)?(/[a-z0-9._\-]+)+(:[\w.\-]{1,128})?(@sha256:[0-9a-f]{64})?$")
 ARCH_RE = re.compile(r"^(amd64|arm64)$")
 IDENTITIES = ("irsa", "pod-identity")
-
-
-@functools.lru_cache(maxsize=None)
-def _api_limits(operation: str, member: str) -> dict[str, Any]:
-    import botocore.session
-
-    return dict(botocore.session.get_session().get_service_model("emr-containers").operation_model(
-        operation).input_shape.members[member].metadata)
-
-
-def api_string_problem(operation: str, member: str, value: str) -> str | None:
-    """Why ``value`` breaks the length or pattern botocore's emr-containers model gives ``member``, or None."""
-    md = _api_limits(operation, member)
-    if not md.get("min", 0) <= len(value) <= md.get("max", len(value)):
-        return f"must be {md.get('min', 0)} to {md.get('max')} characters (the {operation} API), got {len(value)}"
-    if "pattern" in md and not re.fullmatch(md["pattern"], value):
-        return f"must match the {operation} API pattern {md['pattern']}, got {value!r}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -211,9 +195,9 @@ class EmrProfile:
             raise bad("log_group", f"must be a CloudWatch log group name, got {self.log_group!r}")
         for name in ("input", "output", "output_grant"):
             value = getattr(self, name)
-            if value is not None and not value.startswith(("s3://", "s3a://")):
+            if value is not None and not uris.is_s3(value):
                 raise bad(name, f"must be an s3:// URI on EMR, got {value!r}")
-        if self.output_grant and self.output and not _within(self.output, self.output_grant):
+        if self.output_grant and self.output and not within_prefix(self.output, self.output_grant):
             raise bad("output_grant", f"must contain output {self.output}, got {self.output_grant!r}")
 
     @property
@@ -233,10 +217,16 @@ class EmrProfile:
         return dataclasses.asdict(self)
 
 
-def _within(uri: str, granted: str) -> bool:
-    from fruitlens.deploy.emr.jobs import within_prefix
+def s3_parts(uri: str) -> tuple[str, str]:
+    bucket, prefix = split_uri(uri)
+    return bucket, prefix.strip("/")
 
-    return within_prefix(uri, granted)
+
+def within_prefix(uri: str, granted: str) -> bool:
+    """``s3://b/runs/r1`` is within ``s3://b/runs``; ``s3://b/runs2`` is not (s3 and s3a alike)."""
+    bucket, prefix = s3_parts(uri)
+    gbucket, gprefix = s3_parts(granted)
+    return bucket == gbucket and (not gprefix or prefix == gprefix or prefix.startswith(gprefix + "/"))
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(EmrProfile))

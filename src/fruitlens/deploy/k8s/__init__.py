@@ -1,7 +1,7 @@
 """Deployment on Kubernetes: the Helm chart's values and the ``helm`` binary (:mod:`.chart`), the release
 followed through the kubernetes client (:mod:`.client`), and ``fruitlens k8s`` (:mod:`.cli`).
 One release = one pipeline job: a Job whose pod is the Spark driver (client mode), executor pods created
-by the driver. The pipeline's stage modules never import this package (tests/unit/test_layout.py).
+by the driver. The pipeline's stage modules never import this package (tests/unit/test_architecture.py).
 """
 from fruitlens.deploy.k8s.chart import (
     PIPELINE_VALUES,

@@ -16,14 +16,12 @@ from typing import Any
 
 import yaml
 
+from fruitlens.config import OPTIONS
 from fruitlens.deploy.k8s.errors import K8sError
 
-#: Pipeline config field → chart value under ``pipeline`` (the rest go through ``pipeline.extraArgs``).
-PIPELINE_VALUES = {
-    "pca_k": "pcaK", "pca_variance": "pcaVariance", "pca_standardize": "pcaStandardize",
-    "batch_size": "batchSize", "arrow_batch_size": "arrowBatchSize", "partitions": "partitions",
-    "limit": "limit", "engine": "engine", "image_size": "imageSize", "weights": "weights", "overwrite": "overwrite",
-}
+#: Pipeline config field → chart value under ``pipeline``, from the options table; a forwarded option
+#: without one goes through ``pipeline.extraArgs``.
+PIPELINE_VALUES = {o.name: o.chart for o in OPTIONS.values() if o.forward and o.chart}
 
 
 # -- values ---------------------------------------------------------------------------------------------
@@ -103,28 +101,32 @@ def split_image(image: str) -> tuple[str, str | None]:
 
 # -- helm -----------------------------------------------------------------------------------------------
 
+# The chart and the tools are found from the working directory (a checkout's root, where `make` runs),
+# never from where this file is installed: an installed package has no checkout around it.
+
 def default_chart() -> Path | None:
-    """``$FRUITLENS_CHART``, else the chart beside the source tree (a checkout)."""
+    """``$FRUITLENS_CHART``, else helm/fruitlens under the working directory (a checkout's root)."""
     if os.environ.get("FRUITLENS_CHART"):
         return Path(os.environ["FRUITLENS_CHART"])
-    here = Path(__file__).resolve().parents[4] / "helm" / "fruitlens"
-    return here if (here / "Chart.yaml").is_file() else None
+    here = Path("helm") / "fruitlens"
+    return here.resolve() if (here / "Chart.yaml").is_file() else None
 
 
 def find_helm() -> str:
-    """``$HELM``, else build/tools/bin/helm of a checkout (scripts/install-helm.sh), else ``helm`` on PATH."""
+    """``$HELM``, else build/tools/bin/helm under the working directory (scripts/install-helm.sh), else
+    ``helm`` on PATH."""
     return _find_tool("helm", "HELM")
 
 
 def find_kubectl() -> str:
-    """``$KUBECTL``, else build/tools/bin/kubectl of a checkout, else ``kubectl`` on PATH."""
+    """``$KUBECTL``, else build/tools/bin/kubectl under the working directory, else ``kubectl`` on PATH."""
     return _find_tool("kubectl", "KUBECTL")
 
 
 def _find_tool(name: str, env: str) -> str:
     if os.environ.get(env):
         return os.environ[env]
-    local = Path(__file__).resolve().parents[4] / "build" / "tools" / "bin" / name
+    local = (Path("build") / "tools" / "bin" / name).resolve()
     if local.is_file():
         return str(local)
     found = shutil.which(name)

@@ -8,14 +8,7 @@ import argparse
 import json
 import sys
 
-from fruitlens.cli import (
-    DECODE_FLAGS,
-    ERROR_FLAGS,
-    PIPELINE_FLAGS,
-    STAGE_FLAGS,
-    add_pipeline_options,
-    pipeline_args,
-)
+from fruitlens.cli_options import FORWARDED, add_pipeline_options, pipeline_args
 from fruitlens.config import ConfigError
 from fruitlens.deploy.k8s import (
     PIPELINE_VALUES,
@@ -147,15 +140,13 @@ def submit_values(ns: argparse.Namespace) -> dict:
     if getattr(ns, "master", None):
         raise ConfigError("--master does not apply to k8s submit: the chart sets the Kubernetes master")
     pipeline = {key: getattr(ns, key, None) for key in PIPELINE_VALUES}
-    forwarded = {**PIPELINE_FLAGS, **STAGE_FLAGS, **ERROR_FLAGS, **DECODE_FLAGS}
-    unmapped = argparse.Namespace(**{k: getattr(ns, k, None) for k in forwarded
-                                    if k not in PIPELINE_VALUES})
+    unmapped = [k for k in FORWARDED if k not in PIPELINE_VALUES and k != "spark_conf"]  # spark.conf has its own
     return chart_values(
         input=ns.input, output=ns.output, command=ns.job_command, image=ns.image, pull_policy=ns.pull_policy,
         executors=ns.executors, executor_cores=ns.executor_cores, executor_memory=ns.executor_memory,
         executor_memory_overhead=ns.executor_memory_overhead, driver_memory=ns.driver_memory,
         s3_endpoint=ns.s3_endpoint, s3_secret=ns.s3_secret, pipeline=pipeline,
-        spark_conf=dict(ns.spark_conf or []), extra_args=pipeline_args(unmapped) or None,
+        spark_conf=dict(ns.spark_conf or []), extra_args=pipeline_args(ns, unmapped) or None,
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from fruitlens.deploy.k8s.errors import ApiError, JobFailed, K8sError
+from fruitlens.errors import require
 
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 COMPONENT_LABEL = "app.kubernetes.io/component"
@@ -27,6 +28,7 @@ SLOW_WAITING = {"ImagePullBackOff", "ErrImagePull"}
 
 def api_client(*, host: str | None = None, kubeconfig: str | None = None, context: str | None = None):
     """A kubernetes ApiClient: an explicit ``host`` (tests, ``kubectl proxy``), in-cluster, or kubeconfig."""
+    require("kubernetes", "k8s", "fruitlens k8s")
     from kubernetes import client, config
 
     if host:

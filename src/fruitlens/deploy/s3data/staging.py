@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from fruitlens.errors import FruitlensError
+from fruitlens.errors import FruitlensError, require
 from fruitlens.images import is_image_path, label_and_split
 from fruitlens.storage import uris
 
@@ -34,7 +34,7 @@ def split_uri(uri: str) -> tuple[str, str]:
         loc = uris.parse(uri)
     except uris.PathError:
         loc = None
-    if loc is None or loc.scheme not in ("s3", "s3a"):
+    if loc is None or loc.scheme not in uris.S3_SCHEMES:
         raise S3Error(f"{uri!r} is not an S3 URI: expected s3://bucket/prefix")
     return loc.authority, loc.path
 
@@ -73,7 +73,7 @@ def explain(exc: Exception, call: str, uri: str) -> S3Error:
 
 def client(region: str | None = None, *, max_connections: int = 10):
     """An S3 client; the endpoint, credentials and region come from the standard AWS settings."""
-    import boto3
+    boto3 = require("boto3", "s3", "fruitlens data")
     from botocore.config import Config
 
     return boto3.client("s3", region_name=region,

@@ -1,23 +1,19 @@
-"""Inference engines behind one small interface, and where their model files come from.
+"""The model every engine runs, and where its files come from: the weights, the cache, the ONNX export.
 
 Keras is the source of truth for the model and its weights. ONNX Runtime runs an ONNX export of that
-same Keras model (made once, cached by weights hash) and is several times faster on CPUs; the
-equivalence test keeps it within 1e-4 of Keras on real images.
+same Keras model (made once, cached by weights hash and image size) and is several times faster on CPUs;
+the equivalence test keeps it within 1e-4 of Keras on real images.
 
-Driver side: :func:`prepare_model` resolves the weights and, for ONNX, exports once.
-Worker side: :func:`load_engine` builds one engine per Python worker process and caches it.
+Import-light (no TensorFlow, no ONNX Runtime until a function needs them): the registry
+(:mod:`fruitlens.engines`) and the image's model stage (docker/bake-model.sh) import it.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-import numpy as np
 
 from fruitlens.errors import FruitlensError
 
@@ -27,7 +23,7 @@ FEATURE_DIM = 1280
 INPUT_SHAPE = (224, 224, 3)
 #: Input sizes MobileNetV2 may be built at (fully convolutional: the weights fit any of them); 224 is
 #: the size the weights were trained at and the default.
-IMAGE_SIZES = (224, 160, 128, 96)  # the same as fruitlens.config.IMAGE_SIZES
+IMAGE_SIZES = (224, 160, 128, 96)  # fruitlens.config takes its choices from here
 ONNX_OPSET = 17
 
 
@@ -35,19 +31,11 @@ class ModelError(FruitlensError, RuntimeError):
     """The weights or the exported model cannot be found, read or built."""
 
 
-class Engine(Protocol):
-    name: str
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) float32 at the model's size S, already preprocessed → (N, 1280) float32."""
-        ...
-
-
 @dataclass(frozen=True)
 class ModelArtifact:
     """What the driver hands to workers: the engine and one local file it loads."""
 
-    engine: str  # "onnx" | "keras": which engine class loads ``path``
+    engine: str  # the registered engine (fruitlens.engines.ENGINES) whose ``load`` runs ``path``
     path: str
     sha256: str  # of the Keras weights
     precision: str = "fp32"  # "int8": an ONNX Runtime static quantization of the fp32 export
@@ -166,54 +154,33 @@ def export_onnx(weights_path: str | os.PathLike[str], out_path: str | os.PathLik
     return out_path
 
 
-def onnx_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def onnx_file_name(weights_sha256: str, image_size: int = 224) -> str:
     """The fp32 export's name; 224 keeps the name images bake in (see docker/)."""
     size = "" if image_size == 224 else f"_{image_size}px"
     return f"mobilenet_v2_avg_{weights_sha256[:16]}{size}_opset{ONNX_OPSET}.onnx"
 
 
-def prepare_model(engine: str, weights: str, *, image_size: int = 224, calibration=None) -> ModelArtifact:
-    """Driver side: resolve the weights once; for ONNX, reuse or make the export for these weights.
-
-    ``onnx-int8`` quantizes that export on ``calibration`` (a :class:`fruitlens.engines.quantize.Calibration`,
-    or a function returning one, called only when the quantized model is not cached yet).
-    """
-    if engine == "auto":
-        engine = "onnx" if onnx_available() else "keras"
+def check_image_size(image_size: int) -> None:
     if image_size not in IMAGE_SIZES:
         raise ModelError(f"image size must be one of {', '.join(map(str, IMAGE_SIZES))}, got {image_size}")
-    weights_path = resolve_weights(weights)
-    digest = sha256_file(weights_path)
-    if engine == "keras":
-        require_tensorflow("--engine keras")
-        return ModelArtifact("keras", str(weights_path), digest, image_size=image_size)
+
+
+def onnx_export(weights_path: str | os.PathLike[str], digest: str, image_size: int = 224) -> Path:
+    """The fp32 ONNX export of these weights at this size: from the cache (the image's baked one, or a
+    writable fallback), else made once into the cache."""
     name = onnx_file_name(digest, image_size)
-    onnx_path = cache_dir() / name
-    if not onnx_path.is_file():
-        onnx_path = _writable(cache_dir()) / name
-        if not onnx_path.is_file():
-            export_onnx(weights_path, onnx_path, image_size)
-    if engine == "onnx-int8":
-        from fruitlens.engines.quantize import quantized_model
-
-        if calibration is None:
-            raise ModelError("the int8 engine needs calibration photos")
-        int8_path = quantized_model(onnx_path, calibration)
-        return ModelArtifact("onnx", str(int8_path), digest, precision="int8", image_size=image_size)
-    return ModelArtifact("onnx", str(onnx_path), digest, image_size=image_size)
+    path = cache_dir() / name
+    if not path.is_file():
+        path = writable_cache() / name
+        if not path.is_file():
+            export_onnx(weights_path, path, image_size)
+    return path
 
 
-def _writable(cache: Path) -> Path:
-    """``cache``, or a folder under TMPDIR when it cannot be written: in a pod the image's cache is on a
-    read-only root filesystem, and a custom ``.h5`` still needs its export somewhere."""
+def writable_cache() -> Path:
+    """:func:`cache_dir`, or a folder under TMPDIR when it cannot be written: in a pod the image's cache is
+    on a read-only root filesystem, and a custom ``.h5`` still needs its export somewhere."""
+    cache = cache_dir()
     try:
         cache.mkdir(parents=True, exist_ok=True)
         if os.access(cache, os.W_OK | os.X_OK):
@@ -227,57 +194,3 @@ def _writable(cache: Path) -> Path:
     log(f"model cache {cache} is not writable (read-only filesystem?): exporting the ONNX model to {fallback} "
         "instead; it lasts as long as that folder (set FRUITLENS_CACHE to a persistent writable place)")
     return fallback
-
-
-class KerasEngine:
-    name = "keras"
-
-    def __init__(self, weights_path: str, threads: int = 0) -> None:
-        tf, _ = import_tensorflow()
-
-        if threads:
-            try:  # only possible before TF's runtime starts; a reused worker has it set already
-                tf.config.threading.set_intra_op_parallelism_threads(threads)
-                tf.config.threading.set_inter_op_parallelism_threads(1)
-            except RuntimeError:
-                pass
-        model = build_keras_model(weights_path)
-        # A traced graph, not an eager call: several times faster per batch, as model.predict runs it.
-        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._forward(batch), dtype=np.float32)
-
-
-class OnnxEngine:
-    name = "onnx"
-
-    def __init__(self, onnx_path: str, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0 = all cores; Spark passes its task's cpus
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        try:
-            self._session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"cannot load ONNX model {onnx_path}: {exc}") from None
-        self._input = self._session.get_inputs()[0].name
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: batch})[0].astype(np.float32, copy=False)
-
-
-_ENGINES: dict[tuple[str, str, int], Engine] = {}
-_LOCK = threading.Lock()
-
-
-def load_engine(engine: str, path: str, threads: int = 0) -> Engine:
-    """One engine per process and model file: a reused Spark Python worker builds it once."""
-    key = (engine, path, threads)
-    with _LOCK:
-        if key not in _ENGINES:
-            cls = OnnxEngine if engine == "onnx" else KerasEngine
-            _ENGINES[key] = cls(path, threads)
-        return _ENGINES[key]

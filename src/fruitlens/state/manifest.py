@@ -1,31 +1,25 @@
-"""The output layout, what may be (re)used, the run record and the manifest (always written last).
+"""The records fruitlens keeps in OUTPUT (settings, manifest) and what a run may (re)use.
 
 ``OUTPUT/_fruitlens/settings.json`` is written before any feature: the input and the settings that
 define a feature vector. A later run continues OUTPUT only with the same ones (else it is refused,
-naming the setting, unless ``--overwrite``). ``_fruitlens/run.json`` records the run in progress (and
-the history before it), so an interrupted run is still described by ``fruitlens status``.
+naming the setting, unless ``--overwrite``). ``manifest.json`` is written last (its presence means the
+output is finished), and changed only through :func:`update_manifest`.
 """
 from __future__ import annotations
 
 import json
-import platform
-import sys
-from dataclasses import dataclass
-from importlib import metadata
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from fruitlens.errors import FruitlensError
-from fruitlens.redact import redact, redact_text
+from fruitlens.redact import redact
+from fruitlens.state import layout
+from fruitlens.state.layout import MANIFEST, SETTINGS, STATE
 from fruitlens.storage import uris
 from fruitlens.storage.store import Store
 
-SETTINGS = "_fruitlens/settings.json"
-RUN = "_fruitlens/run.json"
-MANIFEST = "manifest.json"
-#: Bumped when the committed layout changes incompatibly.
-LAYOUT_VERSION = 1
-#: Everything fruitlens writes directly in OUTPUT: ``--overwrite`` deletes these and nothing else.
-ENTRIES = frozenset({"_fruitlens", "features", "errors", "pca", "pca_model", MANIFEST, "classifier", "predictor",
-                     "report"})
+if TYPE_CHECKING:
+    from fruitlens.state.lock import RunLock
 
 
 class OutputExistsError(FruitlensError, RuntimeError):
@@ -42,38 +36,17 @@ class OutputMissingError(FruitlensError, FileNotFoundError):
     """OUTPUT is not a finished fruitlens output."""
 
 
-@dataclass(frozen=True)
-class OutputLayout:
-    root: str
-
-    def _child(self, name: str) -> str:
-        return f"{self.root.rstrip('/')}/{name}"
-
-    @property
-    def features(self) -> str:
-        return self._child("features")
-
-    @property
-    def errors(self) -> str:
-        return self._child("errors")
-
-    @property
-    def pca(self) -> str:
-        return self._child("pca")
-
-    @property
-    def pca_model(self) -> str:
-        return self._child("pca_model")
-
-    @property
-    def manifest(self) -> str:
-        return self._child(MANIFEST)
-
-
 def read_json(store: Store, rel: str) -> dict | None:
     text = store.read_text(rel)
     return None if text is None else json.loads(text)
 
+
+def write_json(store: Store, rel: str, doc: dict, **kwargs) -> None:
+    """Every JSON record fruitlens leaves in OUTPUT is written here, secrets masked (fruitlens.redact)."""
+    store.write_text(rel, json.dumps(redact(doc), indent=2, sort_keys=False) + "\n", **kwargs)
+
+
+# ---------------------------------------------------------------- may this run use OUTPUT?
 
 def check_reusable(store: Store, input_uri: str, *, overwrite: bool) -> None:
     """Before the lock and the model: refuse an OUTPUT that is not this INPUT's fruitlens output; with
@@ -90,7 +63,7 @@ def check_reusable(store: Store, input_uri: str, *, overwrite: bool) -> None:
         return
     settings = read_json(store, SETTINGS)
     if settings is None:
-        others = [i for i in store.fs.get_file_info(_selector(store)) if "/_fruitlens" not in i.path]
+        others = [i for i in store.fs.get_file_info(_selector(store)) if f"/{STATE}" not in i.path]
         if others:
             raise OutputExistsError(
                 f"OUTPUT {store.uri} exists and is not a fruitlens output of this version (no {SETTINGS}); "
@@ -129,32 +102,34 @@ def foreign_entries(store: Store) -> list[str]:
     if store.info().type == pafs.FileType.File:
         return [store.root.rsplit("/", 1)[-1]]
     names = sorted(i.base_name for i in store.fs.get_file_info(_selector(store, recursive=False)))
-    ours = {n for n in names if n in ENTRIES or _temporary(n)}
-    if "_fruitlens" not in names:
+    ours = {n for n in names if n in layout.ENTRIES or layout.temporary(n)}
+    if STATE not in names:
         return names
     return [n for n in names if n not in ours]
 
 
-def _temporary(name: str) -> bool:
-    """A temporary file of an interrupted atomic write of ours (``.manifest.json.tmp-…``)."""
-    return name.startswith(".") and ".tmp-" in name and name[1:].split(".tmp-", 1)[0] in ENTRIES
-
-
-def leftovers(store: Store, folders: tuple[str, ...]) -> list[str]:
-    """Temporary files of our interrupted atomic writes in OUTPUT itself and in ``folders``."""
-    top = [p for p in store.hidden_leftovers("") if _temporary(p.rsplit("/", 1)[-1])]
-    return top + [p for folder in folders for p in store.hidden_leftovers(folder)]
+def leftovers(store: Store) -> list[str]:
+    """Temporary files of our interrupted atomic writes in OUTPUT itself, its run state and committed rows."""
+    top = [p for p in store.hidden_leftovers("") if layout.temporary(p.rsplit("/", 1)[-1])]
+    return top + [p for folder in (STATE, *layout.COMMITTED) for p in store.hidden_leftovers(folder)]
 
 
 def clear(store: Store) -> None:
-    """``--overwrite``: remove fruitlens's entries (:data:`ENTRIES`) but the lock (held by this run);
+    """``--overwrite``: remove fruitlens's entries (:data:`layout.ENTRIES`) but the lock (held by this run);
     anything else in OUTPUT is left alone (:func:`check_reusable` refuses such an OUTPUT before)."""
+    lock_name = layout.LOCK.rsplit("/", 1)[-1]
     for info in store.fs.get_file_info(_selector(store, recursive=False)):
-        if info.base_name != "_fruitlens" and (info.base_name in ENTRIES or _temporary(info.base_name)):
+        if info.base_name != STATE and (info.base_name in layout.ENTRIES or layout.temporary(info.base_name)):
             store.delete_tree(info.path[len(store.root) + 1:])
-    for info in store.fs.get_file_info(_selector(store, "_fruitlens")):
-        if info.base_name != "lock.json":
+    for info in store.fs.get_file_info(_selector(store, STATE)):
+        if info.base_name != lock_name:
             store.delete(info.path)
+
+
+def drop_derived(store: Store) -> None:
+    """Remove what was made from the PCA (:data:`layout.DERIVED`): it is about to change."""
+    for name in layout.DERIVED:
+        store.delete_tree(name)
 
 
 def _selector(store: Store, rel: str = "", recursive: bool = True):
@@ -163,30 +138,7 @@ def _selector(store: Store, rel: str = "", recursive: bool = True):
     return pafs.FileSelector(store.fs_path(rel), recursive=recursive, allow_not_found=True)
 
 
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for dist in ("fruitlens", "pyspark", "numpy", "pandas", "pyarrow", "pillow", "onnxruntime",
-                 "tensorflow-cpu", "tensorflow", "keras", "tf2onnx"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            if dist == "pyspark":  # the images' pyspark is their base's $SPARK_HOME/python, not a distribution
-                try:
-                    from pyspark import __version__ as spark_version
-                except ImportError:
-                    continue
-                versions[dist] = spark_version
-    return versions
-
-
-def write_json(store: Store, rel: str, doc: dict, **kwargs) -> None:
-    """Every JSON record fruitlens leaves in OUTPUT is written here, secrets masked (fruitlens.redact)."""
-    store.write_text(rel, json.dumps(redact(doc), indent=2, sort_keys=False) + "\n", **kwargs)
-
-
-def write_manifest(store: Store, manifest: dict, *, before_publish=None) -> None:
-    write_json(store, MANIFEST, manifest, before_publish=before_publish)
-
+# ---------------------------------------------------------------- the manifest
 
 def read_manifest(store: Store) -> dict:
     manifest = read_json(store, MANIFEST)
@@ -197,6 +149,26 @@ def read_manifest(store: Store) -> dict:
     return manifest
 
 
-def command_line() -> str:
-    """This process's command line as records and the lock show it (secrets masked)."""
-    return redact_text(" ".join(sys.argv))
+def publish(store: Store, lock: RunLock, manifest: dict, *, before_publish=None) -> None:
+    """Write the manifest, last and atomically (its presence means the output is complete), unless this
+    run lost its lock (then nothing more may be published)."""
+    lock.check()
+    write_json(store, MANIFEST, manifest, before_publish=before_publish)
+
+
+def unpublish(store: Store) -> None:
+    """OUTPUT is about to change: it is no longer a finished output until :func:`publish`."""
+    store.delete(store.fs_path(MANIFEST))
+
+
+def update_manifest(store: Store, lock: RunLock, change: Callable[[dict], dict], *, unpublished: bool = False,
+                    before_publish=None) -> dict:
+    """The one read-modify-write of a finished OUTPUT's manifest, under the run's lock: ``change`` gets the
+    manifest and returns the new one (it may do the work that changes OUTPUT meanwhile). ``unpublished``:
+    the manifest is removed while ``change`` runs (what it describes is being rewritten)."""
+    manifest = read_manifest(store)
+    if unpublished:
+        unpublish(store)
+    manifest = change(manifest)
+    publish(store, lock, manifest, before_publish=before_publish)
+    return manifest
