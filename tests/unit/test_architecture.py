@@ -25,8 +25,8 @@ PKG = "fruitlens"
 #: Third-party libraries the stage modules must not reach.
 FORBIDDEN = {"boto3", "botocore", "kubernetes", "matplotlib"}
 #: The stage modules; a name ending in ".*" is every module of that package.
-STAGES = ("images", "featurize", "pca", "moments", "projection", "mlsave", "pipeline", "spark", "config",
-          "engines.*", "storage.*", "state.*")
+STAGES = ("images", "featurize", "pca", "pca_stage", "moments", "projection", "mlsave", "pipeline", "spark",
+          "config", "engines.*", "storage.*", "state.*", "classify.train", "classify.predictor", "classify.export")
 #: Known, argued exceptions to rule 3: module → what it may import (lazily, inside a function).
 ALLOWED = {
     # S3's conditional PUT (the run lock's If-None-Match), which pyarrow cannot send; only for s3:// OUTPUT.
