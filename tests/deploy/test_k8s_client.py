@@ -86,15 +86,24 @@ def test_submit_refuses_options_the_cluster_cannot_use(capsys):
     assert main(["k8s", "submit", "--master", "local[2]", "--server", "http://127.0.0.1:9"]) == 2
 
 
+DIGEST = "sha256:" + "ab" * 32
+
+
 @pytest.mark.parametrize("image, expected", [
-    ("fruitlens", ("fruitlens", None)),
-    ("fruitlens:1.0", ("fruitlens", "1.0")),
-    ("localhost:5000/fruitlens", ("localhost:5000/fruitlens", None)),
-    ("localhost:5000/ml/fruitlens:dev", ("localhost:5000/ml/fruitlens", "dev")),
-    ("fruitlens@sha256:abc", ("fruitlens@sha256:abc", None)),
+    ("fruitlens", ("fruitlens", None, None)),
+    ("fruitlens:1.0", ("fruitlens", "1.0", None)),
+    ("localhost:5000/fruitlens", ("localhost:5000/fruitlens", None, None)),
+    ("localhost:5000/ml/fruitlens:dev", ("localhost:5000/ml/fruitlens", "dev", None)),
+    (f"fruitlens@{DIGEST}", ("fruitlens", None, DIGEST)),
+    (f"localhost:5000/fruitlens:oss@{DIGEST}", ("localhost:5000/fruitlens", "oss", DIGEST)),
 ])
 def test_split_image(image, expected):
     assert split_image(image) == expected
+
+
+def test_split_image_refuses_a_malformed_digest():
+    with pytest.raises(K8sError, match="not an image digest"):
+        split_image("fruitlens@sha256:abc")
 
 
 def test_submit_values_render_with_the_real_chart():

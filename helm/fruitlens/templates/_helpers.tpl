@@ -30,7 +30,7 @@ Names are DNS labels: Kubernetes caps them at 63 characters, so every name is tr
 {{- define "fruitlens.labels" -}}
 helm.sh/chart: {{ include "fruitlens.chart" . }}
 {{ include "fruitlens.selectorLabels" . }}
-app.kubernetes.io/version: {{ (.Values.image.tag | default .Chart.AppVersion) | toString | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/version: {{ include "fruitlens.version" . | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: fruitlens
 {{- end }}
@@ -41,9 +41,30 @@ app.kubernetes.io/name: {{ include "fruitlens.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{/* The image reference; the tag falls back to the chart's appVersion. */}}
+{{/* The app.kubernetes.io/version label: the image tag (or appVersion) cut to what a label value allows
+(63 characters of [A-Za-z0-9_.-], alphanumeric at both ends); a digest never goes into it. */}}
+{{- define "fruitlens.version" -}}
+{{- .Values.image.tag | default .Chart.AppVersion | toString | regexReplaceAll "[^A-Za-z0-9_.-]" "_" | trunc 63 | trimAll "_.-" }}
+{{- end }}
+
+{{/* The image reference: repository:tag, the tag falling back to the chart's appVersion; with image.digest
+repository@digest, or repository:tag@digest when a tag is set too (the runtime pulls by the digest, the tag
+only names it). */}}
 {{- define "fruitlens.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
+{{- $tag := .Values.image.tag | toString }}
+{{- if .Values.image.digest }}
+{{- if $tag }}{{ printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}{{ printf "%s@%s" .Values.image.repository .Values.image.digest }}{{ end }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository ($tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* The pull policy: image.pullPolicy, else IfNotPresent for a digest (it cannot change) and Always for a
+tag (a re-pushed tag stays stale on the nodes that pulled it before, so executors on different nodes
+would run different code). */}}
+{{- define "fruitlens.pullPolicy" -}}
+{{- .Values.image.pullPolicy | default (ternary "IfNotPresent" "Always" (not (empty .Values.image.digest))) }}
 {{- end }}
 
 {{/* The ServiceAccount the driver runs as (and asks the API server with). */}}
@@ -139,7 +160,7 @@ fields of the SparkApplication) and anything about authentication (the operator 
 {{- $conf := dict }}
 {{- $_ := set $conf "spark.app.name" (include "fruitlens.fullname" .) }}
 {{- $_ = set $conf "spark.kubernetes.namespace" .Release.Namespace }}
-{{- $_ = set $conf "spark.kubernetes.container.image.pullPolicy" .Values.image.pullPolicy }}
+{{- $_ = set $conf "spark.kubernetes.container.image.pullPolicy" (include "fruitlens.pullPolicy" .) }}
 {{- $_ = set $conf "spark.kubernetes.executor.podNamePrefix" (include "fruitlens.executorPrefix" .) }}
 {{- $_ = set $conf "spark.executor.instances" (.Values.executor.instances | toString) }}
 {{- $_ = set $conf "spark.executor.cores" (.Values.executor.cores | toString) }}

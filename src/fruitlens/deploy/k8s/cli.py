@@ -70,8 +70,10 @@ def register(subparsers) -> None:
     p.add_argument("--extract", dest="job_command", action="store_const", const="extract", default="run",
                    help="features only (`fruitlens extract`)")
     p.add_argument("--chart", default=None, help="chart path or reference (default: helm/fruitlens of this checkout)")
-    p.add_argument("--image", help="image as REPOSITORY[:TAG] (default: the chart's)")
-    p.add_argument("--pull-policy", choices=("Always", "IfNotPresent", "Never"))
+    p.add_argument("--image", help="image as REPOSITORY[:TAG][@sha256:DIGEST] (default: the chart's); a digest "
+                   "pins the exact image `make push` printed")
+    p.add_argument("--pull-policy", choices=("Always", "IfNotPresent", "Never"),
+                   help="default: IfNotPresent for a digest, Always for a tag (a moved tag is pulled again)")
     p.add_argument("--executors", type=int, help="executor pods")
     p.add_argument("--executor-cores", type=int)
     p.add_argument("--executor-memory", help="executor heap, e.g. 2g")
