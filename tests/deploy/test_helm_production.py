@@ -87,3 +87,30 @@ def test_the_local_cluster_targets_keep_the_loaded_image():
     """kind/minikube load the image into the node: with a tag's default (Always) they would try a registry."""
     text = (CHART.parents[1] / "mk" / "k8s.mk").read_text()
     assert "--pull-policy IfNotPresent" in text
+
+
+# -- 3. executor cores raise the CPU request and the memory overhead -------------------------------------
+
+@pytest.mark.parametrize("cores, cpu, overhead", [(1, "500m", "1500m"), (4, "2000m", "4800m")])
+def test_executor_cores_raise_the_cpu_request_and_the_memory_overhead(cores, cpu, overhead):
+    """Finding 3: `--executor-cores 4` kept a 500m request and 1500m overhead while each of the four Python
+    workers takes ~1.1 GB: OOM-killed, and four task slots squeezed into half a core."""
+    from fruitlens.deploy.k8s import chart_values
+
+    docs, _ = render(chart_values(executor_cores=cores))
+    conf = conf_of(docs)
+    assert conf["spark.executor.cores"] == str(cores)
+    assert conf["spark.kubernetes.executor.request.cores"] == cpu
+    assert conf["spark.executor.memoryOverhead"] == overhead
+    app = one(render({**chart_values(executor_cores=cores), "sparkOperator": {"enabled": True}})[0],
+              "SparkApplication")["spec"]["executor"]
+    assert (app["coreRequest"], app["memoryOverhead"]) == (cpu, overhead)
+
+
+def test_explicit_executor_request_and_overhead_win():
+    docs, _ = render({"executor": {"cores": 4, "requestCores": "3", "memoryOverhead": "6g"}})
+    conf = conf_of(docs)
+    assert (conf["spark.kubernetes.executor.request.cores"], conf["spark.executor.memoryOverhead"]) == ("3", "6g")
+    docs, _ = render({"executor": {"cores": 2, "requestCoresPerCore": 1, "pythonWorkerMemory": "2g"}})
+    conf = conf_of(docs)
+    assert (conf["spark.kubernetes.executor.request.cores"], conf["spark.executor.memoryOverhead"]) == ("2000m", "4496m")

@@ -136,6 +136,28 @@ bare flag, a number or non-empty string the flag and its value, null/false/"" le
 {{- end }}
 {{- end }}
 
+{{/* A CPU quantity (`500m`, `1`, `1.5`) in millicores. */}}
+{{- define "fruitlens.millicores" -}}
+{{- $s := . | toString }}
+{{- if hasSuffix "m" $s }}{{ trimSuffix "m" $s | int }}{{ else }}{{ mulf ($s | float64) 1000 | int }}{{ end }}
+{{- end }}
+
+{{/* The executor's CPU request: executor.requestCores, else requestCoresPerCore × cores (finding: a fixed
+500m squeezed four task slots into half a core). */}}
+{{- define "fruitlens.executorRequestCores" -}}
+{{- with .Values.executor.requestCores }}{{ . | toString }}
+{{- else }}{{ printf "%dm" (mul (include "fruitlens.millicores" .Values.executor.requestCoresPerCore | int) .Values.executor.cores) }}
+{{- end }}
+{{- end }}
+
+{{/* The executor's memory overhead: executor.memoryOverhead, else 400m for the JVM's off-heap plus one
+Python worker (pythonWorkerMemory) per task slot, which each hold a model and a decoded batch. */}}
+{{- define "fruitlens.executorMemoryOverhead" -}}
+{{- with .Values.executor.memoryOverhead }}{{ . | toString }}
+{{- else }}{{ printf "%dm" (add 400 (mul (include "fruitlens.mib" .Values.executor.pythonWorkerMemory | int) .Values.executor.cores)) }}
+{{- end }}
+{{- end }}
+
 {{/* The driver container's resources: memory request and limit = heap + overhead unless set explicitly
 (a larger --driver-memory then raises the limit with it instead of being OOMKilled under the old one). */}}
 {{- define "fruitlens.driverResources" -}}
@@ -165,12 +187,10 @@ fields of the SparkApplication) and anything about authentication (the operator 
 {{- $_ = set $conf "spark.executor.instances" (.Values.executor.instances | toString) }}
 {{- $_ = set $conf "spark.executor.cores" (.Values.executor.cores | toString) }}
 {{- $_ = set $conf "spark.executor.memory" .Values.executor.memory }}
-{{- $_ = set $conf "spark.executor.memoryOverhead" .Values.executor.memoryOverhead }}
+{{- $_ = set $conf "spark.executor.memoryOverhead" (include "fruitlens.executorMemoryOverhead" .) }}
 {{- /* Read by the job right after the session starts, before executors register: set it, don't count. */}}
 {{- $_ = set $conf "spark.default.parallelism" (mul .Values.executor.instances .Values.executor.cores | toString) }}
-{{- with .Values.executor.requestCores }}
-{{- $_ = set $conf "spark.kubernetes.executor.request.cores" (. | toString) }}
-{{- end }}
+{{- $_ = set $conf "spark.kubernetes.executor.request.cores" (include "fruitlens.executorRequestCores" .) }}
 {{- with .Values.executor.limitCores }}
 {{- $_ = set $conf "spark.kubernetes.executor.limit.cores" (. | toString) }}
 {{- end }}
