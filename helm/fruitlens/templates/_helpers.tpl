@@ -44,7 +44,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The app.kubernetes.io/version label: the image tag (or appVersion) cut to what a label value allows
 (63 characters of [A-Za-z0-9_.-], alphanumeric at both ends); a digest never goes into it. */}}
 {{- define "fruitlens.version" -}}
-{{- .Values.image.tag | default .Chart.AppVersion | toString | regexReplaceAll "[^A-Za-z0-9_.-]" "_" | trunc 63 | trimAll "_.-" }}
+{{- regexReplaceAll "[^A-Za-z0-9_.-]" (.Values.image.tag | default .Chart.AppVersion | toString) "_" | trunc 63 | trimAll "_.-" }}
 {{- end }}
 
 {{/* The image reference: repository:tag, the tag falling back to the chart's appVersion; with image.digest
@@ -209,6 +209,21 @@ AWS SDK v2's default chain has both, plus env, profile and the instance role. */
 {{- with .Values.s3.region }}
 {{- $_ = set $conf "spark.hadoop.fs.s3a.endpoint.region" . }}
 {{- end }}
+{{- /* RPC between driver and executors needs a shared secret: Spark on Kubernetes generates one per
+application and hands it to the executors it creates (env SPARK_AUTHENTICATE_SECRET). */}}
+{{- $_ = set $conf "spark.authenticate" (.Values.spark.authenticate | toString) }}
+{{- /* The UI's kill links would let anyone reaching port 4040 stop stages; `fruitlens k8s ui` only reads. */}}
+{{- $_ = set $conf "spark.ui.killEnabled" "false" }}
+{{- if .Values.decommission.enabled }}
+{{- /* A spot notice or a drain: the executor pod's preStop hook (Spark adds spark.kubernetes.decommission.script,
+/opt/decom.sh) signals the executor, which stops taking tasks and migrates its shuffle and cached blocks
+before it exits, instead of being lost with them. */}}
+{{- $_ = set $conf "spark.decommission.enabled" "true" }}
+{{- $_ = set $conf "spark.storage.decommission.enabled" "true" }}
+{{- $_ = set $conf "spark.storage.decommission.shuffleBlocks.enabled" "true" }}
+{{- $_ = set $conf "spark.storage.decommission.rddBlocks.enabled" "true" }}
+{{- $_ = set $conf "spark.executor.decommission.forceKillTimeout" (printf "%ds" (max 10 (sub (int .Values.decommission.gracePeriodSeconds) 15))) }}
+{{- end }}
 {{- range $k, $v := .Values.spark.conf }}
 {{- $_ = set $conf $k ($v | toString) }}
 {{- end }}
@@ -284,4 +299,45 @@ lands its files (SparkFiles.getRootDirectory() is "." on executors). */}}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/* Scheduling of one role's pods (dict "root" $ "role" "driver"|"executor") as a YAML map of pod spec fields:
+the shared nodeSelector/tolerations/affinity, with the role's own merged over them (its nodeSelector keys
+win, its tolerations are added, its affinity replaces the shared one), and the role's priorityClassName and
+topologySpreadConstraints. A spread constraint without a labelSelector gets this release's pods of this role
+(so executors spread among themselves, not with other jobs). */}}
+{{- define "fruitlens.scheduling" -}}
+{{- $v := .root.Values }}
+{{- $r := index $v .role }}
+{{- $out := dict }}
+{{- $sel := merge (dict) ($r.nodeSelector | default dict) ($v.nodeSelector | default dict) }}
+{{- if $sel }}{{ $_ := set $out "nodeSelector" $sel }}{{ end }}
+{{- $tol := concat ($v.tolerations | default list) ($r.tolerations | default list) }}
+{{- if $tol }}{{ $_ := set $out "tolerations" $tol }}{{ end }}
+{{- $aff := $r.affinity | default $v.affinity }}
+{{- if $aff }}{{ $_ := set $out "affinity" $aff }}{{ end }}
+{{- with $r.priorityClassName }}{{ $_ := set $out "priorityClassName" . }}{{ end }}
+{{- $spread := list }}
+{{- range $r.topologySpreadConstraints }}
+{{- $c := deepCopy . }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $labels := include "fruitlens.selectorLabels" $.root | fromYaml }}
+{{- $_ := set $labels "app.kubernetes.io/component" $.role }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $labels) }}
+{{- end }}
+{{- $spread = append $spread $c }}
+{{- end }}
+{{- if $spread }}{{ $_ := set $out "topologySpreadConstraints" $spread }}{{ end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/* Annotations of one role's pods (dict "root" $ "role" ...): podAnnotations, the role's own, and on the
+driver karpenter.sh/do-not-disrupt unless driver.doNotDisrupt is false: Karpenter then does not consolidate
+or drift its node away while it runs (losing the driver loses the job; executors are replaced by Spark). */}}
+{{- define "fruitlens.podAnnotations" -}}
+{{- $v := .root.Values }}
+{{- $r := index $v .role }}
+{{- $out := merge (dict) ($r.podAnnotations | default dict) ($v.podAnnotations | default dict) }}
+{{- if and (eq .role "driver") $v.driver.doNotDisrupt }}{{ $_ := set $out "karpenter.sh/do-not-disrupt" "true" }}{{ end }}
+{{- if $out }}{{ toYaml $out }}{{ end }}
 {{- end }}
