@@ -210,7 +210,7 @@ AWS SDK v2's default chain has both, plus env, profile and the instance role. */
 {{- $_ = set $conf "spark.hadoop.fs.s3a.endpoint.region" . }}
 {{- end }}
 {{- /* RPC between driver and executors needs a shared secret: Spark on Kubernetes generates one per
-application and hands it to the executors it creates (env SPARK_AUTHENTICATE_SECRET). */}}
+application and hands it to the executors it creates (env _SPARK_AUTH_SECRET in Spark 4). */}}
 {{- $_ = set $conf "spark.authenticate" (.Values.spark.authenticate | toString) }}
 {{- /* The UI's kill links would let anyone reaching port 4040 stop stages; `fruitlens k8s ui` only reads. */}}
 {{- $_ = set $conf "spark.ui.killEnabled" "false" }}
