@@ -496,3 +496,60 @@ def test_ui_of_a_finished_driver_says_the_ui_is_gone_and_where_the_log_is(kube, 
 def test_ui_of_an_unknown_release_names_it(kube, recording_kubectl, capsys):
     assert main(["k8s", "ui", "nope", "--server", kube.url]) != 0
     assert "release nope has no driver pod" in capsys.readouterr().err
+
+
+# -- issue 22, finding 7: no endless wait on executors that can never be scheduled --------------------------
+
+def _unschedulable(name: str) -> dict:
+    p = pod(name, "demo", "executor", "Pending", container="executor")
+    p["status"]["containerStatuses"] = []
+    p["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                  "message": "0/3 nodes are available: 3 Insufficient memory."}]
+    return p
+
+
+def test_follow_fails_when_no_executor_can_ever_be_scheduled(kube):
+    """Finding 7: executors Pending Unschedulable hung the job (and `k8s submit`) forever."""
+    clock = FakeClock()
+    jobs = JobClient(api_client(host=kube.url), "default", sleep=clock.sleep, clock=clock)
+    kube.put("jobs", job("demo", active=1))
+    kube.put("pods", pod("demo-fruitlens-abc", "demo", "driver", "Running"))
+    kube.put("pods", _unschedulable("demo-fruitlens-exec-1"))
+    kube.put("pods", _unschedulable("demo-fruitlens-exec-2"))
+    kube.logs[("default", "demo-fruitlens-abc")] = ["waiting for executors\n"]
+    with pytest.raises(JobFailed, match=r"no executor could be scheduled for 600s \(demo-fruitlens-exec-1: "
+                                        r"Unschedulable: 0/3 nodes are available: 3 Insufficient memory\.\)"):
+        jobs.follow("demo", io.StringIO(), poll=10, executor_timeout=600)
+    assert 600 <= clock.now <= 620
+    text = "\n".join(jobs.status("demo").lines())
+    assert "no executor can be scheduled" in text
+
+
+def test_follow_keeps_waiting_while_some_executor_runs(kube):
+    clock = FakeClock()
+    polls = {"n": 0}
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        polls["n"] += 1
+        if polls["n"] == 100:  # long after executor_timeout: one executor runs, the other waits for capacity
+            kube.put("pods", pod("demo-fruitlens-abc", "demo", "driver", "Succeeded", terminated=(0, "Completed", "")))
+            kube.put("jobs", job("demo", succeeded=1, condition=("Complete", "", "")))
+
+    jobs = JobClient(api_client(host=kube.url), "default", sleep=sleep, clock=clock)
+    kube.put("jobs", job("demo", active=1))
+    kube.put("pods", pod("demo-fruitlens-abc", "demo", "driver", "Running"))
+    kube.put("pods", pod("demo-fruitlens-exec-1", "demo", "executor", "Running", container="executor"))
+    kube.put("pods", _unschedulable("demo-fruitlens-exec-2"))
+    kube.logs[("default", "demo-fruitlens-abc")] = ["done\n"]
+    assert jobs.follow("demo", io.StringIO(), poll=10, executor_timeout=60).state == "succeeded"
+
+
+def test_follow_gives_up_at_its_timeout_saying_the_job_still_runs(kube):
+    clock = FakeClock()
+    jobs = JobClient(api_client(host=kube.url), "default", sleep=clock.sleep, clock=clock)
+    kube.put("jobs", job("demo", active=1))
+    kube.put("pods", pod("demo-fruitlens-abc", "demo", "driver", "Running"))
+    kube.logs[("default", "demo-fruitlens-abc")] = ["working\n"]
+    with pytest.raises(K8sError, match=r"still running after 100s \(--timeout\); it keeps running"):
+        jobs.follow("demo", io.StringIO(), timeout=100, poll=10)

@@ -55,6 +55,8 @@ def _add_follow_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait for the job (default 6h)")
     p.add_argument("--start-timeout", type=float, default=900,
                    help="seconds to wait for the driver to start (default 900)")
+    p.add_argument("--executor-timeout", type=float, default=600,
+                   help="seconds every executor may stay unschedulable before the job is reported failed (default 600)")
     p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
 
 
@@ -188,7 +190,7 @@ def _submit(ns: argparse.Namespace) -> int:
 
 def _follow(jobs: JobClient, ns: argparse.Namespace, *, stream: bool = True) -> int:
     status = jobs.follow(ns.release, sys.stdout, timeout=ns.timeout, start_timeout=ns.start_timeout,
-                         poll=ns.poll, progress=_say, stream=stream)
+                         poll=ns.poll, progress=_say, stream=stream, executor_timeout=ns.executor_timeout)
     _report(status)
     return status.exit_code
 
