@@ -553,3 +553,18 @@ def test_follow_gives_up_at_its_timeout_saying_the_job_still_runs(kube):
     kube.logs[("default", "demo-fruitlens-abc")] = ["working\n"]
     with pytest.raises(K8sError, match=r"still running after 100s \(--timeout\); it keeps running"):
         jobs.follow("demo", io.StringIO(), timeout=100, poll=10)
+
+
+def test_cli_submit_takes_values_files_before_its_own_flags(kube, fake_helm, capsys):
+    """The production recipe: `k8s submit -f k8s/values-production.yaml --image repo@sha256:...`."""
+    prod = str(CHART.parents[1] / "k8s" / "values-production.yaml")
+    digest = "sha256:" + "cd" * 32
+    assert main(["k8s", "submit", "s3a://b/in", "s3a://b/out", "--release", "demo", "--server", kube.url,
+                 "-f", prod, "--image", f"reg.example.com/fruitlens@{digest}", "--no-follow"]) == 0
+    (call,) = fake_helm()
+    args = call["args"]
+    files = [args[i + 1] for i, a in enumerate(args) if a == "--values"]
+    assert files[0] == prod and len(files) == 2  # the flags' own values file last: it wins
+    assert main(["k8s", "submit", "--release", "demo2", "--server", kube.url, "-f", "/no/such.yaml",
+                 "--no-follow"]) == 1
+    assert "--values /no/such.yaml: no such file" in capsys.readouterr().err

@@ -176,13 +176,20 @@ class Helm:
         return done.stdout
 
     def upgrade_install(self, release: str, chart: str | os.PathLike[str], values: Mapping[str, Any],
-                        *, sets: list[str] | None = None, create_namespace: bool = True) -> str:
-        """``helm upgrade --install RELEASE CHART -f <values>``: the values go through a file, so numbers
-        keep their types (``--set`` would turn 0.9 into a string, which the chart's schema refuses)."""
+                        *, sets: list[str] | None = None, files: list[str] | None = None,
+                        create_namespace: bool = True) -> str:
+        """``helm upgrade --install RELEASE CHART [-f FILE...] -f <values>``: the values go through a file, so
+        numbers keep their types (``--set`` would turn 0.9 into a string, which the chart's schema refuses);
+        the user's ``files`` (e.g. k8s/values-production.yaml) come first, so the command's flags win."""
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="fruitlens-values-") as fh:
             yaml.safe_dump(dict(values), fh, sort_keys=True)
             fh.flush()
-            cmd = self._cmd("upgrade", "--install", release, str(chart), "--values", fh.name)
+            cmd = self._cmd("upgrade", "--install", release, str(chart))
+            for path in files or []:
+                if not Path(path).is_file():
+                    raise K8sError(f"--values {path}: no such file")
+                cmd += ["--values", str(path)]
+            cmd += ["--values", fh.name]
             if create_namespace:
                 cmd.append("--create-namespace")
             for item in sets or []:

@@ -83,6 +83,8 @@ def register(subparsers) -> None:
     p.add_argument("--driver-memory", help="driver heap, e.g. 2g")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL for s3a:// (e.g. http://s3.fruitlens-s3.svc:8333)")
     p.add_argument("--s3-secret", help="existing Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    p.add_argument("-f", "--values", dest="values_files", action="append", default=[], metavar="FILE",
+                   help="chart values file, e.g. k8s/values-production.yaml (repeatable; the flags win over it)")
     p.add_argument("--set", dest="helm_sets", action="append", default=[], metavar="KEY=VALUE",
                    help="any other chart value, passed to helm --set (repeatable)")
     p.add_argument("--replace", action="store_true",
@@ -161,7 +163,7 @@ def _submit(ns: argparse.Namespace) -> int:
         raise K8sError("no chart found: give --chart (a path to helm/fruitlens) or set FRUITLENS_CHART")
     if any(item.replace(" ", "").lower() == "sparkoperator.enabled=true" for item in ns.helm_sets):
         # The Spark operator runs the job as a SparkApplication: there is no Job for this command to follow.
-        _helm(ns).upgrade_install(ns.release, chart, values, sets=ns.helm_sets)
+        _helm(ns).upgrade_install(ns.release, chart, values, sets=ns.helm_sets, files=ns.values_files)
         _say(f"installed release {ns.release} as a SparkApplication; follow it with "
              f"`kubectl -n {ns.namespace} get sparkapplication -w` (the chart's NOTES list the commands)")
         return 0
@@ -180,7 +182,7 @@ def _submit(ns: argparse.Namespace) -> int:
         helm.uninstall(ns.release)
         jobs.delete(ns.release)
         _say(f"removed the previous job of {ns.release}")
-    _helm(ns).upgrade_install(ns.release, chart, values, sets=ns.helm_sets)
+    _helm(ns).upgrade_install(ns.release, chart, values, sets=ns.helm_sets, files=ns.values_files)
     _say(f"installed release {ns.release} in namespace {ns.namespace}")
     if not ns.follow:
         print(json.dumps({"release": ns.release, "namespace": ns.namespace, "values": values}))
