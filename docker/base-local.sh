@@ -49,6 +49,7 @@ if ! ls "$ctx/wheels"/pyspark-"$PYSPARK_VERSION"-*.whl >/dev/null 2>&1; then
   "${PIP:-.venv/bin/pip}" wheel -q --no-deps -w "$ctx/wheels" "pyspark==$PYSPARK_VERSION" "py4j==$PY4J_VERSION"
 fi
 cp docker/entrypoint.sh "$ctx/entrypoint.sh"
+cp docker/decom.sh "$ctx/decom.sh"
 docker build --network host -f docker/Dockerfile.base-local \
   --build-arg ROOTFS_IMAGE="$ROOTFS_IMAGE" --build-arg PYSPARK_VERSION="$PYSPARK_VERSION" \
   --build-arg PY4J_VERSION="$PY4J_VERSION" -t "$IMAGE" "$ctx"

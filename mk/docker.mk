@@ -97,6 +97,7 @@ build: docker-stage ## build IMAGE:TAG for FLAVOUR (oss|emr) and VARIANT (full|s
 	  $(if $(filter oss,$(FLAVOUR)),--build-arg WITH_S3A=$(WITH_S3A)) --build-arg VARIANT=$(VARIANT) \
 	  --label org.opencontainers.image.source=fruitlens --label fruitlens.flavour=$(FLAVOUR) \
 	  --label fruitlens.variant=$(VARIANT) --label fruitlens.spark.version="$${spark% *}" \
+	  $(if $(filter oss,$(FLAVOUR)),--label fruitlens.s3a=$(WITH_S3A)) \
 	  --label fruitlens.scala.version="$${spark#* }" \
 	  --label fruitlens.base="$$base" $(DOCKER_BUILD_ARGS) -t "$(IMAGE):$(TAG)" . || exit 1; \
 	size=$$(docker image inspect -f '{{.Size}}' "$(IMAGE):$(TAG)"); \
@@ -109,6 +110,12 @@ image-layers: ## size of each layer of IMAGE:TAG and what made it (SINCE=old ima
 .PHONY: push
 push: ## push IMAGE:TAG (to REGISTRY/IMAGE:TAG if REGISTRY is set), then print the pushed repo@sha256 digest
 	@ref="$(IMAGE):$(TAG)"; target="$(if $(REGISTRY),$(REGISTRY)/$(IMAGE):$(TAG),$(IMAGE):$(TAG))"; \
+	s3a=$$(docker image inspect -f '{{index .Config.Labels "fruitlens.s3a"}}' "$$ref" 2>/dev/null || true); \
+	if [ "$$s3a" = false ] && [ "$(ALLOW_NO_S3A)" != 1 ]; then \
+	  echo "push: $$ref was built without the S3A connector (WITH_S3A=false): on a cluster, s3a:// runs fail in"; \
+	  echo "push: --train, --report and PCAs over 250k rows (ClassNotFoundException: S3AFileSystem)."; \
+	  echo "push: rebuild with \`make build WITH_S3A=true\` (needs Maven Central), or push anyway with ALLOW_NO_S3A=1"; \
+	  exit 1; fi; \
 	[ "$$ref" = "$$target" ] || docker tag "$$ref" "$$target"; \
 	registry="$${target%%/*}"; \
 	if [[ "$$registry" =~ ^[0-9]+\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$$ ]]; then \

@@ -22,7 +22,13 @@ from fruitlens.featurize import SUMMARY_FIELDS, even_sizes, make_featurizer, tas
 from fruitlens.images import IMAGE_EXTENSIONS
 from fruitlens.pca_stage import drop_pca, timed_pca
 from fruitlens.progress import ImageProgress, log
-from fruitlens.spark import build_session, launched_by_spark_submit, store_options, store_options_before_spark
+from fruitlens.spark import (
+    build_session,
+    launched_by_spark_submit,
+    require_spark_s3a,
+    store_options,
+    store_options_before_spark,
+)
 from fruitlens.state import layout, ledger
 from fruitlens.state.layout import LAYOUT_VERSION, OutputLayout
 from fruitlens.state.ledger import SourceFile
@@ -196,6 +202,9 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         options = store_options_before_spark(config, input_uri, output_uri)
         source, out, listing = check_paths(config, options)
         spark = build_session(config)
+    if config.train or config.report or (with_pca and len(listing) > config.driver_pca_max_rows):
+        require_spark_s3a(spark, output_uri, "--train/--report or a PCA over more than "
+                          f"{config.driver_pca_max_rows} rows (driver_pca_max_rows):")
     artifact = resolve_model(spark, config, options, out, listing, source)
     warm = warm_workers(spark, artifact, batch_size=config.batch_size)
     with warm, take_lock(out, config) as lock:

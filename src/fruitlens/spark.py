@@ -9,7 +9,7 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from fruitlens import console
-from fruitlens.config import PipelineConfig
+from fruitlens.config import ConfigError, PipelineConfig
 from fruitlens.progress import log
 from fruitlens.storage.store import StoreOptions
 
@@ -115,3 +115,23 @@ def store_options_before_spark(config: PipelineConfig, *uris: str) -> StoreOptio
     hadoop = {k: v for k in S3A_KEYS if (v := config.spark_conf.get(f"spark.hadoop.{k}"))}
     return StoreOptions.from_environment(hadoop=hadoop).with_bucket_regions(*uris)
 
+
+
+#: Spark's own S3 connector (hadoop-aws). fruitlens reads and writes S3 through pyarrow, but Spark reads OUTPUT
+#: itself for a PCA over more than driver_pca_max_rows features, `train` and `report`.
+S3A_CLASS = "org.apache.hadoop.fs.s3a.S3AFileSystem"
+
+
+def require_spark_s3a(spark: SparkSession, uri: str, why: str) -> None:
+    """Fail now, naming the fix, when Spark will read ``uri`` (an ``s3a://`` one) but its JVM has no S3A
+    connector; the alternative is a ClassNotFoundException after the whole extraction."""
+    if not uri.startswith("s3a://"):
+        return
+    jvm = spark.sparkContext._jvm
+    try:
+        jvm.java.lang.Class.forName(S3A_CLASS, False, jvm.java.lang.Thread.currentThread().getContextClassLoader())
+    except Exception:  # py4j's Py4JJavaError wrapping ClassNotFoundException
+        raise ConfigError(
+            f"{why} Spark reads {uri} itself, and this Spark has no S3A connector ({S3A_CLASS} is not on its "
+            "classpath). The oss image has it only when built with `make build WITH_S3A=true` (docs/docker.md, "
+            "\"S3\"); a local Spark takes `--conf spark.jars.packages=org.apache.hadoop:hadoop-aws:3.4.1`") from None

@@ -381,7 +381,9 @@ def test_omits_empty_optional_fields(default_docs):
     pod = one(default_docs, "Job")["spec"]["template"]["spec"]
     for key in ("nodeSelector", "tolerations", "affinity", "imagePullSecrets"):
         assert key not in pod and key not in executor_template(default_docs)["spec"]
-    assert "activeDeadlineSeconds" not in one(default_docs, "Job")["spec"]
+    assert one(default_docs, "Job")["spec"]["activeDeadlineSeconds"] == 86400  # issue 22: no endless wait
+    docs, _ = render({"job": {"activeDeadlineSeconds": 0}})
+    assert "activeDeadlineSeconds" not in one(docs, "Job")["spec"]
 
 
 def test_job_settings(custom_docs):

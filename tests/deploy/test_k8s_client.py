@@ -86,15 +86,24 @@ def test_submit_refuses_options_the_cluster_cannot_use(capsys):
     assert main(["k8s", "submit", "--master", "local[2]", "--server", "http://127.0.0.1:9"]) == 2
 
 
+DIGEST = "sha256:" + "ab" * 32
+
+
 @pytest.mark.parametrize("image, expected", [
-    ("fruitlens", ("fruitlens", None)),
-    ("fruitlens:1.0", ("fruitlens", "1.0")),
-    ("localhost:5000/fruitlens", ("localhost:5000/fruitlens", None)),
-    ("localhost:5000/ml/fruitlens:dev", ("localhost:5000/ml/fruitlens", "dev")),
-    ("fruitlens@sha256:abc", ("fruitlens@sha256:abc", None)),
+    ("fruitlens", ("fruitlens", None, None)),
+    ("fruitlens:1.0", ("fruitlens", "1.0", None)),
+    ("localhost:5000/fruitlens", ("localhost:5000/fruitlens", None, None)),
+    ("localhost:5000/ml/fruitlens:dev", ("localhost:5000/ml/fruitlens", "dev", None)),
+    (f"fruitlens@{DIGEST}", ("fruitlens", None, DIGEST)),
+    (f"localhost:5000/fruitlens:oss@{DIGEST}", ("localhost:5000/fruitlens", "oss", DIGEST)),
 ])
 def test_split_image(image, expected):
     assert split_image(image) == expected
+
+
+def test_split_image_refuses_a_malformed_digest():
+    with pytest.raises(K8sError, match="not an image digest"):
+        split_image("fruitlens@sha256:abc")
 
 
 def test_submit_values_render_with_the_real_chart():
@@ -487,3 +496,75 @@ def test_ui_of_a_finished_driver_says_the_ui_is_gone_and_where_the_log_is(kube, 
 def test_ui_of_an_unknown_release_names_it(kube, recording_kubectl, capsys):
     assert main(["k8s", "ui", "nope", "--server", kube.url]) != 0
     assert "release nope has no driver pod" in capsys.readouterr().err
+
+
+# -- issue 22, finding 7: no endless wait on executors that can never be scheduled --------------------------
+
+def _unschedulable(name: str) -> dict:
+    p = pod(name, "demo", "executor", "Pending", container="executor")
+    p["status"]["containerStatuses"] = []
+    p["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                  "message": "0/3 nodes are available: 3 Insufficient memory."}]
+    return p
+
+
+def test_follow_fails_when_no_executor_can_ever_be_scheduled(kube):
+    """Finding 7: executors Pending Unschedulable hung the job (and `k8s submit`) forever."""
+    clock = FakeClock()
+    jobs = JobClient(api_client(host=kube.url), "default", sleep=clock.sleep, clock=clock)
+    kube.put("jobs", job("demo", active=1))
+    kube.put("pods", pod("demo-fruitlens-abc", "demo", "driver", "Running"))
+    kube.put("pods", _unschedulable("demo-fruitlens-exec-1"))
+    kube.put("pods", _unschedulable("demo-fruitlens-exec-2"))
+    kube.logs[("default", "demo-fruitlens-abc")] = ["waiting for executors\n"]
+    with pytest.raises(JobFailed, match=r"no executor could be scheduled for 600s \(demo-fruitlens-exec-1: "
+                                        r"Unschedulable: 0/3 nodes are available: 3 Insufficient memory\.\)"):
+        jobs.follow("demo", io.StringIO(), poll=10, executor_timeout=600)
+    assert 600 <= clock.now <= 620
+    text = "\n".join(jobs.status("demo").lines())
+    assert "no executor can be scheduled" in text
+
+
+def test_follow_keeps_waiting_while_some_executor_runs(kube):
+    clock = FakeClock()
+    polls = {"n": 0}
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        polls["n"] += 1
+        if polls["n"] == 100:  # long after executor_timeout: one executor runs, the other waits for capacity
+            kube.put("pods", pod("demo-fruitlens-abc", "demo", "driver", "Succeeded", terminated=(0, "Completed", "")))
+            kube.put("jobs", job("demo", succeeded=1, condition=("Complete", "", "")))
+
+    jobs = JobClient(api_client(host=kube.url), "default", sleep=sleep, clock=clock)
+    kube.put("jobs", job("demo", active=1))
+    kube.put("pods", pod("demo-fruitlens-abc", "demo", "driver", "Running"))
+    kube.put("pods", pod("demo-fruitlens-exec-1", "demo", "executor", "Running", container="executor"))
+    kube.put("pods", _unschedulable("demo-fruitlens-exec-2"))
+    kube.logs[("default", "demo-fruitlens-abc")] = ["done\n"]
+    assert jobs.follow("demo", io.StringIO(), poll=10, executor_timeout=60).state == "succeeded"
+
+
+def test_follow_gives_up_at_its_timeout_saying_the_job_still_runs(kube):
+    clock = FakeClock()
+    jobs = JobClient(api_client(host=kube.url), "default", sleep=clock.sleep, clock=clock)
+    kube.put("jobs", job("demo", active=1))
+    kube.put("pods", pod("demo-fruitlens-abc", "demo", "driver", "Running"))
+    kube.logs[("default", "demo-fruitlens-abc")] = ["working\n"]
+    with pytest.raises(K8sError, match=r"still running after 100s \(--timeout\); it keeps running"):
+        jobs.follow("demo", io.StringIO(), timeout=100, poll=10)
+
+
+def test_cli_submit_takes_values_files_before_its_own_flags(kube, fake_helm, capsys):
+    """The production recipe: `k8s submit -f k8s/values-production.yaml --image repo@sha256:...`."""
+    prod = str(CHART.parents[1] / "k8s" / "values-production.yaml")
+    digest = "sha256:" + "cd" * 32
+    assert main(["k8s", "submit", "s3a://b/in", "s3a://b/out", "--release", "demo", "--server", kube.url,
+                 "-f", prod, "--image", f"reg.example.com/fruitlens@{digest}", "--no-follow"]) == 0
+    (call,) = fake_helm()
+    args = call["args"]
+    files = [args[i + 1] for i, a in enumerate(args) if a == "--values"]
+    assert files[0] == prod and len(files) == 2  # the flags' own values file last: it wins
+    assert main(["k8s", "submit", "--release", "demo2", "--server", kube.url, "-f", "/no/such.yaml",
+                 "--no-follow"]) == 1
+    assert "--values /no/such.yaml: no such file" in capsys.readouterr().err

@@ -40,8 +40,10 @@ VALUES = {
     "pipeline": {"pcaK": 20, "batchSize": 16},
     "s3": {"endpoint": "http://s3.fruitlens-s3.svc:8333",
            "credentials": {"existingSecret": "s3-creds"}},
-    "executor": {"instances": 2, "cores": 1, "memory": "1g", "memoryOverhead": "512m"},
-    "driver": {"memory": "1g"},
+    "executor": {"instances": 2, "cores": 1, "memory": "1g", "memoryOverhead": "512m",
+                 "nodeSelector": {"karpenter.sh/capacity-type": "spot"},
+                 "tolerations": [{"key": "fruitlens.io/spot", "operator": "Exists", "effect": "NoSchedule"}]},
+    "driver": {"memory": "1g", "nodeSelector": {"karpenter.sh/capacity-type": "on-demand"}},
 }
 
 
@@ -103,7 +105,7 @@ def test_cluster_mode_creates_one_driver_pod_with_the_chart_image(cluster_mode_s
     assert pod_spec["metadata"]["labels"]["spark-role"] == "driver"
     (container,) = pod_spec["spec"]["containers"]
     assert container["image"] == "registry.example.com/fruitlens:9.9.9"
-    assert container["imagePullPolicy"] == "IfNotPresent"
+    assert container["imagePullPolicy"] == "Always"  # a tag (issue 22, finding 2); a digest: IfNotPresent
 
 
 def test_cluster_mode_driver_runs_the_job_script_with_the_pipeline_arguments(cluster_mode_submission):
@@ -170,7 +172,7 @@ def client_mode_run(tmp_path_factory):
     (tmp_path / "executor.yaml").write_text(yaml.safe_dump(template))
     (tmp_path / "job.py").write_text(TINY_JOB)
     replaced = {
-        "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.host": "127.0.0.1",
         "spark.kubernetes.driver.pod.name": "demo-fruitlens-x7k2p",
         "spark.kubernetes.executor.podTemplateFile": str(tmp_path / "executor.yaml"),
         "spark.local.dir": str(tmp_path / "local"),
@@ -194,7 +196,9 @@ def client_mode_run(tmp_path_factory):
             i += 1
         # The image's entrypoint turns `driver ARGS` into `spark-submit --deploy-mode client ARGS`.
         assert cmd[:3] == ["driver", "--master", f"k8s://{kube.url}"]
-        cmd = [str(SPARK_SUBMIT), "--deploy-mode", "client", *cmd[1:]]
+        # (and binds it to the pod's IP: SPARK_DRIVER_BIND_ADDRESS, here 127.0.0.1)
+        assert not any(a.startswith("spark.driver.bindAddress=") for a in cmd)
+        cmd = [str(SPARK_SUBMIT), "--conf", "spark.driver.bindAddress=127.0.0.1", "--deploy-mode", "client", *cmd[1:]]
         cmd += ["--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=1s", str(tmp_path / "job.py")]
         _run(cmd, tmp_path)
         yield kube, driver
@@ -304,3 +308,38 @@ def test_client_mode_executor_local_dir_is_the_templates_sized_volume(client_mod
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["SPARK_LOCAL_DIRS"] == "/var/data/spark-local"
         assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+# -- issue 22: what Spark makes of the production settings ---------------------------------------------------
+
+def test_client_mode_executors_get_the_decommission_prestop_hook_and_grace(client_mode_run):
+    """Finding 13: with spark.decommission.enabled Spark gives each executor container a preStop hook running
+    spark.kubernetes.decommission.script (/opt/decom.sh, which the image must have); the template's grace
+    period leaves it time."""
+    kube, _ = client_mode_run
+    for p in _executor_pods(kube):
+        c = p["spec"]["containers"][0]
+        assert c["lifecycle"]["preStop"]["exec"]["command"] == ["/opt/decom.sh"]
+        assert p["spec"]["terminationGracePeriodSeconds"] == 90
+
+
+def test_client_mode_executors_get_the_applications_auth_secret(client_mode_run):
+    """Finding 9: with spark.authenticate Spark hands each executor the application's secret; without it
+    any pod could speak to the driver's RPC port."""
+    kube, _ = client_mode_run
+    secrets = set()
+    for p in _executor_pods(kube):
+        env = {e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]}
+        # SecurityManager.ENV_AUTH_SECRET, `_SPARK_AUTH_SECRET` in Spark 4.0.1
+        assert env.get("_SPARK_AUTH_SECRET"), " ".join(sorted(env))
+        secrets.add(env["_SPARK_AUTH_SECRET"])
+    assert len(secrets) == 1
+
+
+def test_client_mode_executors_are_scheduled_as_executors_not_as_the_driver(client_mode_run):
+    """Finding 4: the executors' own nodeSelector and tolerations reach the pods Spark creates."""
+    kube, _ = client_mode_run
+    for p in _executor_pods(kube):
+        assert p["spec"]["nodeSelector"] == {"karpenter.sh/capacity-type": "spot"}
+        assert p["spec"]["tolerations"] == VALUES["executor"]["tolerations"]
+        assert "karpenter.sh/do-not-disrupt" not in p["metadata"].get("annotations", {})

@@ -30,7 +30,7 @@ Names are DNS labels: Kubernetes caps them at 63 characters, so every name is tr
 {{- define "fruitlens.labels" -}}
 helm.sh/chart: {{ include "fruitlens.chart" . }}
 {{ include "fruitlens.selectorLabels" . }}
-app.kubernetes.io/version: {{ (.Values.image.tag | default .Chart.AppVersion) | toString | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/version: {{ include "fruitlens.version" . | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: fruitlens
 {{- end }}
@@ -41,9 +41,30 @@ app.kubernetes.io/name: {{ include "fruitlens.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{/* The image reference; the tag falls back to the chart's appVersion. */}}
+{{/* The app.kubernetes.io/version label: the image tag (or appVersion) cut to what a label value allows
+(63 characters of [A-Za-z0-9_.-], alphanumeric at both ends); a digest never goes into it. */}}
+{{- define "fruitlens.version" -}}
+{{- regexReplaceAll "[^A-Za-z0-9_.-]" (.Values.image.tag | default .Chart.AppVersion | toString) "_" | trunc 63 | trimAll "_.-" }}
+{{- end }}
+
+{{/* The image reference: repository:tag, the tag falling back to the chart's appVersion; with image.digest
+repository@digest, or repository:tag@digest when a tag is set too (the runtime pulls by the digest, the tag
+only names it). */}}
 {{- define "fruitlens.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
+{{- $tag := .Values.image.tag | toString }}
+{{- if .Values.image.digest }}
+{{- if $tag }}{{ printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}{{ printf "%s@%s" .Values.image.repository .Values.image.digest }}{{ end }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository ($tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* The pull policy: image.pullPolicy, else IfNotPresent for a digest (it cannot change) and Always for a
+tag (a re-pushed tag stays stale on the nodes that pulled it before, so executors on different nodes
+would run different code). */}}
+{{- define "fruitlens.pullPolicy" -}}
+{{- .Values.image.pullPolicy | default (ternary "IfNotPresent" "Always" (not (empty .Values.image.digest))) }}
 {{- end }}
 
 {{/* The ServiceAccount the driver runs as (and asks the API server with). */}}
@@ -115,6 +136,28 @@ bare flag, a number or non-empty string the flag and its value, null/false/"" le
 {{- end }}
 {{- end }}
 
+{{/* A CPU quantity (`500m`, `1`, `1.5`) in millicores. */}}
+{{- define "fruitlens.millicores" -}}
+{{- $s := . | toString }}
+{{- if hasSuffix "m" $s }}{{ trimSuffix "m" $s | int }}{{ else }}{{ mulf ($s | float64) 1000 | int }}{{ end }}
+{{- end }}
+
+{{/* The executor's CPU request: executor.requestCores, else requestCoresPerCore × cores (finding: a fixed
+500m squeezed four task slots into half a core). */}}
+{{- define "fruitlens.executorRequestCores" -}}
+{{- with .Values.executor.requestCores }}{{ . | toString }}
+{{- else }}{{ printf "%dm" (mul (include "fruitlens.millicores" .Values.executor.requestCoresPerCore | int) .Values.executor.cores) }}
+{{- end }}
+{{- end }}
+
+{{/* The executor's memory overhead: executor.memoryOverhead, else 400m for the JVM's off-heap plus one
+Python worker (pythonWorkerMemory) per task slot, which each hold a model and a decoded batch. */}}
+{{- define "fruitlens.executorMemoryOverhead" -}}
+{{- with .Values.executor.memoryOverhead }}{{ . | toString }}
+{{- else }}{{ printf "%dm" (add 400 (mul (include "fruitlens.mib" .Values.executor.pythonWorkerMemory | int) .Values.executor.cores)) }}
+{{- end }}
+{{- end }}
+
 {{/* The driver container's resources: memory request and limit = heap + overhead unless set explicitly
 (a larger --driver-memory then raises the limit with it instead of being OOMKilled under the old one). */}}
 {{- define "fruitlens.driverResources" -}}
@@ -139,17 +182,15 @@ fields of the SparkApplication) and anything about authentication (the operator 
 {{- $conf := dict }}
 {{- $_ := set $conf "spark.app.name" (include "fruitlens.fullname" .) }}
 {{- $_ = set $conf "spark.kubernetes.namespace" .Release.Namespace }}
-{{- $_ = set $conf "spark.kubernetes.container.image.pullPolicy" .Values.image.pullPolicy }}
+{{- $_ = set $conf "spark.kubernetes.container.image.pullPolicy" (include "fruitlens.pullPolicy" .) }}
 {{- $_ = set $conf "spark.kubernetes.executor.podNamePrefix" (include "fruitlens.executorPrefix" .) }}
 {{- $_ = set $conf "spark.executor.instances" (.Values.executor.instances | toString) }}
 {{- $_ = set $conf "spark.executor.cores" (.Values.executor.cores | toString) }}
 {{- $_ = set $conf "spark.executor.memory" .Values.executor.memory }}
-{{- $_ = set $conf "spark.executor.memoryOverhead" .Values.executor.memoryOverhead }}
+{{- $_ = set $conf "spark.executor.memoryOverhead" (include "fruitlens.executorMemoryOverhead" .) }}
 {{- /* Read by the job right after the session starts, before executors register: set it, don't count. */}}
 {{- $_ = set $conf "spark.default.parallelism" (mul .Values.executor.instances .Values.executor.cores | toString) }}
-{{- with .Values.executor.requestCores }}
-{{- $_ = set $conf "spark.kubernetes.executor.request.cores" (. | toString) }}
-{{- end }}
+{{- $_ = set $conf "spark.kubernetes.executor.request.cores" (include "fruitlens.executorRequestCores" .) }}
 {{- with .Values.executor.limitCores }}
 {{- $_ = set $conf "spark.kubernetes.executor.limit.cores" (. | toString) }}
 {{- end }}
@@ -167,6 +208,21 @@ AWS SDK v2's default chain has both, plus env, profile and the instance role. */
 {{- end }}
 {{- with .Values.s3.region }}
 {{- $_ = set $conf "spark.hadoop.fs.s3a.endpoint.region" . }}
+{{- end }}
+{{- /* RPC between driver and executors needs a shared secret: Spark on Kubernetes generates one per
+application and hands it to the executors it creates (env _SPARK_AUTH_SECRET in Spark 4). */}}
+{{- $_ = set $conf "spark.authenticate" (.Values.spark.authenticate | toString) }}
+{{- /* The UI's kill links would let anyone reaching port 4040 stop stages; `fruitlens k8s ui` only reads. */}}
+{{- $_ = set $conf "spark.ui.killEnabled" "false" }}
+{{- if .Values.decommission.enabled }}
+{{- /* A spot notice or a drain: the executor pod's preStop hook (Spark adds spark.kubernetes.decommission.script,
+/opt/decom.sh) signals the executor, which stops taking tasks and migrates its shuffle and cached blocks
+before it exits, instead of being lost with them. */}}
+{{- $_ = set $conf "spark.decommission.enabled" "true" }}
+{{- $_ = set $conf "spark.storage.decommission.enabled" "true" }}
+{{- $_ = set $conf "spark.storage.decommission.shuffleBlocks.enabled" "true" }}
+{{- $_ = set $conf "spark.storage.decommission.rddBlocks.enabled" "true" }}
+{{- $_ = set $conf "spark.executor.decommission.forceKillTimeout" (printf "%ds" (max 10 (sub (int .Values.decommission.gracePeriodSeconds) 15))) }}
 {{- end }}
 {{- range $k, $v := .Values.spark.conf }}
 {{- $_ = set $conf $k ($v | toString) }}
@@ -243,4 +299,45 @@ lands its files (SparkFiles.getRootDirectory() is "." on executors). */}}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/* Scheduling of one role's pods (dict "root" $ "role" "driver"|"executor") as a YAML map of pod spec fields:
+the shared nodeSelector/tolerations/affinity, with the role's own merged over them (its nodeSelector keys
+win, its tolerations are added, its affinity replaces the shared one), and the role's priorityClassName and
+topologySpreadConstraints. A spread constraint without a labelSelector gets this release's pods of this role
+(so executors spread among themselves, not with other jobs). */}}
+{{- define "fruitlens.scheduling" -}}
+{{- $v := .root.Values }}
+{{- $r := index $v .role }}
+{{- $out := dict }}
+{{- $sel := merge (dict) ($r.nodeSelector | default dict) ($v.nodeSelector | default dict) }}
+{{- if $sel }}{{ $_ := set $out "nodeSelector" $sel }}{{ end }}
+{{- $tol := concat ($v.tolerations | default list) ($r.tolerations | default list) }}
+{{- if $tol }}{{ $_ := set $out "tolerations" $tol }}{{ end }}
+{{- $aff := $r.affinity | default $v.affinity }}
+{{- if $aff }}{{ $_ := set $out "affinity" $aff }}{{ end }}
+{{- with $r.priorityClassName }}{{ $_ := set $out "priorityClassName" . }}{{ end }}
+{{- $spread := list }}
+{{- range $r.topologySpreadConstraints }}
+{{- $c := deepCopy . }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $labels := include "fruitlens.selectorLabels" $.root | fromYaml }}
+{{- $_ := set $labels "app.kubernetes.io/component" $.role }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $labels) }}
+{{- end }}
+{{- $spread = append $spread $c }}
+{{- end }}
+{{- if $spread }}{{ $_ := set $out "topologySpreadConstraints" $spread }}{{ end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/* Annotations of one role's pods (dict "root" $ "role" ...): podAnnotations, the role's own, and on the
+driver karpenter.sh/do-not-disrupt unless driver.doNotDisrupt is false: Karpenter then does not consolidate
+or drift its node away while it runs (losing the driver loses the job; executors are replaced by Spark). */}}
+{{- define "fruitlens.podAnnotations" -}}
+{{- $v := .root.Values }}
+{{- $r := index $v .role }}
+{{- $out := merge (dict) ($r.podAnnotations | default dict) ($v.podAnnotations | default dict) }}
+{{- if and (eq .role "driver") $v.driver.doNotDisrupt }}{{ $_ := set $out "karpenter.sh/do-not-disrupt" "true" }}{{ end }}
+{{- if $out }}{{ toYaml $out }}{{ end }}
 {{- end }}

@@ -14,13 +14,14 @@ import time
 def _session(ns: argparse.Namespace):
     """Spark, OUTPUT's store (reached as Spark reaches it) and the config (lock settings)."""
     from fruitlens.config import load_config
-    from fruitlens.spark import build_session, store_options
+    from fruitlens.spark import build_session, require_spark_s3a, store_options
     from fruitlens.storage import uris
     from fruitlens.storage.store import Store
 
     config = load_config({"output": ns.output, "master": ns.master, "progress": False}, env={})
     spark = build_session(config)
     root = uris.qualify(ns.output)
+    require_spark_s3a(spark, root, f"`fruitlens {ns.command}`:")
     return spark, Store(root, store_options(spark, root)), config
 
 

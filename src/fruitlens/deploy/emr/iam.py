@@ -74,6 +74,10 @@ def iam_policy(profile: EmrProfile) -> dict[str, Any]:
         bucket, key = s3_parts(profile.entry_point)
         statements.append({"Sid": "ReadEntryPoint", "Effect": "Allow", "Action": ["s3:GetObject"],
                            "Resource": [f"arn:{partition}:s3:::{bucket}/{key}"]})
+    templates = [t for t in (profile.driver_pod_template, profile.executor_pod_template) if t]
+    if templates:  # EMR on EKS reads the pod templates from S3 as the job role
+        statements.append({"Sid": "ReadPodTemplates", "Effect": "Allow", "Action": ["s3:GetObject"],
+                           "Resource": [f"arn:{partition}:s3:::{'/'.join(s3_parts(t))}" for t in templates]})
     if profile.log_group:
         region = profile.region or "*"
         group = f"arn:{partition}:logs:{region}:{account}:log-group:{profile.log_group}"

@@ -45,6 +45,9 @@ LOG_GROUP_RE = re.compile(r"^[.\-_/#A-Za-z0-9]{1,512}$")
 IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*(:\d+)?(/[a-z0-9._\-]+)+(:[\w.\-]{1,128})?(@sha256:[0-9a-f]{64})?$")
 ARCH_RE = re.compile(r"^(amd64|arm64)$")
 IDENTITIES = ("irsa", "pod-identity")
+#: Kubernetes label syntax (a prefix/name key, a value of at most 63 characters).
+LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,17 @@ class EmrProfile:
     identity
         How the job's pods get the role: ``irsa`` (IAM roles for service accounts: the OIDC trust) or
         ``pod-identity`` (EKS Pod Identity: ``aws emr-containers create-role-associations``, no OIDC).
+    driver_node_selector, executor_node_selector
+        Node labels per role (``spark.kubernetes.{driver,executor}.node.selector.*``): losing the driver loses
+        the job, executors are replaced, so e.g. ``{karpenter.sh/capacity-type: on-demand}`` for the driver
+        and ``{karpenter.sh/capacity-type: spot}`` for executors.
+    driver_pod_template, executor_pod_template
+        ``s3://`` pod templates (``spark.kubernetes.{driver,executor}.podTemplateFile``) for what Spark has no
+        setting for: tolerations, priorityClassName, topologySpreadConstraints
+        (deploy/emr-on-eks/pod-templates/); the job role is granted read on them.
+    driver_do_not_disrupt
+        Annotate the driver pod ``karpenter.sh/do-not-disrupt: "true"``: Karpenter's consolidation then
+        leaves its node alone while it runs.
     """
 
     region: str | None = None
@@ -134,6 +148,11 @@ class EmrProfile:
     oidc_provider: str | None = None
     identity: str = "irsa"
     tags: dict[str, str] = field(default_factory=dict)
+    driver_node_selector: dict[str, str] = field(default_factory=dict)
+    executor_node_selector: dict[str, str] = field(default_factory=dict)
+    driver_pod_template: str | None = None
+    executor_pod_template: str | None = None
+    driver_do_not_disrupt: bool = True
     spark_conf: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -197,6 +216,15 @@ class EmrProfile:
             value = getattr(self, name)
             if value is not None and not uris.is_s3(value):
                 raise bad(name, f"must be an s3:// URI on EMR, got {value!r}")
+        for name in ("driver_node_selector", "executor_node_selector"):
+            for key, value in getattr(self, name).items():
+                if not LABEL_KEY_RE.match(str(key)) or not LABEL_VALUE_RE.match(str(value)):
+                    raise bad(name, f"must map node label keys to label values, got {key!r}: {value!r}")
+        for name in ("driver_pod_template", "executor_pod_template"):
+            value = getattr(self, name)
+            if value is not None and not (value.startswith("s3://") and value.endswith((".yaml", ".yml"))):
+                raise bad(name, f"must be the s3:// URI of a pod template YAML (EMR on EKS reads it from S3), "
+                          f"got {value!r}")
         if self.output_grant and self.output and not within_prefix(self.output, self.output_grant):
             raise bad("output_grant", f"must contain output {self.output}, got {self.output_grant!r}")
 
@@ -246,7 +274,7 @@ def load_profile(
     merged = merge_sources(EmrProfile, cli=cli, env=env, env_prefix=ENV_PREFIX,
                            file=profile_file or env.get(f"{ENV_PREFIX}PROFILE"),
                            file_label="EMR profile", file_hint=f"fix --profile or {ENV_PREFIX}PROFILE",
-                           merge_keys=("tags", "spark_conf"))
+                           merge_keys=("tags", "spark_conf", "driver_node_selector", "executor_node_selector"))
     # A cluster named on a higher-precedence source replaces an id from a lower one (an id wins otherwise).
     if (cli or {}).get("virtual_cluster_name") is not None and (cli or {}).get("virtual_cluster_id") is None:
         merged.pop("virtual_cluster_id", None)

@@ -60,6 +60,16 @@ def spark_defaults(profile: EmrProfile) -> dict[str, str]:
         # explicitly so the figure is visible in the request and changed in one place (the profile).
         "spark.driver.memoryOverheadFactor": str(profile.memory_overhead_factor),
     }
+    # Per role: the driver on capacity that stays (losing it loses the job), executors where Spark can
+    # replace them (spot); what Spark has no setting for comes from the pod templates.
+    for role in ("driver", "executor"):
+        for key, value in getattr(profile, f"{role}_node_selector").items():
+            settings[f"spark.kubernetes.{role}.node.selector.{key}"] = value
+        template = getattr(profile, f"{role}_pod_template")
+        if template:
+            settings[f"spark.kubernetes.{role}.podTemplateFile"] = template
+    if profile.driver_do_not_disrupt:
+        settings["spark.kubernetes.driver.annotation.karpenter.sh/do-not-disrupt"] = "true"
     if profile.max_attempts > 1:
         # A retry attempt's driver starts seconds after the last one died, whose OUTPUT lock is still
         # fresh: it waits for that lock to go stale (fruitlens' lock timeout, 60 s) and continues the run.

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +23,8 @@ from fruitlens.deploy.k8s.errors import K8sError
 #: Pipeline config field → chart value under ``pipeline``, from the options table; a forwarded option
 #: without one goes through ``pipeline.extraArgs``.
 PIPELINE_VALUES = {o.name: o.chart for o in OPTIONS.values() if o.forward and o.chart}
+#: What the chart's schema accepts as image.digest.
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 # -- values ---------------------------------------------------------------------------------------------
@@ -57,7 +60,8 @@ def chart_values(
     Parameters
     ----------
     image
-        ``repository[:tag]``; a registry port (``host:5000/x``) is not mistaken for a tag.
+        ``repository[:tag][@sha256:...]``; a digest goes to ``image.digest`` (and the pull policy then
+        defaults to IfNotPresent), a registry port (``host:5000/x``) is not mistaken for a tag.
     pipeline
         Pipeline config fields (``pca_k``, ``batch_size``, ...) as in :class:`fruitlens.config.PipelineConfig`.
     """
@@ -67,10 +71,12 @@ def chart_values(
     if output:
         values["job"]["output"] = output
     if image:
-        repository, tag = split_image(image)
+        repository, tag, digest = split_image(image)
         _set_path(values, "image.repository", repository)
-        if tag:
-            _set_path(values, "image.tag", tag)
+        if tag or digest:  # a bare digest clears the chart's default tag, which names another build
+            _set_path(values, "image.tag", tag or "")
+        if digest:
+            _set_path(values, "image.digest", digest)
     for path, value in (("image.pullPolicy", pull_policy), ("executor.instances", executors),
                         ("executor.cores", executor_cores), ("executor.memory", executor_memory),
                         ("executor.memoryOverhead", executor_memory_overhead), ("driver.memory", driver_memory),
@@ -88,15 +94,20 @@ def chart_values(
     return values
 
 
-def split_image(image: str) -> tuple[str, str | None]:
-    """``repo/name:tag`` → (``repo/name``, ``tag``); digests (``@sha256:``) stay in the repository."""
+def split_image(image: str) -> tuple[str, str | None, str | None]:
+    """``repo/name[:tag][@sha256:...]`` → (``repo/name``, tag, digest); a registry port (``host:5000/x``)
+    is not mistaken for a tag. The chart renders ``repository:tag@digest`` (or ``repository:tag``)."""
+    digest = None
     if "@" in image:
-        return image, None
+        image, digest = image.split("@", 1)
+        if not DIGEST_RE.match(digest):
+            raise K8sError(f"--image: {digest!r} is not an image digest (sha256: and 64 hex digits), "
+                           f"e.g. registry/fruitlens@sha256:<digest printed by `make push`>")
     head, _, last = image.rpartition("/")
     if ":" in last:
         name, tag = last.rsplit(":", 1)
-        return (f"{head}/{name}" if head else name), tag
-    return image, None
+        return (f"{head}/{name}" if head else name), tag, digest
+    return image, None, digest
 
 
 # -- helm -----------------------------------------------------------------------------------------------
@@ -165,13 +176,20 @@ class Helm:
         return done.stdout
 
     def upgrade_install(self, release: str, chart: str | os.PathLike[str], values: Mapping[str, Any],
-                        *, sets: list[str] | None = None, create_namespace: bool = True) -> str:
-        """``helm upgrade --install RELEASE CHART -f <values>``: the values go through a file, so numbers
-        keep their types (``--set`` would turn 0.9 into a string, which the chart's schema refuses)."""
+                        *, sets: list[str] | None = None, files: list[str] | None = None,
+                        create_namespace: bool = True) -> str:
+        """``helm upgrade --install RELEASE CHART [-f FILE...] -f <values>``: the values go through a file, so
+        numbers keep their types (``--set`` would turn 0.9 into a string, which the chart's schema refuses);
+        the user's ``files`` (e.g. k8s/values-production.yaml) come first, so the command's flags win."""
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="fruitlens-values-") as fh:
             yaml.safe_dump(dict(values), fh, sort_keys=True)
             fh.flush()
-            cmd = self._cmd("upgrade", "--install", release, str(chart), "--values", fh.name)
+            cmd = self._cmd("upgrade", "--install", release, str(chart))
+            for path in files or []:
+                if not Path(path).is_file():
+                    raise K8sError(f"--values {path}: no such file")
+                cmd += ["--values", str(path)]
+            cmd += ["--values", fh.name]
             if create_namespace:
                 cmd.append("--create-namespace")
             for item in sets or []:

@@ -55,6 +55,8 @@ def _add_follow_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait for the job (default 6h)")
     p.add_argument("--start-timeout", type=float, default=900,
                    help="seconds to wait for the driver to start (default 900)")
+    p.add_argument("--executor-timeout", type=float, default=600,
+                   help="seconds every executor may stay unschedulable before the job is reported failed (default 600)")
     p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
 
 
@@ -70,8 +72,10 @@ def register(subparsers) -> None:
     p.add_argument("--extract", dest="job_command", action="store_const", const="extract", default="run",
                    help="features only (`fruitlens extract`)")
     p.add_argument("--chart", default=None, help="chart path or reference (default: helm/fruitlens of this checkout)")
-    p.add_argument("--image", help="image as REPOSITORY[:TAG] (default: the chart's)")
-    p.add_argument("--pull-policy", choices=("Always", "IfNotPresent", "Never"))
+    p.add_argument("--image", help="image as REPOSITORY[:TAG][@sha256:DIGEST] (default: the chart's); a digest "
+                   "pins the exact image `make push` printed")
+    p.add_argument("--pull-policy", choices=("Always", "IfNotPresent", "Never"),
+                   help="default: IfNotPresent for a digest, Always for a tag (a moved tag is pulled again)")
     p.add_argument("--executors", type=int, help="executor pods")
     p.add_argument("--executor-cores", type=int)
     p.add_argument("--executor-memory", help="executor heap, e.g. 2g")
@@ -79,6 +83,8 @@ def register(subparsers) -> None:
     p.add_argument("--driver-memory", help="driver heap, e.g. 2g")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL for s3a:// (e.g. http://s3.fruitlens-s3.svc:8333)")
     p.add_argument("--s3-secret", help="existing Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    p.add_argument("-f", "--values", dest="values_files", action="append", default=[], metavar="FILE",
+                   help="chart values file, e.g. k8s/values-production.yaml (repeatable; the flags win over it)")
     p.add_argument("--set", dest="helm_sets", action="append", default=[], metavar="KEY=VALUE",
                    help="any other chart value, passed to helm --set (repeatable)")
     p.add_argument("--replace", action="store_true",
@@ -157,7 +163,7 @@ def _submit(ns: argparse.Namespace) -> int:
         raise K8sError("no chart found: give --chart (a path to helm/fruitlens) or set FRUITLENS_CHART")
     if any(item.replace(" ", "").lower() == "sparkoperator.enabled=true" for item in ns.helm_sets):
         # The Spark operator runs the job as a SparkApplication: there is no Job for this command to follow.
-        _helm(ns).upgrade_install(ns.release, chart, values, sets=ns.helm_sets)
+        _helm(ns).upgrade_install(ns.release, chart, values, sets=ns.helm_sets, files=ns.values_files)
         _say(f"installed release {ns.release} as a SparkApplication; follow it with "
              f"`kubectl -n {ns.namespace} get sparkapplication -w` (the chart's NOTES list the commands)")
         return 0
@@ -176,7 +182,7 @@ def _submit(ns: argparse.Namespace) -> int:
         helm.uninstall(ns.release)
         jobs.delete(ns.release)
         _say(f"removed the previous job of {ns.release}")
-    _helm(ns).upgrade_install(ns.release, chart, values, sets=ns.helm_sets)
+    _helm(ns).upgrade_install(ns.release, chart, values, sets=ns.helm_sets, files=ns.values_files)
     _say(f"installed release {ns.release} in namespace {ns.namespace}")
     if not ns.follow:
         print(json.dumps({"release": ns.release, "namespace": ns.namespace, "values": values}))
@@ -186,7 +192,7 @@ def _submit(ns: argparse.Namespace) -> int:
 
 def _follow(jobs: JobClient, ns: argparse.Namespace, *, stream: bool = True) -> int:
     status = jobs.follow(ns.release, sys.stdout, timeout=ns.timeout, start_timeout=ns.start_timeout,
-                         poll=ns.poll, progress=_say, stream=stream)
+                         poll=ns.poll, progress=_say, stream=stream, executor_timeout=ns.executor_timeout)
     _report(status)
     return status.exit_code
 

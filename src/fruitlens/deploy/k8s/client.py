@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -95,6 +96,9 @@ class JobStatus:
         out.append("driver:    " + (self.driver.line() if self.driver else "(no pod yet)"))
         out.append(f"executors: {len(self.executors)}")
         out += ["  " + e.line() for e in self.executors]
+        if not self.finished and unschedulable_executors(self):
+            out.append("no executor can be scheduled: Spark waits for them forever (the Job's activeDeadlineSeconds "
+                       "ends it); fit executor.* sizing, nodeSelector and tolerations to the nodes")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +140,14 @@ def pod_state(pod, container: str | None = None) -> PodState:
                 reason = f"{cond.reason or 'Unschedulable'}: {(cond.message or '').strip()}".rstrip(": ")
                 detail = detail or cond.reason or "Unschedulable"
     return PodState(name=pod.metadata.name, phase=phase, detail=detail, exit_code=exit_code, reason=reason)
+
+
+def unschedulable_executors(status: JobStatus) -> list[PodState]:
+    """The executor pods the scheduler cannot place, when no executor runs at all (some running: the job
+    progresses, and the rest may be placed when capacity comes)."""
+    if not status.executors or any(e.phase == "Running" for e in status.executors):
+        return []
+    return [e for e in status.executors if e.phase == "Pending" and "Unschedulable" in f"{e.detail} {e.reason}"]
 
 
 #: Lines that state an error, best first: fruitlens' own, then a Python or Java exception.
@@ -287,24 +299,52 @@ class JobClient:
 
     def follow(self, release: str, out: TextIO = sys.stdout, *, timeout: float = 6 * 3600,
                start_timeout: float = 900, poll: float = 2.0, progress: Callable[[str], None] | None = None,
-               stream: bool = True) -> JobStatus:
-        """Wait for the driver, stream its log to ``out``, then return the final status or raise
-        :class:`JobFailed` (exit code from the driver container)."""
+               stream: bool = True, executor_timeout: float = 600) -> JobStatus:
+        """Wait for the driver, stream its log to ``out`` while watching the job, then return the final
+        status or raise :class:`JobFailed` (exit code from the driver container).
+
+        No wait is endless: the job must end within ``timeout``, and when every executor pod has been
+        unschedulable (too big for any node, a selector or taint nothing matches) for ``executor_timeout``
+        seconds the job is reported failed with the scheduler's reason; Spark itself would wait forever.
+        """
         started = self.clock()
         status = self.wait_for_driver(release, timeout=start_timeout, poll=poll, progress=progress)
+        pump = None
         if stream and status.driver is not None:
-            try:
-                for chunk in self.stream_log(status.driver.name, follow=True):
-                    out.write(chunk)
-                    out.flush()
-            except ApiError as exc:  # no log to read (evicted before start, already deleted): the result still counts
-                if progress:
-                    progress(f"no driver log: {exc}")
-        remaining = max(timeout - (self.clock() - started), poll)
-        status = self.wait_finished(release, timeout=remaining, poll=poll)
+            pump = threading.Thread(target=self._pump_log, args=(status.driver.name, out, progress), daemon=True)
+            pump.start()
+        stuck_since: float | None = None
+        while not status.finished:
+            stuck = unschedulable_executors(status)
+            if stuck:
+                stuck_since = self.clock() if stuck_since is None else stuck_since
+                if self.clock() - stuck_since >= executor_timeout:
+                    raise JobFailed(
+                        f"job {status.job}: no executor could be scheduled for {executor_timeout:.0f}s "
+                        f"({stuck[0].name}: {stuck[0].reason or stuck[0].detail}); Spark would wait for them forever. "
+                        f"Fit the executors to the nodes (executor.* sizing, nodeSelector, tolerations), then "
+                        f"`fruitlens k8s delete {release}` and submit again", 1)
+            else:
+                stuck_since = None
+            if self.clock() - started > timeout:
+                raise K8sError(f"job {status.job} still {status.state} after {timeout:.0f}s (--timeout); it keeps "
+                               f"running: `fruitlens k8s status {release}`, or `fruitlens k8s delete {release}`")
+            self.sleep(poll)
+            status = self.status(release)
+        if pump is not None:
+            pump.join(timeout=30)  # the rest of the log, which ends with the container
         if status.state == "failed":
             raise JobFailed(f"job {status.job} failed: {status.reason}", status.exit_code)
         return status
+
+    def _pump_log(self, pod_name: str, out: TextIO, progress: Callable[[str], None] | None) -> None:
+        try:
+            for chunk in self.stream_log(pod_name, follow=True):
+                out.write(chunk)
+                out.flush()
+        except K8sError as exc:  # no log to read (evicted before start, already deleted): the result still counts
+            if progress:
+                progress(f"no driver log: {exc}")
 
     def delete(self, release: str) -> list[str]:
         """Delete the release's Job (its driver pod with it) and any executor pods left; names deleted."""
