@@ -11,6 +11,8 @@ import itertools
 import re
 import time
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
 from fruitlens import engines
@@ -46,7 +48,7 @@ from fruitlens.state.run import (
     take_lock,
 )
 from fruitlens.storage import uris
-from fruitlens.storage.listing import list_images
+from fruitlens.storage.listing import LIST_THREADS, list_batches
 from fruitlens.storage.store import Store, StoreOptions, fetch
 from fruitlens.testing import faults
 
@@ -63,7 +65,7 @@ class WorkerError(FruitlensError, RuntimeError):
     """A worker stopped the feature job with an error a user can act on (a full disk, an unreachable OUTPUT)."""
 
 
-def check_paths(config: PipelineConfig, options: StoreOptions) -> tuple[Store, Store, list[SourceFile]]:
+def check_paths(config: PipelineConfig, options: StoreOptions) -> tuple[Store, Store, pa.Table]:
     """INPUT listed (it exists and holds images), OUTPUT usable for it; the stores and the listing."""
     input_uri, output_uri = uris.qualify(config.input), uris.qualify(config.output)
     source, out = Store(input_uri, options), Store(output_uri, options)
@@ -72,8 +74,9 @@ def check_paths(config: PipelineConfig, options: StoreOptions) -> tuple[Store, S
     return source, out, listing
 
 
-def list_input(source: Store, limit: int | None) -> list[SourceFile]:
-    """Every image file below INPUT (sorted by path), with its version; fails naming INPUT if none.
+def list_input(source: Store, limit: int | None, *, threads: int = LIST_THREADS) -> pa.Table:
+    """Every image file below INPUT (sorted by path), with its version, as a :data:`ledger.LISTING_SCHEMA`
+    table (columns: 10 million photos are ~1 GB, not ~5 GB of objects); fails naming INPUT if none.
 
     Hidden names (``.``/``_``), which Spark never reads, are skipped; empty files are listed (and
     become error rows), and so are the links, loops and names that cannot be read (``problem``, see
@@ -81,22 +84,38 @@ def list_input(source: Store, limit: int | None) -> list[SourceFile]:
     """
     if not source.exists():
         raise InputError(f"INPUT {source.uri} does not exist; check the path (and credentials for s3:// URIs)")
-    files = [SourceFile(source.spark_path(e.path), e.size, e.mtime_ns // 1000, e.problem)
-             for e in list_images(source)]
-    if not files:
+    files = listing_of(source, list_batches(source, threads=threads))
+    if not files.num_rows:
         raise InputError(
             f"INPUT {source.uri} holds no images ({', '.join(IMAGE_EXTENSIONS)}, any letter case, in any sub-folder)")
-    files.sort(key=lambda f: f.path)
-    return files[:limit] if limit else files
+    return files.slice(0, limit) if limit else files
+
+
+def listing_of(source: Store, batches) -> pa.Table:
+    """:func:`fruitlens.storage.listing.list_batches`' batches as the plan's listing (Spark's path spelling,
+    time in µs), converted batch by batch as they arrive, sorted by path."""
+    prefix = "file:" if source.is_local else f"{source.scheme}://"
+    parts = [pa.table([pc.binary_join_element_wise(prefix, b.column(0), ""), b.column(1),
+                       pc.divide(b.column(2), 1000), b.column(3)], schema=ledger.LISTING_SCHEMA)
+             for b in batches if b.num_rows]
+    table = pa.concat_tables(parts) if parts else ledger.LISTING_SCHEMA.empty_table()
+    return table.take(pc.sort_indices(table, [(ledger.PATH, "ascending")])).combine_chunks()
+
+
+def split_tasks(todo: list[SourceFile], sizes: list[int]) -> list[list[tuple[str, int, int]]]:
+    """The feature job's tasks: ``todo``'s (path, size, modified_us) rows in runs of ``sizes``."""
+    rows, bounds = [(f.path, f.size, f.modified_us) for f in todo], list(itertools.accumulate(sizes, initial=0))
+    return [rows[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def resolve_model(spark: SparkSession, config: PipelineConfig, options: StoreOptions, out: Store | None = None,
-                  listing: list[SourceFile] = (), source: Store | None = None) -> ModelArtifact:
+                  listing: pa.Table | None = None, source: Store | None = None) -> ModelArtifact:
     """Resolve weights on the driver (fetching a remote .h5 once) and ship the engine's file to workers.
 
     int8: OUTPUT's own model (a resumed run), else one calibrated on INPUT's photos (``listing``)."""
     weights = config.weights if config.weights == "imagenet" else str(fetch(config.weights, options))
-    run = RunInputs(out=None if config.overwrite else out, paths=tuple(f.path for f in listing if f.problem is None),
+    usable = () if listing is None else pc.filter(listing.column(ledger.PATH), listing.column("problem").is_null())
+    run = RunInputs(out=None if config.overwrite else out, paths=tuple(usable.to_pylist() if len(usable) else ()),
                     source=source)
     artifact = prepare_model(config.engine, weights, image_size=config.image_size, run=run)
     spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
@@ -133,8 +152,7 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
     sc = spark.sparkContext
     sizes = (even_sizes(len(todo), config.partitions) if config.partitions
              else task_sizes(len(todo), sc.defaultParallelism, min_images=config.commit_size))
-    rows, bounds = [(f.path, f.size, f.modified_us) for f in todo], list(itertools.accumulate(sizes, initial=0))
-    tasks = [rows[a:b] for a, b in itertools.pairwise(bounds)]
+    tasks = split_tasks(todo, sizes)
     fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.commit_size,
                          input_uri=input_uri, output_uri=out.uri, options=options, progress=progress,
                          retry_timeout=config.retry_timeout, max_image_mpx=config.max_image_mpx)
