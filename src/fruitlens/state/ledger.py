@@ -215,10 +215,11 @@ def _index_columns(index: Sequence[CommittedFile]) -> dict:
     ranked = sorted(range(len(index)), key=lambda i: (-index[i].mtime_ns, len(index[i].rows), index[i].path))
     rank = np.empty(len(index), np.int64)
     rank[ranked] = np.arange(len(index))
-    tables = [f.rows.table if isinstance(f.rows, Rows) else _rows_table(f.rows) for f in index]
-    paths = pa.chunked_array([t.column(PATH) for t in tables], pa.string())
-    sizes = np.concatenate([t.column(SIZE).to_numpy() for t in tables]) if tables else np.zeros(0, np.int64)
-    modified = np.concatenate([t.column(MODIFIED).to_numpy() for t in tables]) if tables else np.zeros(0, np.int64)
+    rows = pa.concat_tables([f.rows.table if isinstance(f.rows, Rows) else _rows_table(f.rows) for f in index]
+                            or [_rows_table(())])
+    paths = rows.column(PATH)
+    sizes = rows.column(SIZE).to_numpy()
+    modified = rows.column(MODIFIED).to_numpy()
     file_no = np.repeat(np.arange(len(index), dtype=np.int64), lengths)
     row_no = np.arange(total, dtype=np.int64) - offsets[:-1][file_no]
     read = np.zeros(total, bool)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -90,8 +91,14 @@ def list_batches(store: Store, *, threads: int = LIST_THREADS) -> Iterator[pa.Re
             for files, below in levels:
                 yield _batch(files)
                 folders += below
-        for infos in pool.map(lambda rel: store.list(rel, recursive=True), folders):
-            yield _batch(infos)
+        # A window of listings ahead of the conversion: LISTs overlap, finished ones wait in a bounded queue.
+        ahead: deque = deque()
+        for rel in folders:
+            ahead.append(pool.submit(store.list, rel, recursive=True))
+            if len(ahead) >= 2 * threads:
+                yield _batch(ahead.popleft().result())
+        while ahead:
+            yield _batch(ahead.popleft().result())
     finally:  # an error (or a consumer that stops): no further LISTs
         pool.shutdown(wait=True, cancel_futures=True)
 
