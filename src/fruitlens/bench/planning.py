@@ -106,25 +106,21 @@ def synthetic(n: int, threads: int) -> dict:
     new = max(300, frac)
     picks = rng.choice(n, size=2 * frac, replace=False)
     removed, changed = set(picks[:frac].tolist()), set(picks[frac:].tolist())
-    t = time.perf_counter()
+    clock = _Clock()
     index = _index(n)  # committed: photos 0..n-1 as they were
-    index_s = time.perf_counter() - t
+    index_s = clock.lap("index")
 
     # The listing: INPUT now holds n photos (minus removed) plus `new` at the end of the numbering.
     store = SyntheticStore(n + new, skip=removed, changed=changed)
-    t = time.perf_counter()
     table = pipeline.listing_of(store, lister.list_batches(store, threads=threads))
-    list_wall = time.perf_counter() - t
-    t = time.perf_counter()  # what generating the FileInfo objects alone takes (S3's and pyarrow's part)
-    for folder in store.folders:
+    list_wall = clock.lap("listing_with_generating")
+    for folder in store.folders:  # what generating the FileInfo objects alone takes (S3's and pyarrow's part)
         store.list(folder, recursive=True)
-    generate_s = time.perf_counter() - t
-    t = time.perf_counter()
+    generate_s = clock.lap("generating")
     p = ledger.plan(index, table)
-    plan_s = time.perf_counter() - t
-    t = time.perf_counter()
+    plan_s = clock.lap("planning")
     tasks = pipeline.split_tasks(p.todo, task_sizes(len(p.todo), 2, min_images=COMMIT_SIZE))
-    tasks_s = time.perf_counter() - t
+    tasks_s = clock.lap("tasks")
     expect = {"reused": n - 2 * frac, "new": new, "changed": frac, "removed": frac}
     got = {k: v for k, v in p.counts().items() if k in expect}
     assert got == expect, (got, expect)
@@ -136,7 +132,32 @@ def synthetic(n: int, threads: int) -> dict:
                         "total": round(listing_s + plan_s + tasks_s, 2),
                         "total_with_generating": round(list_wall + plan_s + tasks_s, 2)},
             "not_counted_s": {"generating_fileinfo": round(generate_s, 2), "generating_index": round(index_s, 2)},
-            "peak_rss_mb": round(_rss_mb(), 0), "rss_before_mb": round(rss0, 0)}
+            "cpu_seconds": clock.cpu, "rss_after_mb": clock.rss,
+            "peak_rss_mb": round(_rss_mb(), 0), "rss_before_mb": round(rss0, 0), "load_average": os.getloadavg()}
+
+
+class _Clock:
+    """Wall and CPU seconds (this process's: a busy shared machine stretches the wall, not the CPU) and
+    the RSS after each phase."""
+
+    def __init__(self) -> None:
+        self.wall, self.proc = time.perf_counter(), time.process_time()
+        self.cpu: dict[str, float] = {}
+        self.rss: dict[str, int] = {}
+
+    def lap(self, name: str) -> float:
+        wall, proc = time.perf_counter(), time.process_time()
+        self.cpu[name] = round(proc - self.proc, 2)
+        self.rss[name] = _current_rss_mb()
+        seconds, self.wall, self.proc = wall - self.wall, wall, proc
+        return seconds
+
+
+def _current_rss_mb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    return 0
 
 
 def _rss_mb() -> float:
