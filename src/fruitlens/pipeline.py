@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
-from fruitlens import engines
+from fruitlens import console, engines
 from fruitlens.config import PipelineConfig
 from fruitlens.engines import FEATURE_DIM, ModelArtifact, RunInputs, prepare_model
 from fruitlens.engines.model import sha256_file
@@ -67,11 +68,18 @@ class WorkerError(FruitlensError, RuntimeError):
 
 def check_paths(config: PipelineConfig, options: StoreOptions) -> tuple[Store, Store, pa.Table]:
     """INPUT listed (it exists and holds images), OUTPUT usable for it; the stores and the listing."""
+    source, out = check_stores(config, options)
+    return source, out, list_input(source, config.limit)
+
+
+def check_stores(config: PipelineConfig, options: StoreOptions) -> tuple[Store, Store]:
+    """INPUT exists and OUTPUT is usable for it (cheap: no listing); the two stores."""
     input_uri, output_uri = uris.qualify(config.input), uris.qualify(config.output)
     source, out = Store(input_uri, options), Store(output_uri, options)
-    listing = list_input(source, config.limit)
+    if not source.exists():
+        raise InputError(f"INPUT {source.uri} does not exist; check the path (and credentials for s3:// URIs)")
     check_reusable(out, input_uri, overwrite=config.overwrite)
-    return source, out, listing
+    return source, out
 
 
 def list_input(source: Store, limit: int | None, *, threads: int = LIST_THREADS) -> pa.Table:
@@ -110,16 +118,54 @@ def split_tasks(todo: list[SourceFile], sizes: list[int]) -> list[list[tuple[str
 
 def resolve_model(spark: SparkSession, config: PipelineConfig, options: StoreOptions, out: Store | None = None,
                   listing: pa.Table | None = None, source: Store | None = None) -> ModelArtifact:
-    """Resolve weights on the driver (fetching a remote .h5 once) and ship the engine's file to workers.
+    """:func:`prepare_artifact`, and the engine's file shipped to the workers."""
+    artifact = prepare_artifact(config, options, out, listing, source)
+    spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
+    return artifact
+
+
+def prepare_artifact(config: PipelineConfig, options: StoreOptions, out: Store | None = None,
+                     listing: pa.Table | None = None, source: Store | None = None) -> ModelArtifact:
+    """Resolve weights on the driver (fetching a remote .h5 once) and make or find the engine's model file
+    (no Spark: it runs while the JVM starts).
 
     int8: OUTPUT's own model (a resumed run), else one calibrated on INPUT's photos (``listing``)."""
     weights = config.weights if config.weights == "imagenet" else str(fetch(config.weights, options))
     usable = () if listing is None else pc.filter(listing.column(ledger.PATH), listing.column("problem").is_null())
     run = RunInputs(out=None if config.overwrite else out, paths=tuple(usable.to_pylist() if len(usable) else ()),
                     source=source)
-    artifact = prepare_model(config.engine, weights, image_size=config.image_size, run=run)
-    spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
-    return artifact
+    return prepare_model(config.engine, weights, image_size=config.image_size, run=run)
+
+
+class Background:
+    """A call on a daemon thread (the JVM's start-up): :meth:`join` returns its result or raises its error.
+    Daemon: a run that fails meanwhile (an INPUT without images) exits without waiting for it."""
+
+    def __init__(self, fn, *args) -> None:
+        self._result, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True, name="fruitlens-setup")
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to join()
+            self._error = exc
+
+    def join(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def timed(parts: dict[str, float], name: str, fn, *args):
+    """``fn(*args)``, its wall seconds recorded in ``parts[name]`` (the setup's parts: they overlap)."""
+    t = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        parts[name] = round(time.perf_counter() - t, 3)
 
 
 def feature_settings(input_uri: str, artifact: ModelArtifact) -> dict:
@@ -206,16 +252,26 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     """`fruitlens run` (and `extract` with ``with_pca=False``): images → features (→ PCA) → manifest."""
     timer = Timer()
     t = time.perf_counter()
+    parts: dict[str, float] = {}  # the setup's parts, each timed where it runs (several overlap)
     input_uri, output_uri = uris.qualify(config.input), uris.qualify(config.output)
     if launched_by_spark_submit():  # the JVM runs already, with settings (spark-defaults) we only read from it
-        spark = build_session(config)
-        source, out, listing = check_paths(config, options := store_options(spark, input_uri, output_uri))
+        spark = timed(parts, "spark_session", build_session, config)
+        source, out = check_stores(config, options := store_options(spark, input_uri, output_uri))
+        listing = timed(parts, "listing", list_input, source, config.limit)
+        artifact = timed(parts, "model", prepare_artifact, config, options, out, listing, source)
     else:  # INPUT and OUTPUT checked before the JVM's seconds of start-up: a wrong path fails at once
         options = store_options_before_spark(config, input_uri, output_uri)
-        source, out, listing = check_paths(config, options)
-        spark = build_session(config)
-    artifact = resolve_model(spark, config, options, out, listing, source)
+        source, out = check_stores(config, options)
+        # The JVM (another process) starts while this thread lists INPUT and prepares the model: the
+        # JVM's seconds, not their sum (docs/performance.md, "Setup").
+        session = Background(timed, parts, "spark_session", build_session, config)
+        listing = timed(parts, "listing", list_input, source, config.limit)
+        artifact = timed(parts, "model", prepare_artifact, config, options, out, listing, source)
+        spark = timed(parts, "spark_wait", session.join)
+        console.stop_on_interrupt()  # (build_session's own call was on the other thread)
+    spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
     warm = warm_workers(spark, artifact, batch_size=config.batch_size)
+    t_plan = time.perf_counter()
     with warm, take_lock(out, config) as lock:
         if config.overwrite:
             clear(out)
@@ -230,12 +286,14 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         drop_derived(out)
         todo = [f for f in plan.todo if f.problem is None]
         unusable, unlisted = ledger.commit_listing_errors(out, [f for f in plan.todo if f.problem is not None])
-        warm.wait() if todo else warm.cancel()  # the workers' start-up counts as setup
+        parts["plan"] = round(time.perf_counter() - t_plan, 3)
+        timed(parts, "workers_wait", warm.wait if todo else warm.cancel)  # the workers' start-up counts as setup
         timer.lap("setup", t)
         log(f"setup: input {input_uri}: {len(listing)} images; reused {plan.reused}, new {plan.new}, "
             f"changed {plan.changed}, removed {plan.removed}, retried {plan.retried}; engine "
             f"{engines.spec(artifact.engine).runtime} {artifact.precision} {artifact.image_size}px, "
-            f"{spark.sparkContext.defaultParallelism} task slots ({timer.seconds['setup']:.1f} s)")
+            f"{spark.sparkContext.defaultParallelism} task slots ({timer.seconds['setup']:.1f} s: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + ")")
 
         t = time.perf_counter()
         with image_progress(spark, "extract", enabled=config.progress) as progress:
@@ -271,6 +329,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             spark={"master": spark.sparkContext.master, "task_slots": spark.sparkContext.defaultParallelism,
                    "feature_tasks": done["tasks"], "python_workers": done["python_workers"]},
             config=config.to_dict(), history=history)
+        manifest["setup_s"] = parts
         if config.train:  # before the manifest, so its metrics and timing are in it
             from fruitlens.classify.train import train
 
