@@ -107,7 +107,10 @@ def listing_of(source: Store, batches) -> pa.Table:
                        pc.divide(b.column(2), 1000), b.column(3)], schema=ledger.LISTING_SCHEMA)
              for b in batches if b.num_rows]
     table = pa.concat_tables(parts) if parts else ledger.LISTING_SCHEMA.empty_table()
-    return table.take(pc.sort_indices(table, [(ledger.PATH, "ascending")])).combine_chunks()
+    paths = table.column(ledger.PATH)
+    if table.num_rows > 1 and not pc.all(pc.less(paths[:-1], paths[1:])).as_py():  # S3 lists in key order
+        table = table.take(pc.sort_indices(table, [(ledger.PATH, "ascending")]))
+    return table
 
 
 def split_tasks(todo: list[SourceFile], sizes: list[int]) -> list[list[tuple[str, int, int]]]:

@@ -81,18 +81,20 @@ class SyntheticStore:
 
 
 def _index(n: int) -> list[ledger.CommittedFile]:
-    """The committed index of photos 0..n-1, in files of ``COMMIT_SIZE`` rows, as read_index holds it."""
-    files, numbers = [], np.arange(n)
-    folders = _folders(n)
-    for start in range(0, n, COMMIT_SIZE):
-        nums = numbers[start:start + COMMIT_SIZE]
+    """The committed index of photos 0..n-1, in files of ``COMMIT_SIZE`` rows, as read_index holds it (views
+    of one table)."""
+    folders, chunks = _folders(n), []
+    for start in range(0, n, 100_000):
+        nums = np.arange(start, min(start + 100_000, n))
         paths = [f"s3a://{BUCKET}/in/{_key(folders[j // PER_FOLDER], j)}" for j in nums.tolist()]
-        rows = ledger.Rows(pa.table({ledger.PATH: pa.array(paths, pa.string()),
-                                     ledger.SIZE: pa.array(1000 + nums % 977, pa.int64()),
-                                     ledger.MODIFIED: pa.array((MTIME_NS + nums) // 1000, pa.int64())}))
-        files.append(ledger.CommittedFile("features", f"{BUCKET}/out/features/part-{start:09d}.parquet",
-                                          start, rows))
-    return files
+        chunks.append(pa.table({ledger.PATH: pa.array(paths, pa.string()),
+                                ledger.SIZE: pa.array(1000 + nums % 977, pa.int64()),
+                                ledger.MODIFIED: pa.array((MTIME_NS + nums) // 1000, pa.int64())}))
+    base = pa.concat_tables(chunks).combine_chunks()
+    del chunks
+    return [ledger.CommittedFile("features", f"{BUCKET}/out/features/part-{start:09d}.parquet", start,
+                                 ledger.Rows(base, start, min(COMMIT_SIZE, n - start)))
+            for start in range(0, n, COMMIT_SIZE)]
 
 
 def synthetic(n: int, threads: int) -> dict:

@@ -21,6 +21,7 @@ as Arrow columns and compared with vectorised lookups (one hash of the listed pa
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -68,14 +69,20 @@ def source_files(table: pa.Table) -> list[SourceFile]:
 
 
 class Rows(Sequence):
-    """A committed file's rows as Arrow columns (``path``, ``size``, ``modified`` as µs): a sequence of
-    (path, size, modified_us) tuples to whoever iterates it, without holding millions of tuples."""
+    """A committed file's rows, ``length`` rows from ``offset`` of an Arrow table (``path``, ``size``,
+    ``modified`` as µs) that the whole index shares: a sequence of (path, size, modified_us) tuples to
+    whoever iterates it, without millions of tuples or one Arrow table per file."""
 
-    def __init__(self, table: pa.Table) -> None:
-        self.table = table
+    def __init__(self, table: pa.Table, offset: int = 0, length: int | None = None) -> None:
+        self.base, self.offset = table, offset
+        self.length = table.num_rows - offset if length is None else length
+
+    @property
+    def table(self) -> pa.Table:
+        return self.base.slice(self.offset, self.length)
 
     def __len__(self) -> int:
-        return self.table.num_rows
+        return self.length
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -84,13 +91,23 @@ class Rows(Sequence):
         return row[PATH], row[SIZE], row[MODIFIED]
 
     def __iter__(self) -> Iterator[tuple[str, int, int]]:
-        return zip(*(self.table.column(c).to_pylist() for c in (PATH, SIZE, MODIFIED)), strict=True)
+        table = self.table
+        return zip(*(table.column(c).to_pylist() for c in (PATH, SIZE, MODIFIED)), strict=True)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
 
     def __hash__(self) -> int:
         return hash(tuple(self))
+
+
+def shared_rows(tables: Sequence[pa.Table]) -> list[Rows]:
+    """One :class:`Rows` per table, all views of one concatenated table (``path``, ``size``, ``modified``)."""
+    if not tables:
+        return []
+    base = pa.concat_tables([t.select([PATH, SIZE, MODIFIED]) for t in tables]).combine_chunks()
+    offsets = itertools.accumulate((t.num_rows for t in tables), initial=0)
+    return [Rows(base, off, t.num_rows) for off, t in zip(offsets, tables, strict=False)]
 
 
 @dataclass(frozen=True)
@@ -126,13 +143,17 @@ def read_index(store: Store, *, threads: int = 16) -> list[CommittedFile]:
             parquet = pq.ParquetFile(fh)
             kinds = kind == layout.ERRORS and KIND in parquet.schema_arrow.names
             table = parquet.read(columns=INDEX_COLUMNS + ([KIND] if kinds else []))
-        rows = Rows(pa.table({PATH: table.column(PATH), SIZE: table.column(SIZE),
-                              MODIFIED: pc.cast(table.column(MODIFIED), pa.int64())}))
-        return CommittedFile(kind, info.path, info.mtime_ns or 0, rows,
-                             tuple(table.column(KIND).to_pylist()) if kinds else ())
+        rows = pa.table({PATH: table.column(PATH), SIZE: table.column(SIZE),
+                         MODIFIED: pc.cast(table.column(MODIFIED), pa.int64())})
+        return kind, info, rows, tuple(table.column(KIND).to_pylist()) if kinds else ()
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(read, infos))
+        read_files = list(pool.map(read, infos))
+    # One table for the whole index (files are views of it): at 40,000 files, one table each costs more
+    # than their rows.
+    rows = shared_rows([r for _, _, r, _ in read_files])
+    return [CommittedFile(kind, info.path, info.mtime_ns or 0, r, kinds)
+            for (kind, info, _, kinds), r in zip(read_files, rows, strict=True)]
 
 
 @dataclass
@@ -160,23 +181,29 @@ def plan(index: Sequence[CommittedFile], listing: Sequence[SourceFile] | pa.Tabl
     n_listed = listed.num_rows
     idx = _index_columns(index)
     # Each committed row's place in the listing (-1: not listed), and whether it is the listed version.
-    pos = pc.index_in(idx[PATH], value_set=listed.column(PATH))
-    listed_at = pos.is_valid().to_numpy(zero_copy_only=False)
-    pos = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    sizes = listed.column(SIZE).to_numpy()
-    modified = listed.column("modified_us").to_numpy()
-    where = np.where(listed_at, pos, 0)
-    current = listed_at & (sizes[where] == idx[SIZE]) & (modified[where] == idx[MODIFIED]) if n_listed else listed_at
+    pos = pc.index_in(idx[PATH], value_set=listed.column(PATH)).fill_null(-1).to_numpy().astype(np.int64)
+    listed_at = pos >= 0
+    at = np.where(listed_at, pos, 0)
+    current = listed_at.copy()
+    if n_listed:
+        current &= listed.column(SIZE).to_numpy()[at] == idx[SIZE]
+        current &= listed.column("modified_us").to_numpy()[at] == idx[MODIFIED]
+    del at
     unread = np.zeros(n_listed, bool)  # listed versions with a read error: to process again
     unread[pos[current & idx["read"]]] = True
     # Of all rows of a path with the listed version, keep the one in the newest file (ties: the smaller
     # file, which is what a rewrite leaves; then the name, for a deterministic choice); in one file (a path
-    # twice only through a bug) the first row.
-    candidates = np.flatnonzero(current & ~idx["read"])
-    candidates = candidates[np.argsort(idx["order"][candidates], kind="stable")]
-    _, first = np.unique(pos[candidates], return_index=True)
-    keep = np.zeros(len(pos), bool)
-    keep[candidates[first]] = True
+    # twice only through a bug) the first row. Paths with one candidate row (nearly all) need no ranking.
+    keep = current & ~idx["read"]
+    copies = np.bincount(pos[keep], minlength=n_listed)
+    duplicated = np.flatnonzero(keep & (copies[np.where(listed_at, pos, 0)] > 1))
+    del copies
+    if len(duplicated):
+        keep[duplicated] = False
+        order = idx["rank"][idx["file"][duplicated]] * (1 << 32) + (duplicated - idx["offsets"][idx["file"][duplicated]])
+        ranked = duplicated[np.argsort(order, kind="stable")]
+        _, first = np.unique(pos[ranked], return_index=True)
+        keep[ranked[first]] = True
     won = np.zeros(n_listed, bool)
     won[pos[keep]] = True
     seen = np.zeros(n_listed, bool)
@@ -206,28 +233,51 @@ def plan(index: Sequence[CommittedFile], listing: Sequence[SourceFile] | pa.Tabl
 
 
 def _index_columns(index: Sequence[CommittedFile]) -> dict:
-    """Every committed row as columns: path (Arrow), size, modified, file number, read error, and ``order``
-    (the file's rank by newest, smaller, name, then the row's place in it: the lower wins); per file, the
-    offset of its first row."""
+    """Every committed row as columns: path (Arrow, views of the index's table), size, modified, file number
+    (int32), read error; per file its rank (by newest, smaller, name: the lower wins) and first row's offset."""
     lengths = np.array([len(f.rows) for f in index], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     total = int(offsets[-1])
     ranked = sorted(range(len(index)), key=lambda i: (-index[i].mtime_ns, len(index[i].rows), index[i].path))
     rank = np.empty(len(index), np.int64)
     rank[ranked] = np.arange(len(index))
-    rows = pa.concat_tables([f.rows.table if isinstance(f.rows, Rows) else _rows_table(f.rows) for f in index]
-                            or [_rows_table(())])
-    paths = rows.column(PATH)
-    sizes = rows.column(SIZE).to_numpy()
-    modified = rows.column(MODIFIED).to_numpy()
-    file_no = np.repeat(np.arange(len(index), dtype=np.int64), lengths)
-    row_no = np.arange(total, dtype=np.int64) - offsets[:-1][file_no]
+    paths, sizes, modified = [], [], []
+    for table in _row_tables(index):
+        paths += table.column(PATH).chunks
+        sizes += [c.to_numpy() for c in table.column(SIZE).chunks]
+        modified += [c.to_numpy() for c in table.column(MODIFIED).chunks]
+    empty = np.zeros(0, np.int64)
     read = np.zeros(total, bool)
     for i, f in enumerate(index):
         if f.error_kinds:
             read[offsets[i]:offsets[i + 1]] = np.array(f.error_kinds, dtype=object) == READ
-    return {PATH: paths, SIZE: sizes, MODIFIED: modified, "file": file_no, "read": read,
-            "order": (rank[file_no] << 32) + row_no, "offsets": offsets}
+    return {PATH: pa.chunked_array(paths, pa.string()),
+            SIZE: np.concatenate(sizes) if sizes else empty, MODIFIED: np.concatenate(modified) if modified else empty,
+            "file": np.repeat(np.arange(len(index), dtype=np.int32), lengths), "read": read, "rank": rank,
+            "offsets": offsets}
+
+
+def _row_tables(index: Sequence[CommittedFile]) -> Iterator[pa.Table]:
+    """Each file's rows as a table; consecutive views of one shared table as one slice of it (zero-copy)."""
+    run: list[CommittedFile] = []
+
+    def flush():
+        if run:
+            first, last = run[0].rows, run[-1].rows
+            yield first.base.slice(first.offset, last.offset + last.length - first.offset)
+            run.clear()
+
+    for f in index:
+        rows = f.rows
+        if isinstance(rows, Rows):
+            prev = run[-1].rows if run else None
+            if prev is not None and (prev.base is not rows.base or prev.offset + prev.length != rows.offset):
+                yield from flush()
+            run.append(f)
+            continue
+        yield from flush()
+        yield _rows_table(rows)
+    yield from flush()
 
 
 def _rows_table(rows: Iterable[tuple[str, int, int]]) -> pa.Table:
