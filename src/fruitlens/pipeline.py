@@ -7,6 +7,7 @@ manifest last. Killed at any point, the same command continues from what was com
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import threading
@@ -25,7 +26,13 @@ from fruitlens.featurize import SUMMARY_FIELDS, even_sizes, make_featurizer, tas
 from fruitlens.images import IMAGE_EXTENSIONS
 from fruitlens.pca_stage import drop_pca, timed_pca
 from fruitlens.progress import ImageProgress, log
-from fruitlens.spark import build_session, launched_by_spark_submit, store_options, store_options_before_spark
+from fruitlens.spark import (
+    build_session,
+    launched_by_spark_submit,
+    master_of,
+    store_options,
+    store_options_before_spark,
+)
 from fruitlens.state import layout, ledger
 from fruitlens.state.layout import LAYOUT_VERSION, OutputLayout
 from fruitlens.state.ledger import SourceFile
@@ -195,9 +202,8 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
                   out: Store, options: StoreOptions, artifact: ModelArtifact, *,
                   progress: tuple[str, int] | None = None) -> dict:
     """Featurize ``todo``; the workers commit as they go; returns the summed per-batch summaries."""
-    totals = {"images": 0, "features": 0, "errors": 0, "read_errors": 0, "read_decode_s": 0.0, "inference_s": 0.0}
     if not todo:
-        return {**totals, "tasks": 0, "python_workers": 0}
+        return {**summed(()), "tasks": 0}
     sc = spark.sparkContext
     sizes = (even_sizes(len(todo), config.partitions) if config.partitions
              else task_sizes(len(todo), sc.defaultParallelism, min_images=config.commit_size))
@@ -205,7 +211,6 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
     fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.commit_size,
                          input_uri=input_uri, output_uri=out.uri, options=options, progress=progress,
                          retry_timeout=config.retry_timeout, max_image_mpx=config.max_image_mpx)
-    workers: set[int] = set()
     # One element (a task's list of rows) per partition: Spark runs partitions in this order. The input
     # must be read to its end, else PySpark does not reuse the Python worker (and its loaded model).
     try:
@@ -216,12 +221,54 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
         if error is None:
             raise
         raise error from None
+    return {**summed(summaries), "tasks": len(tasks)}
+
+
+def summed(summaries) -> dict:
+    """The feature job's per-batch summaries (:data:`SUMMARY_FIELDS`) added up, and the workers counted."""
+    totals = {"images": 0, "features": 0, "errors": 0, "read_errors": 0, "read_decode_s": 0.0, "inference_s": 0.0}
+    workers: set[int] = set()
     for summary in summaries:
         row = dict(zip(SUMMARY_FIELDS, summary, strict=True))
         for key in totals:
             totals[key] += row[key]
         workers.add(row["worker"])
-    return {**totals, "tasks": len(tasks), "python_workers": len(workers)}
+    return {**totals, "python_workers": len(workers)}
+
+
+def extract_in_driver(config: PipelineConfig, todo: list[SourceFile], input_uri: str, out: Store,
+                      options: StoreOptions, artifact: ModelArtifact, *,
+                      progress: tuple[str, int] | None = None) -> dict:
+    """A small run's images featurized in this process by the function a Spark task runs (the same reads,
+    decodes, inference and commits, batch by batch): no Python workers to start, no model to ship."""
+    fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.commit_size,
+                         input_uri=input_uri, output_uri=out.uri, options=options, progress=progress,
+                         retry_timeout=config.retry_timeout, max_image_mpx=config.max_image_mpx, in_driver=True)
+    done = summed(fn((f.path, f.size, f.modified_us) for f in todo))
+    return {**done, "tasks": 0, "python_workers": 0}
+
+
+class Session:
+    """The SparkSession, or the background start of one (:class:`Background`), joined when first needed;
+    how long the run waited for it goes into the setup's parts (``spark_wait``)."""
+
+    def __init__(self, spark: SparkSession | None, starting: Background | None, parts: dict[str, float]) -> None:
+        self._spark, self._starting, self._parts = spark, starting, parts
+        self.setup_done = False
+        self.late_wait_s = 0.0  # waited after the setup (a run featurized in the driver): setup all the same
+
+    def get(self) -> SparkSession:
+        if self._spark is None:
+            self._spark = timed(self._parts, "spark_wait", self._starting.join)
+            console.stop_on_interrupt()  # (build_session's own call was on the other thread)
+            if self.setup_done:
+                self.late_wait_s = self._parts["spark_wait"]
+        return self._spark
+
+    def warm_workers(self, artifact: ModelArtifact, config: PipelineConfig):
+        spark = self.get()
+        spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
+        return warm_workers(spark, artifact, batch_size=config.batch_size)
 
 
 _WORKER_ERROR = re.compile(r"^fruitlens\.[\w.]+Error: (.+)$", re.MULTILINE)
@@ -267,15 +314,18 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         source, out = check_stores(config, options)
         # The JVM (another process) starts while this thread lists INPUT and prepares the model: the
         # JVM's seconds, not their sum (docs/performance.md, "Setup").
-        session = Background(timed, parts, "spark_session", build_session, config)
+        starting = Background(timed, parts, "spark_session", build_session, config)
         listing = timed(parts, "listing", list_input, source, config.limit)
         artifact = timed(parts, "model", prepare_artifact, config, options, out, listing, source)
-        spark = timed(parts, "spark_wait", session.join)
-        console.stop_on_interrupt()  # (build_session's own call was on the other thread)
-    spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
-    warm = warm_workers(spark, artifact, batch_size=config.batch_size)
+        spark = None
+    session = Session(spark, None if spark else starting, parts)
+    # A small run on a local master may featurize in this process (no Python workers to start): decided on
+    # the plan, made while the JVM starts. Otherwise the workers warm up while the driver plans.
+    may_drive = (spark is None and config.driver_max_images > 0 and not config.partitions
+                 and master_of(config).startswith("local") and not faults.needs_workers())
+    warm = None if may_drive else session.warm_workers(artifact, config)
     t_plan = time.perf_counter()
-    with warm, take_lock(out, config) as lock:
+    with warm or contextlib.nullcontext(), take_lock(out, config) as lock:
         if config.overwrite:
             clear(out)
         check_settings(out, feature_settings(input_uri, artifact), overwrite=config.overwrite)
@@ -290,19 +340,32 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         todo = [f for f in plan.todo if f.problem is None]
         unusable, unlisted = ledger.commit_listing_errors(out, [f for f in plan.todo if f.problem is not None])
         parts["plan"] = round(time.perf_counter() - t_plan, 3)
-        timed(parts, "workers_wait", warm.wait if todo else warm.cancel)  # the workers' start-up counts as setup
+        in_driver = may_drive and len(todo) <= config.driver_max_images
+        if todo and warm is None and not in_driver:
+            warm = session.warm_workers(artifact, config)
+        if warm is not None:  # the workers' start-up counts as setup
+            with warm:
+                timed(parts, "workers_wait", warm.wait if todo else warm.cancel)
         timer.lap("setup", t)
+        session.setup_done = True
+        where = ("in the driver" if in_driver else
+                 f"{session.get().sparkContext.defaultParallelism} task slots" if todo else "nothing to featurize")
         log(f"setup: input {input_uri}: {len(listing)} images; reused {plan.reused}, new {plan.new}, "
             f"changed {plan.changed}, removed {plan.removed}, retried {plan.retried}; engine "
             f"{engines.spec(artifact.engine).runtime} {artifact.precision} {artifact.image_size}px, "
-            f"{spark.sparkContext.defaultParallelism} task slots ({timer.seconds['setup']:.1f} s: "
-            + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + ")")
+            f"{where} ({timer.seconds['setup']:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + ")")
 
         t = time.perf_counter()
-        with image_progress(spark, "extract", enabled=config.progress) as progress:
-            progress.total = len(todo)
-            done = extract_stage(spark, config, todo, input_uri, out, options, artifact,
-                                 progress=progress.address)
+        if in_driver:  # the JVM keeps starting meanwhile (the PCA and the manifest need it)
+            with ImageProgress("extract", enabled=config.progress) as progress:
+                progress.total = len(todo)
+                done = extract_in_driver(config, todo, input_uri, out, options, artifact, progress=progress.address)
+        else:
+            spark = session.get()
+            with image_progress(spark, "extract", enabled=config.progress) as progress:
+                progress.total = len(todo)
+                done = extract_stage(spark, config, todo, input_uri, out, options, artifact,
+                                     progress=progress.address)
         seconds = timer.lap("extract", t)
         log(f"extract: {done['images']} images -> {done['features']} features, {done['errors']} errors "
             f"({done['errors'] - done['read_errors']} decode, {done['read_errors']} read) "
@@ -320,6 +383,10 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             raise
 
         pca = None
+        spark = session.get()
+        if session.late_wait_s:  # the JVM's start-up not hidden behind the extraction counts as setup
+            timer.seconds["setup"] = round(timer.seconds["setup"] + session.late_wait_s, 3)
+            log(f"setup: waited {session.late_wait_s:.1f} s more for Spark's JVM")
         if with_pca:
             pca = timed_pca(spark, config, out, timer, counts["features"])
         else:
@@ -330,7 +397,8 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             worker={"decode_resize_s": round(done["read_decode_s"], 3),
                     "inference_s": round(done["inference_s"], 3), "images": done["images"]},
             spark={"master": spark.sparkContext.master, "task_slots": spark.sparkContext.defaultParallelism,
-                   "feature_tasks": done["tasks"], "python_workers": done["python_workers"]},
+                   "feature_tasks": done["tasks"], "python_workers": done["python_workers"],
+                   "extract_on": "driver" if in_driver else "spark"},
             config=config.to_dict(), history=history)
         manifest["setup_s"] = parts
         if config.train:  # before the manifest, so its metrics and timing are in it
