@@ -39,7 +39,7 @@ class WeedServer:
     """``with WeedServer(folder) as s3:`` → ``s3.endpoint`` (``http://127.0.0.1:PORT``), ``s3.filer``."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ports = free_ports(8)
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = self.ports

@@ -105,7 +105,7 @@ def shared_rows(tables: Sequence[pa.Table]) -> list[Rows]:
     """One :class:`Rows` per table, all views of one concatenated table (``path``, ``size``, ``modified``)."""
     if not tables:
         return []
-    base = pa.concat_tables([t.select([PATH, SIZE, MODIFIED]) for t in tables]).combine_chunks()
+    base = pa.concat_tables([t.select([PATH, SIZE, MODIFIED]) for t in tables])  # zero-copy: a chunk per file
     offsets = itertools.accumulate((t.num_rows for t in tables), initial=0)
     return [Rows(base, off, t.num_rows) for off, t in zip(offsets, tables, strict=False)]
 
