@@ -8,4 +8,4 @@ bench-plan: setup ## the driver's listing + planning + tasks at 1M and 10M synth
 
 .PHONY: bench-setup
 bench-setup: setup ## setup's share of clean 300-photo runs, its parts; BASELINE_SRC=<other checkout>/src alternates with that code: .bench/setup.json
-	PYTHONPATH=src $(PY) -m fruitlens.bench.setup --rounds 3 $(if $(BASELINE_SRC),--baseline-src $(BASELINE_SRC)) --json .bench/setup.json $(ARGS)
+	PYTHONPATH=src $(PY) -m fruitlens.bench.setup --rounds 3 --spark-workers $(if $(BASELINE_SRC),--baseline-src $(BASELINE_SRC)) --json .bench/setup.json $(ARGS)

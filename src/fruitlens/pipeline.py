@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -240,12 +242,26 @@ def extract_in_driver(config: PipelineConfig, todo: list[SourceFile], input_uri:
                       options: StoreOptions, artifact: ModelArtifact, *,
                       progress: tuple[str, int] | None = None) -> dict:
     """A small run's images featurized in this process by the function a Spark task runs (the same reads,
-    decodes, inference and commits, batch by batch): no Python workers to start, no model to ship."""
+    decodes, inference and commits, batch by batch): no Python workers to start, no model to ship. One
+    part per core on threads, each with a one-thread engine (one ONNX Runtime session, run concurrently;
+    they release the GIL), as Spark's slots would: a single call with an all-core engine leaves the cores
+    to its spinning threads while its one decoding thread is the bottleneck."""
     fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.commit_size,
                          input_uri=input_uri, output_uri=out.uri, options=options, progress=progress,
                          retry_timeout=config.retry_timeout, max_image_mpx=config.max_image_mpx, in_driver=True)
-    done = summed(fn((f.path, f.size, f.modified_us) for f in todo))
+    tasks = split_tasks(todo, even_sizes(len(todo), local_slots(config)))
+    with ThreadPoolExecutor(len(tasks), thread_name_prefix="fruitlens-extract") as pool:
+        parts = list(pool.map(lambda rows: list(fn(rows)), tasks))
+    done = summed(itertools.chain.from_iterable(parts))
     return {**done, "tasks": 0, "python_workers": 0}
+
+
+def local_slots(config: PipelineConfig) -> int:
+    """The task slots of a local master: ``local[N]`` → N, ``local`` → 1, ``local[*]`` → the cores."""
+    found = re.match(r"local\[(\d+|\*)", master_of(config))
+    if found is None:
+        return 1
+    return os.cpu_count() or 1 if found.group(1) == "*" else max(1, int(found.group(1)))
 
 
 class Session:

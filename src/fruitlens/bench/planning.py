@@ -200,6 +200,11 @@ def ensure_bucket(server, n: int, workdir: Path) -> None:
     t = time.perf_counter()
     server.copy_tree(tree, BUCKET)
     print(f"s3: put {n} objects in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    have = sum(page.get("KeyCount", 0) for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=BUCKET, Prefix=f"in-{n}/"))
+    if have != n:
+        raise SystemExit(f"s3: {have} objects in s3://{BUCKET}/in-{n}/ after the upload, not {n}: see "
+                         f"{server.workdir / 'weed.log'}")
     client.put_object(Bucket=BUCKET, Key=marker, Body=b"")
 
 

@@ -95,5 +95,5 @@ class WeedServer:
     def copy_tree(self, local: Path, bucket: str) -> None:
         """Upload a local folder into ``bucket`` with ``weed filer.copy`` (Go, concurrent: thousands of tiny
         objects a second, where single PUTs from Python manage a few hundred on two cores)."""
-        subprocess.run([self.weed, "filer.copy", "-c=32", *[str(p) for p in sorted(Path(local).iterdir())],
+        subprocess.run([self.weed, "filer.copy", "-c=32", *[str(p.resolve()) for p in sorted(Path(local).iterdir())],
                         f"{self.filer}/buckets/{bucket}/"], check=True, cwd=self.workdir, stdout=subprocess.DEVNULL)

@@ -4,8 +4,9 @@ planning, worker warm-up), and its parts, with the CPU, as JSON.
 Each round runs ``fruitlens run INPUT OUTPUT --overwrite --no-progress`` on the same 300 Training photos of the
 sample (every n-th, all classes) in a fresh process, and reads the wall time from outside (process start to
 exit: imports and JVM shutdown included), the manifest's ``timings_s`` and its ``setup_s`` parts. With
-``--baseline-src`` (the ``src`` folder of another checkout) the rounds alternate between that code and this
-one, so that both meet the same machine (a shared host drifts from minute to minute).
+``--baseline-src`` (the ``src`` folder of another checkout) and/or ``--spark-workers`` (this code with the
+features made by Spark's Python workers) the rounds alternate between the variants, in turn order reversed
+every round, so that all meet the same machine (a shared host drifts from minute to minute).
 """
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def make_input(root: Path, photos: int) -> Path:
     return root
 
 
-def one_run(src: Path, input_dir: Path, out: Path, extra: list[str]) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(src)}
+def one_run(src: Path, input_dir: Path, out: Path, extra: list[str], env: dict | None = None) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src), **(env or {})}
     t = time.perf_counter()
     cpu0 = os.times()
     proc = subprocess.run([sys.executable, "-m", "fruitlens", "run", str(input_dir), str(out), "--overwrite",
@@ -72,18 +73,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--baseline-src", type=Path, help="the src/ of the code to compare with (e.g. a git "
                     "worktree of main); rounds alternate")
+    ap.add_argument("--spark-workers", action="store_true", help="also this code with driver_max_images 0 "
+                    "(the features made by Spark's Python workers, as before)")
     ap.add_argument("--workdir", type=Path, default=Path(".bench/setup"))
     ap.add_argument("--json", type=Path)
     ap.add_argument("args", nargs="*", help="more `fruitlens run` options")
     args = ap.parse_args(argv)
     here = Path(__file__).resolve().parents[2]
     input_dir = make_input(args.workdir / f"in{args.photos}", args.photos)
-    variants = {"this": here} | ({"baseline": args.baseline_src.resolve()} if args.baseline_src else {})
+    variants = {"this": (here, {})}
+    if args.spark_workers:
+        variants["this-spark-workers"] = (here, {"FRUITLENS_DRIVER_MAX_IMAGES": "0"})
+    if args.baseline_src:
+        variants["baseline"] = (args.baseline_src.resolve(), {})
     runs: dict[str, list[dict]] = {k: [] for k in variants}
     one_run(here, input_dir, args.workdir / "out-warm", args.args)  # the ONNX export and the OS caches, once
     for i in range(args.rounds):
-        for name, src in (variants.items() if i % 2 == 0 else reversed(variants.items())):
-            row = one_run(src, input_dir, args.workdir / f"out-{name}", args.args)
+        for name, (src, env) in (variants.items() if i % 2 == 0 else reversed(variants.items())):
+            row = one_run(src, input_dir, args.workdir / f"out-{name}", args.args, env)
             runs[name].append(row)
             print(f"{name} round {i + 1}: wall {row['wall_s']} s, setup {row['timings_s']['setup']} s "
                   f"({row['setup_share_of_wall']:.0%} of the wall), parts {row['setup_s']}", flush=True)
