@@ -22,7 +22,8 @@ from pathlib import Path
 
 from fruitlens.bench.engines import cpu_info
 
-SHARED = Path(os.environ.get("FRUITLENS_SHARED", Path(__file__).resolve().parents[4] / "shared"))
+#: The shared assets, as the Makefile finds them (run from the project's folder).
+SHARED = Path(os.environ.get("FRUITLENS_SHARED", "../shared"))
 
 
 def make_input(root: Path, photos: int) -> Path:
@@ -75,11 +76,12 @@ def main(argv: list[str] | None = None) -> int:
                     "worktree of main); rounds alternate")
     ap.add_argument("--spark-workers", action="store_true", help="also this code with driver_max_images 0 "
                     "(the features made by Spark's Python workers, as before)")
+    ap.add_argument("--src", type=Path, default=Path("src"), help="the src/ of this code (default: ./src)")
     ap.add_argument("--workdir", type=Path, default=Path(".bench/setup"))
     ap.add_argument("--json", type=Path)
     ap.add_argument("args", nargs="*", help="more `fruitlens run` options")
     args = ap.parse_args(argv)
-    here = Path(__file__).resolve().parents[2]
+    here = args.src.resolve()
     input_dir = make_input(args.workdir / f"in{args.photos}", args.photos)
     variants = {"this": (here, {})}
     if args.spark_workers:
