@@ -217,12 +217,16 @@ def s3_listing(n: int, workdir: Path, repeat: int, threads: int) -> dict:
         options = StoreOptions(endpoint=server.endpoint, access_key="any", secret_key="any")
         store = Store(f"s3://{BUCKET}/in-{n}", options)
         runs: dict[str, list[float]] = {"sequential": [], "parallel": []}
+        server_cpu: dict[str, list[float]] = {"sequential": [], "parallel": []}
+        client_cpu: dict[str, list[float]] = {"sequential": [], "parallel": []}
         listed: dict[str, set] = {}
         for _ in range(repeat):
             for name, k in (("sequential", 1), ("parallel", threads)):
-                t = time.perf_counter()
+                t, server0, client0 = time.perf_counter(), _cpu_of(server.proc.pid), time.process_time()
                 paths = pa.concat_tables([pa.Table.from_batches([b]) for b in lister.list_batches(store, threads=k)])
                 runs[name].append(time.perf_counter() - t)
+                server_cpu[name].append(round(_cpu_of(server.proc.pid) - server0, 2))
+                client_cpu[name].append(round(time.process_time() - client0, 2))
                 listed[name] = set(paths.column("path").to_pylist())
         if listed["sequential"] != listed["parallel"] or len(listed["parallel"]) != n:
             raise SystemExit(f"s3: the listings differ ({len(listed['sequential'])} sequential, "
@@ -231,7 +235,17 @@ def s3_listing(n: int, workdir: Path, repeat: int, threads: int) -> dict:
     return {"objects": n, "folders": len(_folders(n)), "list_threads": threads, "server": "SeaweedFS (weed server), "
             "127.0.0.1", "seconds": {k: [round(x, 2) for x in v] for k, v in runs.items()},
             "best_s": {k: round(v, 2) for k, v in best.items()},
+            # The server runs on the same cores: where its CPU seconds per listing approach wall x cores,
+            # the listing is bound by the server's CPU here, not by the round trips that parallel LISTs hide.
+            "server_cpu_s": server_cpu, "client_cpu_s": client_cpu, "cores": os.cpu_count(),
+            "load_average": os.getloadavg(),
             "speedup": round(best["sequential"] / best["parallel"], 2)}
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a process (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> int:
