@@ -119,7 +119,7 @@ def kernel_path(model_path: str, image_size: int, *, threads: int = 0, flags: se
     options.intra_op_num_threads = threads
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(model_path).with_suffix("")) + "-profile"
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model_path, options, providers=list(ENGINES["onnx"].providers))
     feed = session.get_inputs()[0]
     shape = [1 if not isinstance(d, int) else d for d in feed.shape]
     if len(shape) == 4:  # NHWC or NCHW: the image size where the model leaves it free
