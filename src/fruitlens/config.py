@@ -189,6 +189,10 @@ class PipelineConfig:
                             "also Spark's, the JVM's and TensorFlow's output)", flag=None, forward=False,
                             choices=VERBOSITY)
     spark_conf: dict[str, str] = option({}, "extra Spark setting (repeatable)", flag="--conf", metavar="KEY=VALUE")
+    driver_max_images: int = option(1000, "a run on a local master with at most this many images to featurize "
+                                    "does them in the driver process, without starting Spark's Python workers "
+                                    "(their start-up is most of a small run's setup; default {default}, 0: never)",
+                                    flag=None, forward=False)
     driver_pca_max_rows: int = option(250_000, "up to this many feature rows PCA streams the features on the "
                                       "driver, above it as Spark jobs (default {default})", flag=None,
                                       forward=False)
@@ -206,6 +210,8 @@ class PipelineConfig:
             raise ConfigError(f"--pca-k must be between 1 and 1280 (the feature size), got {self.pca_k}")
         if self.pca_variance is not None and not 0.0 < self.pca_variance <= 1.0:
             raise ConfigError(f"--pca-variance must be in (0, 1], got {self.pca_variance}")
+        if self.driver_max_images < 0:
+            raise ConfigError(f"driver_max_images must be 0 or more, got {self.driver_max_images}")
         if self.driver_pca_max_rows < 0:
             raise ConfigError(f"driver_pca_max_rows must be 0 or more, got {self.driver_pca_max_rows}")
         for name in ("batch_size", "commit_size", "partitions", "limit"):

@@ -93,15 +93,20 @@ def make_warmer(artifact: ModelArtifact, *, batch_size: int) -> Callable[[Iterab
 def make_featurizer(
     artifact: ModelArtifact, *, batch_size: int, commit_size: int, input_uri: str, output_uri: str,
     options: StoreOptions, progress: tuple[str, int] | None = None, retry_timeout: float = 45.0,
-    max_image_mpx: float = MAX_IMAGE_MPX,
+    max_image_mpx: float = MAX_IMAGE_MPX, in_driver: bool = False,
 ) -> Callable[[Iterable[Row]], Iterator[tuple]]:
-    """Return the function Spark runs on each partition; all its settings are captured here."""
+    """Return the function Spark runs on each partition; all its settings are captured here.
+
+    ``in_driver``: the function runs in the driver itself (a small run), on the artifact's own file, one
+    engine thread per call (the driver runs one call per core, as Spark runs one task per slot)."""
     engine_name, file_name, size = artifact.engine, artifact.file_name, artifact.image_size
+    driver_path = artifact.path if in_driver else None
 
     def featurize(rows: Iterable[Row]) -> Iterator[tuple]:
         from pyspark import SparkFiles
 
-        engine = load_engine(engine_name, SparkFiles.get(file_name), _task_threads())
+        engine = load_engine(engine_name, driver_path or SparkFiles.get(file_name),
+                             1 if driver_path else _task_threads())
         source, out = Store(input_uri, options), Store(output_uri, options)
         reporter = ProgressClient(progress)
         reads, writes = retry.for_worker(input_uri, retry_timeout), retry.for_worker(output_uri, retry_timeout)

@@ -7,13 +7,19 @@ manifest last. Killed at any point, the same command continues from what was com
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
-from fruitlens import engines
+from fruitlens import console, engines
 from fruitlens.config import PipelineConfig
 from fruitlens.engines import FEATURE_DIM, ModelArtifact, RunInputs, prepare_model
 from fruitlens.engines.model import sha256_file
@@ -25,6 +31,7 @@ from fruitlens.progress import ImageProgress, log
 from fruitlens.spark import (
     build_session,
     launched_by_spark_submit,
+    master_of,
     require_spark_s3a,
     store_options,
     store_options_before_spark,
@@ -52,7 +59,7 @@ from fruitlens.state.run import (
     take_lock,
 )
 from fruitlens.storage import uris
-from fruitlens.storage.listing import list_images
+from fruitlens.storage.listing import LIST_THREADS, list_batches
 from fruitlens.storage.store import Store, StoreOptions, fetch
 from fruitlens.testing import faults
 
@@ -69,17 +76,25 @@ class WorkerError(FruitlensError, RuntimeError):
     """A worker stopped the feature job with an error a user can act on (a full disk, an unreachable OUTPUT)."""
 
 
-def check_paths(config: PipelineConfig, options: StoreOptions) -> tuple[Store, Store, list[SourceFile]]:
+def check_paths(config: PipelineConfig, options: StoreOptions) -> tuple[Store, Store, pa.Table]:
     """INPUT listed (it exists and holds images), OUTPUT usable for it; the stores and the listing."""
+    source, out = check_stores(config, options)
+    return source, out, list_input(source, config.limit)
+
+
+def check_stores(config: PipelineConfig, options: StoreOptions) -> tuple[Store, Store]:
+    """INPUT exists and OUTPUT is usable for it (cheap: no listing); the two stores."""
     input_uri, output_uri = uris.qualify(config.input), uris.qualify(config.output)
     source, out = Store(input_uri, options), Store(output_uri, options)
-    listing = list_input(source, config.limit)
+    if not source.exists():
+        raise InputError(f"INPUT {source.uri} does not exist; check the path (and credentials for s3:// URIs)")
     check_reusable(out, input_uri, overwrite=config.overwrite)
-    return source, out, listing
+    return source, out
 
 
-def list_input(source: Store, limit: int | None) -> list[SourceFile]:
-    """Every image file below INPUT (sorted by path), with its version; fails naming INPUT if none.
+def list_input(source: Store, limit: int | None, *, threads: int = LIST_THREADS) -> pa.Table:
+    """Every image file below INPUT (sorted by path), with its version, as a :data:`ledger.LISTING_SCHEMA`
+    table (columns: 10 million photos are ~1 GB, not ~5 GB of objects); fails naming INPUT if none.
 
     Hidden names (``.``/``_``), which Spark never reads, are skipped; empty files are listed (and
     become error rows), and so are the links, loops and names that cannot be read (``problem``, see
@@ -87,26 +102,83 @@ def list_input(source: Store, limit: int | None) -> list[SourceFile]:
     """
     if not source.exists():
         raise InputError(f"INPUT {source.uri} does not exist; check the path (and credentials for s3:// URIs)")
-    files = [SourceFile(source.spark_path(e.path), e.size, e.mtime_ns // 1000, e.problem)
-             for e in list_images(source)]
-    if not files:
+    files = listing_of(source, list_batches(source, threads=threads))
+    if not files.num_rows:
         raise InputError(
             f"INPUT {source.uri} holds no images ({', '.join(IMAGE_EXTENSIONS)}, any letter case, in any sub-folder)")
-    files.sort(key=lambda f: f.path)
-    return files[:limit] if limit else files
+    return files.slice(0, limit) if limit else files
+
+
+def listing_of(source: Store, batches) -> pa.Table:
+    """:func:`fruitlens.storage.listing.list_batches`' batches as the plan's listing (Spark's path spelling,
+    time in µs), converted batch by batch as they arrive, sorted by path."""
+    prefix = "file:" if source.is_local else f"{source.scheme}://"
+    parts = [pa.table([pc.binary_join_element_wise(prefix, b.column(0), ""), b.column(1),
+                       pc.divide(b.column(2), 1000), b.column(3)], schema=ledger.LISTING_SCHEMA)
+             for b in batches if b.num_rows]
+    table = pa.concat_tables(parts) if parts else ledger.LISTING_SCHEMA.empty_table()
+    paths = table.column(ledger.PATH)
+    if table.num_rows > 1 and not pc.all(pc.less(paths[:-1], paths[1:])).as_py():  # S3 lists in key order
+        table = table.take(pc.sort_indices(table, [(ledger.PATH, "ascending")]))
+    return table
+
+
+def split_tasks(todo: list[SourceFile], sizes: list[int]) -> list[list[tuple[str, int, int]]]:
+    """The feature job's tasks: ``todo``'s (path, size, modified_us) rows in runs of ``sizes``."""
+    rows, bounds = [(f.path, f.size, f.modified_us) for f in todo], list(itertools.accumulate(sizes, initial=0))
+    return [rows[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def resolve_model(spark: SparkSession, config: PipelineConfig, options: StoreOptions, out: Store | None = None,
-                  listing: list[SourceFile] = (), source: Store | None = None) -> ModelArtifact:
-    """Resolve weights on the driver (fetching a remote .h5 once) and ship the engine's file to workers.
+                  listing: pa.Table | None = None, source: Store | None = None) -> ModelArtifact:
+    """:func:`prepare_artifact`, and the engine's file shipped to the workers."""
+    artifact = prepare_artifact(config, options, out, listing, source)
+    spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
+    return artifact
+
+
+def prepare_artifact(config: PipelineConfig, options: StoreOptions, out: Store | None = None,
+                     listing: pa.Table | None = None, source: Store | None = None) -> ModelArtifact:
+    """Resolve weights on the driver (fetching a remote .h5 once) and make or find the engine's model file
+    (no Spark: it runs while the JVM starts).
 
     int8: OUTPUT's own model (a resumed run), else one calibrated on INPUT's photos (``listing``)."""
     weights = config.weights if config.weights == "imagenet" else str(fetch(config.weights, options))
-    run = RunInputs(out=None if config.overwrite else out, paths=tuple(f.path for f in listing if f.problem is None),
+    usable = () if listing is None else pc.filter(listing.column(ledger.PATH), listing.column("problem").is_null())
+    run = RunInputs(out=None if config.overwrite else out, paths=tuple(usable.to_pylist() if len(usable) else ()),
                     source=source)
-    artifact = prepare_model(config.engine, weights, image_size=config.image_size, run=run)
-    spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
-    return artifact
+    return prepare_model(config.engine, weights, image_size=config.image_size, run=run)
+
+
+class Background:
+    """A call on a daemon thread (the JVM's start-up): :meth:`join` returns its result or raises its error.
+    Daemon: a run that fails meanwhile (an INPUT without images) exits without waiting for it."""
+
+    def __init__(self, fn, *args) -> None:
+        self._result, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True, name="fruitlens-setup")
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to join()
+            self._error = exc
+
+    def join(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def timed(parts: dict[str, float], name: str, fn, *args):
+    """``fn(*args)``, its wall seconds recorded in ``parts[name]`` (the setup's parts: they overlap)."""
+    t = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        parts[name] = round(time.perf_counter() - t, 3)
 
 
 def feature_settings(input_uri: str, artifact: ModelArtifact) -> dict:
@@ -133,18 +205,15 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
                   out: Store, options: StoreOptions, artifact: ModelArtifact, *,
                   progress: tuple[str, int] | None = None) -> dict:
     """Featurize ``todo``; the workers commit as they go; returns the summed per-batch summaries."""
-    totals = {"images": 0, "features": 0, "errors": 0, "read_errors": 0, "read_decode_s": 0.0, "inference_s": 0.0}
     if not todo:
-        return {**totals, "tasks": 0, "python_workers": 0}
+        return {**summed(()), "tasks": 0}
     sc = spark.sparkContext
     sizes = (even_sizes(len(todo), config.partitions) if config.partitions
              else task_sizes(len(todo), sc.defaultParallelism, min_images=config.commit_size))
-    rows, bounds = [(f.path, f.size, f.modified_us) for f in todo], list(itertools.accumulate(sizes, initial=0))
-    tasks = [rows[a:b] for a, b in itertools.pairwise(bounds)]
+    tasks = split_tasks(todo, sizes)
     fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.commit_size,
                          input_uri=input_uri, output_uri=out.uri, options=options, progress=progress,
                          retry_timeout=config.retry_timeout, max_image_mpx=config.max_image_mpx)
-    workers: set[int] = set()
     # One element (a task's list of rows) per partition: Spark runs partitions in this order. The input
     # must be read to its end, else PySpark does not reuse the Python worker (and its loaded model).
     try:
@@ -155,12 +224,68 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
         if error is None:
             raise
         raise error from None
+    return {**summed(summaries), "tasks": len(tasks)}
+
+
+def summed(summaries) -> dict:
+    """The feature job's per-batch summaries (:data:`SUMMARY_FIELDS`) added up, and the workers counted."""
+    totals = {"images": 0, "features": 0, "errors": 0, "read_errors": 0, "read_decode_s": 0.0, "inference_s": 0.0}
+    workers: set[int] = set()
     for summary in summaries:
         row = dict(zip(SUMMARY_FIELDS, summary, strict=True))
         for key in totals:
             totals[key] += row[key]
         workers.add(row["worker"])
-    return {**totals, "tasks": len(tasks), "python_workers": len(workers)}
+    return {**totals, "python_workers": len(workers)}
+
+
+def extract_in_driver(config: PipelineConfig, todo: list[SourceFile], input_uri: str, out: Store,
+                      options: StoreOptions, artifact: ModelArtifact, *,
+                      progress: tuple[str, int] | None = None) -> dict:
+    """A small run's images featurized in this process by the function a Spark task runs (the same reads,
+    decodes, inference and commits, batch by batch): no Python workers to start, no model to ship. One
+    part per core on threads, each with a one-thread engine (one ONNX Runtime session, run concurrently;
+    they release the GIL), as Spark's slots would: a single call with an all-core engine leaves the cores
+    to its spinning threads while its one decoding thread is the bottleneck."""
+    fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.commit_size,
+                         input_uri=input_uri, output_uri=out.uri, options=options, progress=progress,
+                         retry_timeout=config.retry_timeout, max_image_mpx=config.max_image_mpx, in_driver=True)
+    tasks = split_tasks(todo, even_sizes(len(todo), local_slots(config)))
+    with ThreadPoolExecutor(len(tasks), thread_name_prefix="fruitlens-extract") as pool:
+        parts = list(pool.map(lambda rows: list(fn(rows)), tasks))
+    done = summed(itertools.chain.from_iterable(parts))
+    return {**done, "tasks": 0, "python_workers": 0}
+
+
+def local_slots(config: PipelineConfig) -> int:
+    """The task slots of a local master: ``local[N]`` → N, ``local`` → 1, ``local[*]`` → the cores."""
+    found = re.match(r"local\[(\d+|\*)", master_of(config))
+    if found is None:
+        return 1
+    return os.cpu_count() or 1 if found.group(1) == "*" else max(1, int(found.group(1)))
+
+
+class Session:
+    """The SparkSession, or the background start of one (:class:`Background`), joined when first needed;
+    how long the run waited for it goes into the setup's parts (``spark_wait``)."""
+
+    def __init__(self, spark: SparkSession | None, starting: Background | None, parts: dict[str, float]) -> None:
+        self._spark, self._starting, self._parts = spark, starting, parts
+        self.setup_done = False
+        self.late_wait_s = 0.0  # waited after the setup (a run featurized in the driver): setup all the same
+
+    def get(self) -> SparkSession:
+        if self._spark is None:
+            self._spark = timed(self._parts, "spark_wait", self._starting.join)
+            console.stop_on_interrupt()  # (build_session's own call was on the other thread)
+            if self.setup_done:
+                self.late_wait_s = self._parts["spark_wait"]
+        return self._spark
+
+    def warm_workers(self, artifact: ModelArtifact, config: PipelineConfig):
+        spark = self.get()
+        spark.sparkContext.addFile(artifact.path)  # executors get it from the driver, never from the internet
+        return warm_workers(spark, artifact, batch_size=config.batch_size)
 
 
 _WORKER_ERROR = re.compile(r"^fruitlens\.[\w.]+Error: (.+)$", re.MULTILINE)
@@ -194,20 +319,34 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     """`fruitlens run` (and `extract` with ``with_pca=False``): images → features (→ PCA) → manifest."""
     timer = Timer()
     t = time.perf_counter()
+    parts: dict[str, float] = {}  # the setup's parts, each timed where it runs (several overlap)
     input_uri, output_uri = uris.qualify(config.input), uris.qualify(config.output)
     if launched_by_spark_submit():  # the JVM runs already, with settings (spark-defaults) we only read from it
-        spark = build_session(config)
-        source, out, listing = check_paths(config, options := store_options(spark, input_uri, output_uri))
+        spark = timed(parts, "spark_session", build_session, config)
+        source, out = check_stores(config, options := store_options(spark, input_uri, output_uri))
+        listing = timed(parts, "listing", list_input, source, config.limit)
+        artifact = timed(parts, "model", prepare_artifact, config, options, out, listing, source)
     else:  # INPUT and OUTPUT checked before the JVM's seconds of start-up: a wrong path fails at once
         options = store_options_before_spark(config, input_uri, output_uri)
-        source, out, listing = check_paths(config, options)
-        spark = build_session(config)
-    if config.train or config.report or (with_pca and len(listing) > config.driver_pca_max_rows):
-        require_spark_s3a(spark, output_uri, "--train/--report or a PCA over more than "
+        source, out = check_stores(config, options)
+        # The JVM (another process) starts while this thread lists INPUT and prepares the model: the
+        # JVM's seconds, not their sum (docs/performance.md, "Setup").
+        starting = Background(timed, parts, "spark_session", build_session, config)
+        listing = timed(parts, "listing", list_input, source, config.limit)
+        artifact = timed(parts, "model", prepare_artifact, config, options, out, listing, source)
+        spark = None
+    session = Session(spark, None if spark else starting, parts)
+    if output_uri.startswith("s3a://") and (config.train or config.report
+                                            or (with_pca and len(listing) > config.driver_pca_max_rows)):
+        require_spark_s3a(session.get(), output_uri, "--train/--report or a PCA over more than "
                           f"{config.driver_pca_max_rows} rows (driver_pca_max_rows):")
-    artifact = resolve_model(spark, config, options, out, listing, source)
-    warm = warm_workers(spark, artifact, batch_size=config.batch_size)
-    with warm, take_lock(out, config) as lock:
+    # A small run on a local master may featurize in this process (no Python workers to start): decided on
+    # the plan, made while the JVM starts. Otherwise the workers warm up while the driver plans.
+    may_drive = (spark is None and config.driver_max_images > 0 and not config.partitions
+                 and master_of(config).startswith("local") and not faults.needs_workers())
+    warm = None if may_drive else session.warm_workers(artifact, config)
+    t_plan = time.perf_counter()
+    with warm or contextlib.nullcontext(), take_lock(out, config) as lock:
         if config.overwrite:
             clear(out)
         check_settings(out, feature_settings(input_uri, artifact), overwrite=config.overwrite)
@@ -221,18 +360,33 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         drop_derived(out)
         todo = [f for f in plan.todo if f.problem is None]
         unusable, unlisted = ledger.commit_listing_errors(out, [f for f in plan.todo if f.problem is not None])
-        warm.wait() if todo else warm.cancel()  # the workers' start-up counts as setup
+        parts["plan"] = round(time.perf_counter() - t_plan, 3)
+        in_driver = may_drive and len(todo) <= config.driver_max_images
+        if todo and warm is None and not in_driver:
+            warm = session.warm_workers(artifact, config)
+        if warm is not None:  # the workers' start-up counts as setup
+            with warm:
+                timed(parts, "workers_wait", warm.wait if todo else warm.cancel)
         timer.lap("setup", t)
+        session.setup_done = True
+        where = ("in the driver" if in_driver else
+                 f"{session.get().sparkContext.defaultParallelism} task slots" if todo else "nothing to featurize")
         log(f"setup: input {input_uri}: {len(listing)} images; reused {plan.reused}, new {plan.new}, "
             f"changed {plan.changed}, removed {plan.removed}, retried {plan.retried}; engine "
             f"{engines.spec(artifact.engine).runtime} {artifact.precision} {artifact.image_size}px, "
-            f"{spark.sparkContext.defaultParallelism} task slots ({timer.seconds['setup']:.1f} s)")
+            f"{where} ({timer.seconds['setup']:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + ")")
 
         t = time.perf_counter()
-        with image_progress(spark, "extract", enabled=config.progress) as progress:
-            progress.total = len(todo)
-            done = extract_stage(spark, config, todo, input_uri, out, options, artifact,
-                                 progress=progress.address)
+        if in_driver:  # the JVM keeps starting meanwhile (the PCA and the manifest need it)
+            with ImageProgress("extract", enabled=config.progress) as progress:
+                progress.total = len(todo)
+                done = extract_in_driver(config, todo, input_uri, out, options, artifact, progress=progress.address)
+        else:
+            spark = session.get()
+            with image_progress(spark, "extract", enabled=config.progress) as progress:
+                progress.total = len(todo)
+                done = extract_stage(spark, config, todo, input_uri, out, options, artifact,
+                                     progress=progress.address)
         seconds = timer.lap("extract", t)
         log(f"extract: {done['images']} images -> {done['features']} features, {done['errors']} errors "
             f"({done['errors'] - done['read_errors']} decode, {done['read_errors']} read) "
@@ -250,6 +404,10 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             raise
 
         pca = None
+        spark = session.get()
+        if session.late_wait_s:  # the JVM's start-up not hidden behind the extraction counts as setup
+            timer.seconds["setup"] = round(timer.seconds["setup"] + session.late_wait_s, 3)
+            log(f"setup: waited {session.late_wait_s:.1f} s more for Spark's JVM")
         if with_pca:
             pca = timed_pca(spark, config, out, timer, counts["features"])
         else:
@@ -260,8 +418,10 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
             worker={"decode_resize_s": round(done["read_decode_s"], 3),
                     "inference_s": round(done["inference_s"], 3), "images": done["images"]},
             spark={"master": spark.sparkContext.master, "task_slots": spark.sparkContext.defaultParallelism,
-                   "feature_tasks": done["tasks"], "python_workers": done["python_workers"]},
+                   "feature_tasks": done["tasks"], "python_workers": done["python_workers"],
+                   "extract_on": "driver" if in_driver else "spark"},
             config=config.to_dict(), history=history)
+        manifest["setup_s"] = parts
         if config.train:  # before the manifest, so its metrics and timing are in it
             from fruitlens.classify.train import train
 

@@ -256,3 +256,23 @@ def test_python_workers_and_their_model_are_reused_across_feature_tasks(tmp_path
     spark = json.loads((out / "manifest.json").read_text())["spark"]
     assert spark["feature_tasks"] == tasks > spark["task_slots"]
     assert 1 <= spark["python_workers"] <= spark["task_slots"]
+
+
+def test_a_small_run_featurizes_in_the_driver_exactly_as_spark_workers_do(run_output, mixed_input, tmp_path,
+                                                                          monkeypatch):
+    """38 images: the driver featurizes them itself (no Python workers to start); with driver_max_images 0
+    Spark's workers do. Same rows, same errors, features equal to float rounding."""
+    monkeypatch.setenv("FRUITLENS_DRIVER_MAX_IMAGES", "0")
+    out = tmp_path / "spark"
+    assert main(["run", str(mixed_input["root"]), str(out), "--pca-k", "5", "--batch-size", "8",
+                 "--max-error-rate", "0.1", "--no-progress"]) == 0
+    manifests = [json.loads((o / "manifest.json").read_text()) for o in (run_output, out)]
+    assert [m["spark"]["extract_on"] for m in manifests] == ["driver", "spark"]
+    assert manifests[0]["spark"]["python_workers"] == 0 < manifests[1]["spark"]["python_workers"]
+    assert manifests[0]["counts"] == manifests[1]["counts"]
+    assert set(manifests[0]["setup_s"]) >= {"listing", "model", "plan", "spark_session"}
+    driver, spark = (sorted(read(o, "features")["rows"], key=lambda r: r["path"]) for o in (run_output, out))
+    assert [r["path"] for r in driver] == [r["path"] for r in spark]
+    np.testing.assert_allclose([r["features"] for r in driver], [r["features"] for r in spark], atol=1e-5)
+    errors = [sorted((r["path"], r["kind"]) for r in read(o, "errors")["rows"]) for o in (run_output, out)]
+    assert errors[0] == errors[1] and errors[0]

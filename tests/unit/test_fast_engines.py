@@ -97,3 +97,48 @@ def test_the_bench_classifier_learns_real_features_and_is_deterministic():
     predict = fit_softmax(x[::2], y[::2], 3)
     assert (predict(x[1::2]) == y[1::2]).mean() > 0.95
     assert (fit_softmax(x[::2], y[::2], 3)(x) == predict(x)).all()
+
+
+@pytest.mark.parametrize(("flags", "kernel"), [
+    ({"avx", "avx2", "fma"}, "AVX2, no VNNI"),  # this machine (Zen 3)
+    ({"avx2", "fma", "avx_vnni"}, "AVX-VNNI"),
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl"}, "AVX-512 core, no VNNI"),
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx_vnni"}, "AVX-512 VNNI"),
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "amx_tile", "amx_int8"}, "AMX"),
+    ({"sse4_1"}, "SSE (no AVX2)"),
+])
+def test_the_int8_kernel_is_named_from_the_cpu_flags_as_mlas_dispatches(flags, kernel):
+    from fruitlens.bench.engines import int8_kernel
+
+    assert int8_kernel(flags)[0] == kernel
+
+
+def test_the_kernel_path_names_the_int8_operators_onnx_runtime_ran(tmp_path):
+    """A one-Conv QDQ model through ONNX Runtime: the profiled run shows QLinearConv (int8), not Conv."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fruitlens.bench.engines import kernel_path
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.integers(-5, 5, size=(8, 3, 3, 3)).astype(np.int8), "w")
+    inits = [w, numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
+             numpy_helper.from_array(np.array(128, np.uint8), "xz"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.array(0, np.int8), "wz"),
+             numpy_helper.from_array(np.array(0.05, np.float32), "ys"),
+             numpy_helper.from_array(np.array(128, np.uint8), "yz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"]),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["out"])]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "qdq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    found = kernel_path(str(path), 16, threads=1, flags={"avx2", "fma"})
+    assert found["int8_ops"] == {"QLinearConv": 1} and found["float_ops"] == {}
+    assert found["path"] == "QLinearConv x1 on MLAS AVX2, no VNNI"
+    assert found["providers"][0] == "CPUExecutionProvider" and not list(tmp_path.glob("*profile*"))

@@ -321,3 +321,74 @@ def test_an_empty_or_garbled_lock_file_goes_stale_by_its_age_and_status_stops_sa
     assert "taking over the lock of a run that is gone (an empty or unreadable lock file" in capsys.readouterr().err
     assert json.loads((tmp_path / LOCK).read_text())["run_id"] == lock.run_id
     lock.release()
+
+
+# The rules as the pure-Python plan spelt them (before the plan was vectorised): the reference the
+# vectorised plan must equal, on random indexes with duplicates, stale rows, read errors and both kinds
+# of rows (tuples, and views of one shared table as read_index makes them).
+def reference_plan(index, listing):
+    """Decide what to keep, drop and process (see the module docstring for the rules)."""
+    wanted = {f.path: f.version for f in listing}
+    # Of all rows of a path with the listed version, keep the one in the newest file (ties: the
+    # smaller file, which is what a rewrite leaves; then the name, for a deterministic choice).
+    ranked = sorted(index, key=lambda f: (-f.mtime_ns, len(f.rows), f.path))
+    winner: dict[str, str] = {}
+    seen: set[str] = set()
+    unread: set[str] = set()  # paths whose listed version has a read error: to process again
+    for f in ranked:
+        for i, (path, size, modified) in enumerate(f.rows):
+            seen.add(path)
+            if wanted.get(path) != (size, modified):
+                continue
+            if f.read_error(i):
+                unread.add(path)
+            elif path not in winner:
+                winner[path] = f.path
+    out = ledger.Plan(todo=[])
+    for f in index:
+        keep = [winner.get(path) == f.path for path, _, _ in f.rows]
+        # A path can sit in one file twice only through a bug; keep its first row.
+        first: set[str] = set()
+        for i, (path, _, _) in enumerate(f.rows):
+            if keep[i]:
+                keep[i] = path not in first
+                first.add(path)
+        n = sum(keep)
+        out.kept[f.kind] += n
+        if n == 0:
+            out.delete.append(f.path)
+        elif n < len(f.rows):
+            out.rewrite.append((f, keep))
+    out.todo = sorted((s for s in listing if s.path not in winner), key=lambda s: s.path)
+    out.reused = len(winner)
+    out.retried = sum(1 for s in out.todo if s.path in unread)
+    out.changed = sum(1 for s in out.todo if s.path in seen and s.path not in unread)
+    out.new = len(out.todo) - out.changed - out.retried
+    out.removed = len(seen - set(wanted))
+    return out
+
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_vectorised_plan_equals_the_reference_rules(seed):
+    rng = np.random.default_rng(seed)
+    paths = [f"file:/in/{i:03d}.jpg" for i in range(60)]
+    listing = [SourceFile(p, 10 + int(rng.integers(2)), 1 + int(rng.integers(2))) for p in paths
+               if rng.random() < 0.8]
+    index = []
+    for n in range(int(rng.integers(1, 9))):
+        chosen = rng.choice(len(paths), size=int(rng.integers(1, 15)), replace=bool(rng.random() < 0.2))
+        # A path twice in one file (a bug's duplicate) carries one version there: of two versions in one file
+        # the reference kept the first row, stale or not, the vectorised plan the listed one.
+        version = {i: (10 + int(rng.integers(2)), 1 + int(rng.integers(2))) for i in set(chosen.tolist())}
+        rows = tuple((paths[i], *version[i]) for i in chosen)
+        kind = "errors" if rng.random() < 0.3 else "features"
+        kinds = tuple(rng.choice(["decode", "read"]) for _ in rows) if kind == "errors" and rng.random() < 0.7 else ()
+        index.append(CommittedFile(kind, f"/out/{kind}/f{n}", int(rng.integers(3)), rows, kinds))
+    shared = ledger.shared_rows([ledger._rows_table(f.rows) for f in index])
+    viewed = [CommittedFile(f.kind, f.path, f.mtime_ns, r, f.error_kinds) for f, r in zip(index, shared)]
+    want = reference_plan(index, listing)
+    for got in (plan(index, listing), plan(viewed, listing), plan(viewed, ledger.listing_table(listing))):
+        assert got.todo == want.todo and got.counts() == want.counts() and got.kept == want.kept
+        assert got.delete == want.delete
+        assert [(f.path, keep) for f, keep in got.rewrite] == [(f.path, keep) for f, keep in want.rewrite]

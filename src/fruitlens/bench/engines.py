@@ -53,7 +53,8 @@ def parse_variants(text: str) -> list[tuple[str, int]]:
 
 
 def cpu_info() -> dict:
-    """The CPU model and the SIMD flags int8 inference depends on (VNNI: int8 dot products in one step)."""
+    """The CPU model, the SIMD flags int8 inference depends on (VNNI: int8 dot products in one step) and the
+    int8 kernel ONNX Runtime picks from them (:func:`int8_kernel`)."""
     model, flags = platform.processor() or "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -66,7 +67,88 @@ def cpu_info() -> dict:
         pass
     wanted = sorted(f for f in flags if f in ("avx2", "fma", "avx_vnni", "amx_int8") or f.startswith("avx512"))
     return {"model": model, "cores": os.cpu_count(), "flags": wanted,
-            "vnni": any("vnni" in f for f in flags)}
+            "vnni": any("vnni" in f for f in flags), "int8_kernel": int8_kernel(flags)[0]}
+
+
+#: ONNX Runtime's int8 GEMM/Conv kernels on x86-64 (MLAS, onnxruntime/core/mlas/lib/platform.cpp): the first
+#: whose CPU flags are all present is the one MLAS dispatches u8s8 (uint8 activations, int8 weights) to.
+INT8_KERNELS = (
+    (("amx_tile", "amx_int8"), "AMX", "AMX-INT8 tiles (MlasGemmU8S8DispatchAmx)"),
+    (("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"), "AVX-512 VNNI",
+     "vpdpbusd on zmm: int8 dot products in one instruction (MlasGemmU8S8KernelAvx512Vnni)"),
+    (("avx512f", "avx512bw", "avx512dq", "avx512vl"), "AVX-512 core, no VNNI",
+     "vpmaddubsw + vpmaddwd on zmm (MlasGemmU8S8KernelAvx512Core)"),
+    (("avx2", "fma", "avx_vnni"), "AVX-VNNI", "vpdpbusd on ymm (MlasGemmU8S8KernelAvxVnni)"),
+    (("avx2", "fma"), "AVX2, no VNNI",
+     "vpmaddubsw + vpmaddwd on ymm: three instructions per int8 dot product, 16-bit intermediate sums "
+     "(MlasGemmU8S8KernelAvx2)"),
+)
+#: The operators ONNX Runtime runs in int8 once it has fused a QDQ model's DequantizeLinear → op → QuantizeLinear.
+INT8_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd",
+                      "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearMul", "QLinearConcat",
+                      "NhwcQLinearConv", "QLinearLeakyRelu", "QLinearSigmoid"})
+FLOAT_OPS = frozenset({"Conv", "FusedConv", "NchwcConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"})
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def int8_kernel(flags: set[str]) -> tuple[str, str]:
+    """(name, how) of the x86-64 int8 kernel MLAS picks for these CPU flags (``/proc/cpuinfo``'s spelling)."""
+    for needed, name, how in INT8_KERNELS:
+        if set(needed) <= flags:
+            return name, how
+    return "SSE (no AVX2)", "the generic SSE4.1/SSE2 kernels (MlasGemmU8X8DispatchSse*)"
+
+
+def kernel_path(model_path: str, image_size: int, *, threads: int = 0, flags: set[str] | None = None) -> dict:
+    """What ONNX Runtime ran for this model here: its providers, the operators it executed (from one profiled
+    run: int8 ones such as QLinearConv, or float Convs where it did not fuse the QDQ nodes), and for int8 the
+    MLAS kernel these CPU flags select."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(model_path).with_suffix("")) + "-profile"
+    session = ort.InferenceSession(model_path, options, providers=list(ENGINES["onnx"].providers))
+    feed = session.get_inputs()[0]
+    shape = [1 if not isinstance(d, int) else d for d in feed.shape]
+    if len(shape) == 4:  # NHWC or NCHW: the image size where the model leaves it free
+        shape = [1, *[image_size if not isinstance(d, int) else d for d in feed.shape[1:]]]
+    session.run(None, {feed.name: np.zeros(shape, np.float32)})
+    profile = Path(session.end_profiling())
+    ops: dict[str, int] = defaultdict(int)
+    providers: set[str] = set()
+    try:
+        for event in json.loads(profile.read_text()):
+            args = event.get("args", {})
+            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time") and "op_name" in args:
+                ops[args["op_name"]] += 1
+                providers.add(args.get("provider", ""))
+    finally:
+        profile.unlink(missing_ok=True)
+    int8_ops = {k: v for k, v in sorted(ops.items()) if k in INT8_OPS}
+    float_ops = {k: v for k, v in sorted(ops.items()) if k in FLOAT_OPS}
+    out = {"onnxruntime": ort.__version__, "providers": session.get_providers(),
+           "node_providers": sorted(p for p in providers if p), "int8_ops": int8_ops, "float_ops": float_ops}
+    if int8_ops:
+        name, how = int8_kernel(cpu_flags() if flags is None else flags)
+        out.update(kernel=name, kernel_detail=how,
+                   path=", ".join(f"{k} x{v}" for k, v in int8_ops.items()) + f" on MLAS {name}"
+                   + (f" (and float {', '.join(f'{k} x{v}' for k, v in float_ops.items())})" if float_ops else ""))
+    else:
+        out.update(kernel="fp32", path="float kernels (MLAS sgemm/conv: " + (
+            "AVX-512F" if {"avx512f"} <= (cpu_flags() if flags is None else flags) else "FMA3/AVX2") + ")")
+    return out
 
 
 def balanced(paths: list[str], per_class: int) -> list[str]:
@@ -164,6 +246,7 @@ def measure_engines(sample: str | os.PathLike[str], *, variants=VARIANTS, train_
         prepare_s = time.perf_counter() - t
         pixels = preprocess(np.stack([decode_rgb(c, (size, size)) for c in contents]))
         engines[name] = load_engine(artifact.engine, artifact.path, threads)
+        kernels = kernel_path(artifact.path, size, threads=threads) if artifact.path.endswith(".onnx") else None
         feats = _features(engines[name], pixels, batch)
         pools[name] = pixels[len(train_paths):len(train_paths) + pool].copy()  # Test photos
         del pixels
@@ -176,7 +259,7 @@ def measure_engines(sample: str | os.PathLike[str], *, variants=VARIANTS, train_
                       "cosine_mean": round(float(cos.mean()), 5), "cosine_min": round(float(cos.min()), 5),
                       "cosine_p5": round(float(np.percentile(cos, 5)), 5), "test_accuracy": round(accuracy, 5),
                       "accuracy_delta_points": round(100 * (accuracy - reference["accuracy"]), 2),
-                      "prepare_s": round(prepare_s, 1)}
+                      "prepare_s": round(prepare_s, 1), "kernel_path": kernels}
     speed = interleaved_speed(engines, pools, batch, rounds)  # speed: the same pool, taking turns
     first = variant_name(*variants[0])
     result["speed"] = {"pool_images": min(pool, len(test_paths)), "rounds": rounds}
@@ -187,6 +270,8 @@ def measure_engines(sample: str | os.PathLike[str], *, variants=VARIANTS, train_
         for key in ("images_per_s", "speedup_vs_fp32_224", "cosine_mean", "cosine_min", "cosine_p5",
                     "test_accuracy", "accuracy_delta_points"):
             say(f"engines.{name}.{key}: {row[key]}")
+        if row["kernel_path"]:
+            say(f"engines.{name}.kernel_path: {row['kernel_path']['path']}")
     return result
 
 

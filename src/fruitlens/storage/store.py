@@ -164,6 +164,23 @@ class Store:
         base = len(self.fs_path(rel)) + 1
         return [i for i in infos if i.type == pafs.FileType.File and not hidden(i.path[base:])]
 
+    def list_level(self, rel: str = "") -> tuple[list[pafs.FileInfo], list[str]]:
+        """One folder level below ``rel``: its files and its sub-folders (as ``rel`` paths; on S3 the common
+        prefixes of a delimiter listing); hidden names excluded, a missing ``rel`` empty."""
+        selector = pafs.FileSelector(self.fs_path(rel), recursive=False, allow_not_found=True)
+        infos = self._call("list", rel, lambda: self.fs.get_file_info(selector))
+        base = len(self.root) + 1
+        files, folders = [], []
+        for i in infos:
+            below = i.path[base:]
+            if hidden(below):
+                continue
+            if i.type == pafs.FileType.File:
+                files.append(i)
+            elif i.type == pafs.FileType.Directory:
+                folders.append(below)
+        return files, folders
+
     def read_bytes(self, path: str) -> bytes:
         """``path`` is a filesystem path (as :meth:`list` returns)."""
         with self.fs.open_input_stream(path) as stream:

@@ -26,6 +26,11 @@ def _target(point: str) -> int | None:
     return (int(n) if n else 1) if name == point else None
 
 
+def needs_workers() -> bool:
+    """A fault that only Spark's Python workers can take (a worker exits, Spark retries its task)."""
+    return bool(os.environ.get(FAIL_ONCE))
+
+
 def kill_point(point: str, reached: int = 1) -> None:
     """SIGKILL the process group if the test asked for ``point`` and it is reached ``reached`` times."""
     target = _target(point)
