@@ -114,6 +114,10 @@ class PipelineConfig:
     weights
         ``imagenet`` (Keras' cache, downloaded by Keras on the driver only if missing) or a ``.h5``
         file, local or any Hadoop URI.
+    pca_exact, pca_drift_tolerance
+        PCA is incremental (:mod:`fruitlens.pca_state`): OUTPUT keeps the moments of its features, a run
+        reads only new feature files and projects only those while the basis in force still fits within
+        ``pca_drift_tolerance``; ``pca_exact`` refits from every feature and projects every row again.
     driver_pca_max_rows
         Up to this many feature rows (~5 KB each), PCA's two passes over the features (moments, then
         projection) stream the Parquet files on the driver: no Spark job, so no job latency. Above it
@@ -149,6 +153,13 @@ class PipelineConfig:
                                         exclusive="pca")
     pca_standardize: bool = option(False, "scale features to unit variance before PCA (they are always centred)",
                                    scope="pca", chart="pcaStandardize")
+    pca_exact: bool = option(False, "refit PCA from all features and project every row again (default: add the "
+                             "new files' moments to OUTPUT's record and keep the basis while it still fits)",
+                             scope="pca", chart="pcaExact")
+    pca_drift_tolerance: float = option(1e-3, "keep the basis in force while it explains within this fraction of "
+                                        "the variance the exact refit explains, and its centre is off by at most "
+                                        "this fraction of it (default {default:g}; 0: refit whenever new rows "
+                                        "change the fit)", scope="pca", chart=None, metavar="FRACTION")
     batch_size: int = option(64, "images per inference call (default {default})", chart="batchSize", metavar=None)
     commit_size: int = option(256, "images per committed batch: one Parquet file, one progress step and what a "
                               "crash can lose (default {default})", chart="commitSize", metavar=None,
@@ -206,6 +217,8 @@ class PipelineConfig:
             raise ConfigError(f"--pca-k must be between 1 and 1280 (the feature size), got {self.pca_k}")
         if self.pca_variance is not None and not 0.0 < self.pca_variance <= 1.0:
             raise ConfigError(f"--pca-variance must be in (0, 1], got {self.pca_variance}")
+        if not 0.0 <= self.pca_drift_tolerance < 1.0:
+            raise ConfigError(f"--pca-drift-tolerance must be in [0, 1), got {self.pca_drift_tolerance}")
         if self.driver_pca_max_rows < 0:
             raise ConfigError(f"driver_pca_max_rows must be 0 or more, got {self.driver_pca_max_rows}")
         for name in ("batch_size", "commit_size", "partitions", "limit"):

@@ -74,17 +74,31 @@ def fit_pca(
     return fit_from_moments(features.sparkSession, moments, k=k, variance=variance, standardize=standardize)
 
 
-def fit_from_moments(
-    spark: SparkSession, moments: Moments, *, k: int | None, variance: float | None, standardize: bool
-) -> tuple[PipelineModel, PcaSummary]:
-    """Eigendecompose the covariance of ``moments`` → the Spark ML model and its summary."""
+@dataclass(frozen=True)
+class Fit:
+    """A PCA fitted from moments, as plain arrays: what :func:`projection.project_batch` applies."""
+
+    mean: np.ndarray  # (d,)
+    std: np.ndarray  # (d,) the features' standard deviations (the scaler's, used when standardized)
+    scale: np.ndarray  # (d,) 1, or 1/std (0 for a constant feature) when standardized
+    components: np.ndarray  # (d, k)
+    summary: PcaSummary
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.mean, self.scale, self.components
+
+
+def fit_arrays(moments: Moments, *, k: int | None, variance: float | None, standardize: bool) -> Fit:
+    """Eigendecompose the covariance of ``moments`` (numpy only: no Spark)."""
     if moments.n < 2:
         raise ValueError(f"PCA needs at least 2 feature rows, found {moments.n}")
     cov = moments.covariance()
     std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    scale = np.ones_like(std)
     if standardize:  # correlation matrix; constant features scale to 0, as StandardScaler does
-        inv = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
-        cov = cov * np.outer(inv, inv)
+        scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+        cov = cov * np.outer(scale, scale)
     t = time.perf_counter()
     values, vectors = eigen(cov)
     log(f"pca: eigendecomposition in {time.perf_counter() - t:.2f} s")
@@ -92,8 +106,6 @@ def fit_from_moments(
     if k is None:
         k = choose_k(ratios, variance)
     k = min(k, FEATURE_DIM)
-    scaler = _scaler_model(spark, mean=moments.mean(), std=std, standardize=standardize)
-    pca = _pca_model(spark, vectors[:, :k], ratios[:k])
     summary = PcaSummary(
         k=k,
         explained_variance=[float(v) for v in ratios[:k]],
@@ -101,8 +113,22 @@ def fit_from_moments(
         standardize=standardize,
         rows=moments.n,
     )
-    # Saved as one model: a vector column "vector" in, centred (scaled) and projected "pca" out.
-    return PipelineModel(stages=[scaler, pca]), summary
+    return Fit(moments.mean(), std, scale, vectors[:, :k], summary)
+
+
+def spark_model(spark: SparkSession, fit: Fit) -> PipelineModel:
+    """The Spark ML form of ``fit``: a vector column "vector" in, centred (scaled) and projected "pca" out."""
+    scaler = _scaler_model(spark, mean=fit.mean, std=fit.std, standardize=fit.summary.standardize)
+    pca = _pca_model(spark, fit.components, np.asarray(fit.summary.explained_variance))
+    return PipelineModel(stages=[scaler, pca])
+
+
+def fit_from_moments(
+    spark: SparkSession, moments: Moments, *, k: int | None, variance: float | None, standardize: bool
+) -> tuple[PipelineModel, PcaSummary]:
+    """Eigendecompose the covariance of ``moments`` → the Spark ML model and its summary."""
+    fit = fit_arrays(moments, k=k, variance=variance, standardize=standardize)
+    return spark_model(spark, fit), fit.summary
 
 
 # -- the same two passes on the driver, for feature sets that fit one machine's disk bandwidth ---------

@@ -2,8 +2,9 @@
 
 A run continues whatever OUTPUT already holds for the same INPUT and settings: it lists INPUT, reads
 the index of committed rows (:mod:`fruitlens.state.ledger`), drops stale rows, featurizes only new and
-changed images (committed batch by batch by the workers), refits PCA on all features and writes the
-manifest last. Killed at any point, the same command continues from what was committed.
+changed images (committed batch by batch by the workers), refits PCA from the moments of all features
+(reading only the new feature files: fruitlens.pca_state) and writes the manifest last. Killed at any
+point, the same command continues from what was committed.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 
 from pyspark.sql import SparkSession
 
-from fruitlens import engines
+from fruitlens import engines, pca_state
 from fruitlens.config import PipelineConfig
 from fruitlens.engines import FEATURE_DIM, ModelArtifact, RunInputs, prepare_model
 from fruitlens.engines.model import sha256_file
@@ -208,6 +209,8 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         for path in leftovers(out):  # of writes a killed run left
             out.delete(path)
         plan = ledger.plan(ledger.read_index(out), listing)
+        # The PCA's moments record drops the files about to be deleted or rewritten (fruitlens.pca_state).
+        pca_state.forget(out, [*plan.delete, *(f.path for f, _ in plan.rewrite)])
         ledger.apply(out, plan, after_write=lambda: faults.kill_point("cleanup"))
         drop_derived(out)
         todo = [f for f in plan.todo if f.problem is None]

@@ -35,3 +35,18 @@ def make_projector(broadcast):
             yield from project_table(batch, *arrays).to_batches()
 
     return projector
+
+
+def project_files(store, paths: list[str], folder: str, mean: np.ndarray, scale: np.ndarray,
+                  components: np.ndarray) -> int:
+    """Project committed feature files (filesystem paths of ``store``) each into ``folder``/<same name>
+    (path, label, split, pca): one projection file per feature file, so a grow run projects only its
+    new files and a removed file's projection goes with it. Returns the rows projected."""
+    from fruitlens.state.schema import CARRIED
+
+    rows = 0
+    for path in paths:
+        table = store.read_table(path, columns=[*CARRIED, FEATURES])
+        store.write_table(f"{folder}/{path.rsplit('/', 1)[1]}", project_table(table, mean, scale, components))
+        rows += table.num_rows
+    return rows
