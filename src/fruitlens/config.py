@@ -122,6 +122,8 @@ class PipelineConfig:
         Up to this many feature rows (~5 KB each), PCA's two passes over the features (moments, then
         projection) stream the Parquet files on the driver: no Spark job, so no job latency. Above it
         they run as Spark jobs on the executors.
+    price_table
+        The rates the manifest's estimated cost uses (:mod:`fruitlens.cost`); a local file on the driver.
     train, report
         After the PCA, fit the classifier (``fruitlens train``) / write the HTML report.
     overwrite
@@ -203,6 +205,9 @@ class PipelineConfig:
     driver_pca_max_rows: int = option(250_000, "up to this many feature rows PCA streams the features on the "
                                       "driver, above it as Spark jobs (default {default})", flag=None,
                                       forward=False)
+    price_table: str | None = option(None, "a JSON or YAML file of per-vCPU-hour and per-GB-hour rates for the run's "
+                                     "estimated cost (default: EMR on EKS on Fargate, us-east-1, dated: "
+                                     "fruitlens.cost)", chart=None, metavar="FILE")
     train: bool = option(False, "then fit the classifier on the PCA (as `fruitlens train`)", scope="stage",
                          chart="train")
     report: bool = option(False, "then write OUTPUT/report/index.html (as `fruitlens report`)", scope="stage",

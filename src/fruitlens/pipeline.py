@@ -14,7 +14,7 @@ import time
 
 from pyspark.sql import SparkSession
 
-from fruitlens import engines, pca_state
+from fruitlens import cost, engines, pca_state
 from fruitlens.config import PipelineConfig
 from fruitlens.engines import FEATURE_DIM, ModelArtifact, RunInputs, prepare_model
 from fruitlens.engines.model import sha256_file
@@ -190,6 +190,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     timer = Timer()
     t = time.perf_counter()
     input_uri, output_uri = uris.qualify(config.input), uris.qualify(config.output)
+    prices = cost.load_prices(config.price_table)  # a wrong file fails now, not after the run
     if launched_by_spark_submit():  # the JVM runs already, with settings (spark-defaults) we only read from it
         spark = build_session(config)
         source, out, listing = check_paths(config, options := store_options(spark, input_uri, output_uri))
@@ -264,6 +265,8 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
                                            engine=manifest["engine"])
             timer.lap("train", t)
         manifest = finished(manifest, lock, timer)
+        manifest["cost"] = run_cost(spark, manifest, prices)
+        manifest["history"][-1]["cost"] = {k: manifest["cost"][k] for k in ("total", "currency", "per_100k_images")}
         publish(out, lock, manifest, before_publish=lambda: faults.kill_point("manifest"))
         _done(out, timer)
         if config.report:  # after: the report shows the finished manifest
@@ -273,6 +276,17 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         return manifest
 
 
+
+
+def run_cost(spark: SparkSession, manifest: dict, prices: dict) -> dict:
+    """The run's estimated cost (fruitlens.cost): what its driver and executors request × its wall time."""
+    sc = spark.sparkContext
+    local = sc.master.startswith("local")
+    # The executors registered now (the driver's own entry is not one): with dynamic allocation, an estimate.
+    executors = 0 if local else max(0, sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
+    resources = cost.requested(dict(sc.getConf().getAll()), local=local, task_slots=sc.defaultParallelism,
+                               executors=executors)
+    return cost.estimate(resources, manifest["timings_s"]["total"], manifest["counts"]["processed"], prices)
 
 
 def refit_pca(config: PipelineConfig) -> dict:

@@ -91,6 +91,9 @@ def test_a_grow_run_equals_a_clean_run_over_all_photos(grown, tmp_path):
     assert inc["moments"] == "incremental" and inc["rows_reused"] == 150 and inc["rows_read"] == 150
     # A new class moves the basis beyond the tolerance: the exact refit replaced it, every row projected again.
     assert inc["basis"] == "refit" and inc["rows_projected"] == 300, inc
+    cost = manifest(out)["cost"]  # what the grow run did: 150 photos
+    assert cost["images"] == 150 and cost["total"] > 0 and cost["per_100k_images"] > 0
+    assert [bool(h.get("cost")) for h in manifest(out)["history"]] == [True, True]
     clean = tmp_path / "clean"
     assert main(["run", str(src), str(clean), *ARGS]) == 0
     assert_same_pca(out, clean)
