@@ -24,6 +24,10 @@ from pathlib import Path
 
 from fruitlens.errors import FruitlensError
 
+#: Amazon EMR on Amazon EKS, us-east-1, USD: on top of the compute (EC2 nodes or Fargate) it runs on.
+EMR_ON_EKS_VCPU_HOUR = 0.01012
+EMR_ON_EKS_GB_HOUR = 0.00111125
+
 #: Looked up on 2026-12-05 in public material quoting AWS' pricing pages (aws.amazon.com/emr/pricing: "Amazon EMR
 #: on Amazon EKS", and aws.amazon.com/fargate/pricing: $0.000011244 per vCPU-second, $0.000001235 per GB-second).
 DEFAULT_PRICES = {
@@ -32,7 +36,8 @@ DEFAULT_PRICES = {
     "date": "2026-12-05",
     "source": "aws.amazon.com/emr/pricing (Amazon EMR on Amazon EKS), aws.amazon.com/fargate/pricing (Linux/x86)",
     "rates": [
-        {"name": "EMR on EKS (uplift on the pods' requests)", "vcpu_hour": 0.01012, "gb_hour": 0.00111125},
+        {"name": "EMR on EKS (uplift on the pods' requests)", "vcpu_hour": EMR_ON_EKS_VCPU_HOUR,
+         "gb_hour": EMR_ON_EKS_GB_HOUR},
         {"name": "AWS Fargate compute", "vcpu_hour": 0.04048, "gb_hour": 0.004445},
     ],
 }
