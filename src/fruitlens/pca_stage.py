@@ -73,7 +73,7 @@ def current_moments(spark: SparkSession, config: PipelineConfig, out: Store, fil
     folder = out.fs_path(layout.FEATURES)
     paths = [f"{folder}/{n}" for n in new]
     # ~5 KB a row: the bytes tell the rows before reading them
-    on_driver = sum(files[n] for n in new) <= config.driver_pca_max_rows * 5200
+    on_driver = not new or sum(files[n] for n in new) <= config.driver_pca_max_rows * 5200
     moments, rows = record.moments, dict(record.files)
     for part, part_rows in _per_file(spark, out, paths, file_moments, on_driver=on_driver):
         moments = moments + part
@@ -81,22 +81,23 @@ def current_moments(spark: SparkSession, config: PipelineConfig, out: Store, fil
     save_moments(out, MomentsRecord(moments, rows))
     how = {"moments": "incremental" if record.files else "full", "files_read": len(new),
            "rows_read": moments.n - record.moments.n, "rows_reused": record.moments.n,
-           "on": "driver" if on_driver else "spark"}
+           "on": "driver" if on_driver else "spark"}  # where the moments were read
     if not record.files:
         how["why_full"] = reason
     return moments, how
 
 
-def _project(spark: SparkSession, config: PipelineConfig, out: Store, fit: Fit, names: list[str], rows: int) -> int:
-    """Project these feature files into pca/ with ``fit``; returns the rows projected."""
+def _project(spark: SparkSession, config: PipelineConfig, out: Store, fit: Fit, names: list[str],
+             rows: int) -> tuple[int, str]:
+    """Project these feature files into pca/ with ``fit``; returns the rows projected and where."""
     paths = [f"{out.fs_path(layout.FEATURES)}/{n}" for n in names]
-    if rows <= config.driver_pca_max_rows:
+    if rows <= config.driver_pca_max_rows or not paths:
         return sum(_per_file(spark, out, paths, lambda store, chunk: project_files(
-            store, chunk, layout.PCA, *fit.arrays), on_driver=True))
+            store, chunk, layout.PCA, *fit.arrays), on_driver=True)), "driver"
     # One broadcast of the arrays (1280 x k doubles, MBs), not a copy inside every task's closure.
     arrays = spark.sparkContext.broadcast(fit.arrays)
     return sum(_per_file(spark, out, paths, lambda store, chunk: project_files(
-        store, chunk, layout.PCA, *arrays.value), on_driver=False))
+        store, chunk, layout.PCA, *arrays.value), on_driver=False)), "spark"
 
 
 def refit_reason(config: PipelineConfig, basis: Basis | None, out: Store, loss: dict | None) -> str | None:
@@ -144,7 +145,7 @@ def pca_stage(spark: SparkSession, config: PipelineConfig, out: Store, rows: int
         save_pca_pipeline(spark, spark_model(spark, fit), out, layout.PCA_MODEL)  # no Spark job (fruitlens.mlsave)
         out.delete_tree(layout.PCA)
         out.make_dirs(layout.PCA)
-        projected = _project(spark, config, out, fit, projected_files, moments.n)
+        projected, projected_on = _project(spark, config, out, fit, projected_files, moments.n)
         save_basis(out, Basis(fit, pca_settings(config)))
         summary = fit.summary.as_dict()
         basis_entry = {"basis": "refit", "why_refit": reason}
@@ -155,7 +156,7 @@ def pca_stage(spark: SparkSession, config: PipelineConfig, out: Store, rows: int
         for name in sorted(done - set(files)):  # the projection of a removed or rewritten file
             out.delete(out.fs_path(f"{layout.PCA}/{name}"))
         projected_files = sorted(set(files) - done)
-        projected = _project(spark, config, out, fit, projected_files, how["rows_read"])
+        projected, projected_on = _project(spark, config, out, fit, projected_files, how["rows_read"])
         summary = {**fit.summary.as_dict(), "rows": moments.n, "fit_rows": fit.summary.rows,
                    "variance_kept": loss["variance_kept"]}
         basis_entry = {"basis": "kept"}
@@ -163,7 +164,8 @@ def pca_stage(spark: SparkSession, config: PipelineConfig, out: Store, rows: int
             f"{loss['centre_offset']:.1e} <= {config.pca_drift_tolerance:g}); projected {projected} new rows")
     if loss is not None:
         basis_entry.update(variance_loss=loss["variance_loss"], centre_offset=loss["centre_offset"])
-    return {**summary, "target_variance": config.pca_variance, "requested_k": config.pca_k, "on": how["on"],
+    on = "spark" if "spark" in (how["on"], projected_on) else "driver"
+    return {**summary, "target_variance": config.pca_variance, "requested_k": config.pca_k, "on": on,
             "incremental": {**how, **basis_entry, "drift_tolerance": config.pca_drift_tolerance,
                             "files_projected": len(projected_files), "rows_projected": projected},
             "seconds": {"moments": round(moments_s, 3), "fit": round(fit_s, 3),

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fruitlens.classify.report import cost_section
+from fruitlens.classify.report import cost_section, pca_note
 from fruitlens.cost import DEFAULT_PRICES, PriceTableError, estimate, load_prices, pod_memory_gib, requested
 
 
@@ -74,3 +74,13 @@ def test_the_report_shows_the_cost_and_each_runs_cost():
     assert f"{c['total']:,.4f} USD" in page and "Cost of each run" in page and "1.3300 USD" in page
     assert "2026-12-05" in page and "not in it" in page
     assert "made before fruitlens estimated costs" in cost_section({})
+
+
+def test_the_report_says_how_the_pca_was_made():
+    kept = {"moments": "incremental", "files_read": 2, "rows_read": 300, "rows_reused": 13074, "basis": "kept",
+            "variance_loss": 2.5e-05, "centre_offset": 1e-06, "drift_tolerance": 0.001, "rows_projected": 300}
+    text = pca_note({"incremental": kept})
+    assert "read 300 feature rows of 2 files, reused the moments of 13,074" in text and "kept the basis" in text
+    full = {**kept, "moments": "full", "why_full": "--pca-exact", "basis": "refit", "why_refit": "--pca-exact"}
+    assert "read all 300 feature rows (--pca-exact)" in pca_note({"incremental": full})
+    assert pca_note({}) == ""

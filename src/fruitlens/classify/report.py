@@ -210,6 +210,22 @@ def cost_section(manifest: dict) -> str:
     return _table(["", "estimate"], rows, numeric={1}) + note + history
 
 
+def pca_note(pca: dict) -> str:
+    """How this run's PCA was made (fruitlens.pca_state): what it read and whether the basis was kept."""
+    inc = pca.get("incremental")
+    if not inc:
+        return ""
+    read = (f"read {inc['rows_read']:,} feature rows of {inc['files_read']:,} files, reused the moments of "
+            f"{inc['rows_reused']:,}" if inc["moments"] == "incremental"
+            else f"read all {inc['rows_read']:,} feature rows ({inc.get('why_full', '')})")
+    if inc["basis"] == "kept":
+        basis = (f"kept the basis (variance loss {inc['variance_loss']:.1e}, centre offset {inc['centre_offset']:.1e}, "
+                 f"tolerance {inc['drift_tolerance']:g}) and projected the {inc['rows_projected']:,} new rows")
+    else:
+        basis = f"refit the basis ({inc.get('why_refit', '')}) and projected all {inc['rows_projected']:,} rows"
+    return f"<p>This run's PCA {_esc(read)}; it {_esc(basis)}.</p>"
+
+
 def render(spark: SparkSession, out: Store) -> str:
     matplotlib = require("matplotlib", "report", "the report's figures")
     matplotlib.use("Agg")
@@ -274,6 +290,7 @@ def render(spark: SparkSession, out: Store) -> str:
         errors_table=errors_table,
         timings_table=_table(["stage", "seconds"], timing_rows, numeric={1}),
         cost_section=cost_section(manifest),
+        pca_note=pca_note(pca),
         variance_figure=variance_figure(pca),
         pca_map_figure=pca_map_figure(spark, out, pca),
         classifier_summary=summary,
