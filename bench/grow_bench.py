@@ -8,13 +8,13 @@ Phases (one list, :data:`PHASES`: a later benchmark, e.g. the planning one, is o
   PCA records exist, as after any daily run). Each is timed as a `fruitlens run` process: wall, and the run's
   own setup / extract / PCA split. Then ``--pca-exact`` on the same OUTPUT gives the clean PCA, compared
   with the grow's (the same rows and features, the basis within 1e-6 relative if the grow refitted, else the
-  grow's recorded variance loss: the documented approximation) .
+  grow's recorded variance loss: the documented approximation).
 
 The committed rows of a level are made without inference (``--real`` featurizes them instead: ~15 minutes at
 91k on 2 cores): a real run featurizes the first 256 photos (it also records OUTPUT's settings), and every other
-photo gets one of those 256 vectors with a per-row, per-feature random scaling of ±10 %, committed in 256-row
-files named as the workers name theirs, with the photo's listed size and time. The grow run cannot tell: it
-reuses them as any committed rows, and only its 300 new photos are featurized for real. What the grow costs
+photo gets one of those vectors or of the clean phase's 300 (photos of every class) with a per-row,
+per-feature random scaling of ±10 %, committed in 256-row files named as the workers name theirs, with the
+photo's listed size and time. The grow run cannot tell: it reuses them as any committed rows, and only its 300 new photos are featurized for real. What the grow costs
 depends on the number of committed rows and files, not on their values.
 
 usage: grow_bench.py SCALE_DIR [--work DIR] [--json FILE] [--phases NAME ...] [--real]
@@ -74,8 +74,9 @@ def hold_out(src: Path, dst: Path, n: int) -> list[tuple[Path, Path]]:
     return moved
 
 
-def fabricate(src: Path, out: Path) -> int:
-    """Commit a row for every photo of ``src`` OUTPUT lacks, from the real rows it holds (module docstring)."""
+def fabricate(src: Path, out: Path, pools: list[Path]) -> int:
+    """Commit a row for every photo of ``src`` OUTPUT lacks, from the real rows it and ``pools`` (other OUTPUTs'
+    features folders, e.g. the clean phase's photos drawn from every class) hold (module docstring)."""
     import pyarrow.dataset as ds
 
     from fruitlens.images import label_and_split
@@ -86,8 +87,9 @@ def fabricate(src: Path, out: Path) -> int:
     from fruitlens.storage.store import Store
 
     real = ds.dataset(str(out / "features"), format="parquet").to_table()
-    pool = np.stack(real.column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
     done = set(real.column("path").to_pylist())
+    tables = [real] + [ds.dataset(str(p), format="parquet").to_table() for p in pools if p.is_dir()]
+    pool = np.vstack([np.stack(t.column("features").to_numpy(zero_copy_only=False)) for t in tables]).astype(np.float32)
     store = Store(str(out))
     todo = [f for f in list_input(Store(str(src)), None) if f.path not in done]
     rng = np.random.default_rng(24)
@@ -119,6 +121,7 @@ def split_of(manifest: dict, wall: float) -> dict:
 def run_phase(phase: Phase, scale: Path, work: Path, real: bool) -> dict:
     root = work / phase.name
     shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
     src, held, out = root / "in", root / "held", root / "out"
     if phase.level is None:  # GROW photos of x1, a clean run
         subprocess.run(["cp", "-al", str(scale / "x1"), str(root / "pool")], check=True)
@@ -133,7 +136,7 @@ def run_phase(phase: Phase, scale: Path, work: Path, real: bool) -> dict:
         made = 0
     else:
         fruitlens("run", str(src), str(out), "--limit", "256")
-        made = fabricate(src, out)
+        made = fabricate(src, out, [work / "clean-300" / "out" / "features"])
         fruitlens("run", str(src), str(out))  # the previous daily run: OUTPUT finished, its PCA records written
     prepare_s = time.perf_counter() - t
     committed = json.loads((out / "manifest.json").read_text())["counts"]["features"]

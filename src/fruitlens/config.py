@@ -161,7 +161,8 @@ class PipelineConfig:
     pca_drift_tolerance: float = option(1e-3, "keep the basis in force while it explains within this fraction of "
                                         "the variance the exact refit explains, and its centre is off by at most "
                                         "this fraction of it (default {default:g}; 0: refit whenever new rows "
-                                        "change the fit)", scope="pca", chart=None, metavar="FRACTION")
+                                        "change the fit)", scope="pca", chart="pcaDriftTolerance",
+                                        metavar="FRACTION")
     batch_size: int = option(64, "images per inference call (default {default})", chart="batchSize", metavar=None)
     commit_size: int = option(256, "images per committed batch: one Parquet file, one progress step and what a "
                               "crash can lose (default {default})", chart="commitSize", metavar=None,
@@ -207,7 +208,7 @@ class PipelineConfig:
                                       forward=False)
     price_table: str | None = option(None, "a JSON or YAML file of per-vCPU-hour and per-GB-hour rates for the run's "
                                      "estimated cost (default: EMR on EKS on Fargate, us-east-1, dated: "
-                                     "fruitlens.cost)", chart=None, metavar="FILE")
+                                     "fruitlens.cost; a local path or a URI)", chart="priceTable", metavar="FILE")
     train: bool = option(False, "then fit the classifier on the PCA (as `fruitlens train`)", scope="stage",
                          chart="train")
     report: bool = option(False, "then write OUTPUT/report/index.html (as `fruitlens report`)", scope="stage",

@@ -55,13 +55,15 @@ def load_prices(path: str | None) -> dict:
         return DEFAULT_PRICES
     import yaml
 
-    where = Path(path)
+    where = Path(path.rsplit("/", 1)[-1])
     hint = ('expected {"currency": "USD", "date": "...", "source": "...", "rates": [{"name": "...", '
             '"vcpu_hour": 0.01, "gb_hour": 0.001}]}')
     try:
-        table = yaml.safe_load(where.read_text()) if where.suffix in (".yaml", ".yml") else json.loads(where.read_text())
-    except OSError as exc:
-        raise PriceTableError(f"--price-table {path}: cannot read it ({exc.strerror or exc}); fix the path") from None
+        text = _read(path)
+        table = yaml.safe_load(text) if where.suffix in (".yaml", ".yml") else json.loads(text)
+    except (OSError, FruitlensError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise PriceTableError(f"--price-table {path}: cannot read it ({why}); fix the path or URI") from None
     except (ValueError, yaml.YAMLError) as exc:
         raise PriceTableError(f"--price-table {path}: not valid {where.suffix[1:] or 'JSON'} ({exc}); {hint}") from None
     rates = table.get("rates") if isinstance(table, dict) else None
@@ -69,7 +71,16 @@ def load_prices(path: str | None) -> dict:
                             and isinstance(r.get("gb_hour", 0), int | float) for r in rates):
         raise PriceTableError(f"--price-table {path}: no list of rates with numeric vcpu_hour / gb_hour; {hint}")
     return {"name": table.get("name", where.name), "currency": table.get("currency", "USD"),
-            "date": table.get("date"), "source": table.get("source", str(where)), "rates": rates}
+            "date": table.get("date"), "source": table.get("source", path), "rates": rates}
+
+
+def _read(path: str) -> str:
+    """A local file, or a URI (s3://…) read with the environment's credentials, as text."""
+    if "://" not in path or path.startswith("file:"):
+        return Path(path.removeprefix("file://").removeprefix("file:")).read_text()
+    from fruitlens.storage.store import StoreOptions, read_uri
+
+    return read_uri(path, StoreOptions.from_environment()).decode("utf-8")
 
 
 def _gib(size: str | None, default: str) -> float:
