@@ -14,8 +14,9 @@ The committed rows of a level are made without inference (``--real`` featurizes 
 91k on 2 cores): a real run featurizes the first 256 photos (it also records OUTPUT's settings), and every other
 photo gets one of those vectors or of the clean phase's 300 (photos of every class) with a per-row,
 per-feature random scaling of ±10 %, committed in 256-row files named as the workers name theirs, with the
-photo's listed size and time. The grow run cannot tell: it reuses them as any committed rows, and only its 300 new photos are featurized for real. What the grow costs
-depends on the number of committed rows and files, not on their values.
+photo's listed size and time. The grow run cannot tell: it reuses them as any committed rows, and only its
+300 new photos are featurized for real. What a grow costs depends on the number of committed rows and
+files, not on their values.
 
 usage: grow_bench.py SCALE_DIR [--work DIR] [--json FILE] [--phases NAME ...] [--real]
 """
