@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 GROW = 300
+LOAD: list[float] = []  # the 1-minute load average after each fruitlens process
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ def fruitlens(*args: str) -> tuple[float, dict]:
     done = subprocess.run([sys.executable, "-m", "fruitlens", *args, "--no-progress", "-q"], capture_output=True,
                           text=True)
     wall = time.perf_counter() - t
+    LOAD.append(os.getloadavg()[0])  # other processes on the machine skew every figure: recorded beside them
     if done.returncode:
         raise SystemExit(f"bench-grow: fruitlens {' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return wall, json.loads((Path(args[2]) / "manifest.json").read_text())
@@ -116,7 +118,7 @@ def split_of(manifest: dict, wall: float) -> dict:
     return {"wall_s": round(wall, 2), "run_total_s": t.get("total"), "start_up_s": round(wall - t["total"], 2),
             "setup_s": t.get("setup"), "extract_s": t.get("extract"), "pca_s": t.get("pca"),
             "pca_detail": {k: pca.get(k) for k in ("incremental", "seconds", "k", "rows")},
-            "counts": manifest["counts"], "cost": manifest.get("cost")}
+            "counts": manifest["counts"], "cost": manifest.get("cost"), "load_average_1m": LOAD[-1] if LOAD else None}
 
 
 def run_phase(phase: Phase, scale: Path, work: Path, real: bool) -> dict:
