@@ -282,10 +282,14 @@ def run_cost(spark: SparkSession, manifest: dict, prices: dict) -> dict:
     """The run's estimated cost (fruitlens.cost): what its driver and executors request × its wall time."""
     sc = spark.sparkContext
     local = sc.master.startswith("local")
-    # The executors registered now (the driver's own entry is not one): with dynamic allocation, an estimate.
-    executors = 0 if local else max(0, sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
-    resources = cost.requested(dict(sc.getConf().getAll()), local=local, task_slots=sc.defaultParallelism,
-                               executors=executors)
+    conf = dict(sc.getConf().getAll())
+    executors = 0
+    if not local:  # the executors registered now (the driver's own entry is not one): an estimate
+        try:
+            executors = max(0, sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
+        except Exception:  # py4j: an estimate must never fail the run
+            executors = int(conf.get("spark.executor.instances", 0) or 0)
+    resources = cost.requested(conf, local=local, task_slots=sc.defaultParallelism, executors=executors)
     return cost.estimate(resources, manifest["timings_s"]["total"], manifest["counts"]["processed"], prices)
 
 
