@@ -84,3 +84,23 @@ def test_the_report_says_how_the_pca_was_made():
     full = {**kept, "moments": "full", "why_full": "--pca-exact", "basis": "refit", "why_refit": "--pca-exact"}
     assert "read all 300 feature rows (--pca-exact)" in pca_note({"incremental": full})
     assert pca_note({}) == ""
+
+
+def test_a_cluster_runs_cost_counts_its_executors_and_never_fails_the_run():
+    from types import SimpleNamespace
+
+    from fruitlens.pipeline import run_cost
+
+    class Conf:
+        def getAll(self):
+            return [("spark.executor.instances", "3"), ("spark.executor.cores", "4"), ("spark.executor.memory", "8g")]
+
+    class Broken:
+        def sc(self):
+            raise RuntimeError("py4j gone")
+
+    sc = SimpleNamespace(master="k8s://https://api:443", defaultParallelism=12, getConf=Conf, _jsc=Broken())
+    manifest = {"timings_s": {"total": 100.0}, "counts": {"processed": 1000}}
+    c = run_cost(SimpleNamespace(sparkContext=sc), manifest, DEFAULT_PRICES)
+    assert c["requested"] == {"vcpu": 13.0, "gb": pytest.approx(1 + 0.375 + 3 * 8.8), "executors": 3}
+    assert c["vcpu_seconds"] == 1300.0 and c["per_100k_images"] > 0
