@@ -1,8 +1,8 @@
-"""Projecting feature rows onto the principal components, in the Python workers.
+"""Projecting feature rows onto the principal components, file by file, on the driver or in the Python workers.
 
-The fitted arrays (mean, scale, components: 1280 x k doubles, ~2 MB at k=187) travel as one broadcast
-variable, not inside every task as the Spark ML model's closure would (Spark warned of multi-MB tasks);
-each Arrow batch is then one matrix product. The saved Spark ML ``PipelineModel`` computes the same
+The fitted arrays (mean, scale, components: 1280 x k doubles, ~2 MB at k=187) travel to the workers as one
+broadcast variable (fruitlens.pca_stage), not inside every task's closure (Spark warned of multi-MB tasks);
+each file is then one matrix product. The saved Spark ML ``PipelineModel`` computes the same
 thing for users (a test keeps the two within 1e-5). Kept light: workers import only numpy and pyarrow.
 """
 from __future__ import annotations
@@ -24,17 +24,6 @@ def project_table(table: pa.Table | pa.RecordBatch, mean: np.ndarray, scale: np.
     """(path, label, split, features) rows → (path, label, split, pca list<float>)."""
     x = feature_matrix(table.column(FEATURES))
     return pca_table(table, project_batch(x, mean, scale, components).astype(np.float32))
-
-
-def make_projector(broadcast):
-    """mapInArrow function: (path, label, split, features) batches → (path, label, split, pca)."""
-
-    def projector(batches):
-        arrays = broadcast.value
-        for batch in batches:
-            yield from project_table(batch, *arrays).to_batches()
-
-    return projector
 
 
 def project_files(store, paths: list[str], folder: str, mean: np.ndarray, scale: np.ndarray,
