@@ -119,9 +119,9 @@ class PipelineConfig:
         reads only new feature files and projects only those while the basis in force still fits within
         ``pca_drift_tolerance``; ``pca_exact`` refits from every feature and projects every row again.
     driver_pca_max_rows
-        Up to this many feature rows (~5 KB each), PCA's two passes over the features (moments, then
-        projection) stream the Parquet files on the driver: no Spark job, so no job latency. Above it
-        they run as Spark jobs on the executors.
+        Up to this many feature rows to read (~5 KB each), PCA's per-file work (the moments of new files,
+        the projection) streams the Parquet files on the driver: no Spark job, so no job latency. Above
+        it, it runs as Spark tasks over the files on the executors.
     price_table
         The rates the manifest's estimated cost uses (:mod:`fruitlens.cost`); a local file on the driver.
     train, report
