@@ -54,12 +54,16 @@ bench: setup scale-set ## ceilings (engine, decode), opt-in engines, then the pi
 	$(VENV)/bin/fruitlens bench "$(BENCH_INPUT)" "$(SCALE_DIR)/x3" --workdir .bench --json .bench/bench.json $(BENCH_ARGS)
 
 .PHONY: scale-set
-scale-set: setup ## make 6,537 / 19,611 / 91,518-photo sets from the sample (flips, rotations, crops, colour shifts) in SCALE_DIR
-	$(PY) bench/make_scale_set.py "$(SHARED)/data/fruits-360-sample" "$(SCALE_DIR)" --copies 14 --levels 1 3
+scale-set: setup ## make 6,537 / 13,074 / 19,611 / 91,518-photo sets from the sample (flips, rotations, crops, colour shifts) in SCALE_DIR
+	$(PY) bench/make_scale_set.py "$(SHARED)/data/fruits-360-sample" "$(SCALE_DIR)" --copies 14 --levels 1 2 3
 
 .PHONY: bench-scale
 bench-scale: setup scale-set ## the whole run at 6.5k -> 20k -> 90k photos: time, images/s, stage split, peak RSS
 	$(VENV)/bin/fruitlens bench "$(SCALE_DIR)/x1" "$(SCALE_DIR)/x3" "$(SCALE_DIR)/x14" --skip-keras --workdir .bench --json .bench/scale.json $(ARGS)
+
+.PHONY: bench-grow
+bench-grow: setup scale-set ## a daily grow run: 300 photos clean, +300 on 13k and on 91k committed (wall/setup/extract/PCA split, equal to --pca-exact)
+	$(PY) bench/grow_bench.py "$(SCALE_DIR)" --work .bench/grow --json .bench/grow.json $(ARGS)
 
 .PHONY: bench-resume
 bench-resume: setup ## resume/grow figures on the sample copied twice: kill at half + rerun, +300 photos, concurrent run

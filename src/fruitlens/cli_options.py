@@ -14,7 +14,7 @@ from fruitlens.config import OPTIONS, Option, load_config
 #: Which options each job command takes, by :attr:`Option.scope`.
 SCOPES = {"run": ("job", "pca", "stage", "lock"), "extract": ("job", "lock")}
 #: The ``pca`` command: its own options, the lock's, and how it shows itself.
-PCA_COMMAND = ("pca_k", "pca_variance", "pca_standardize", "master", "progress", "verbosity")
+PCA_COMMAND = ("pca_k", "pca_variance", "pca_standardize", "pca_exact", "pca_drift_tolerance", "master", "progress", "verbosity")
 
 
 def conf_pair(text: str) -> tuple[str, str]:

@@ -114,10 +114,16 @@ class PipelineConfig:
     weights
         ``imagenet`` (Keras' cache, downloaded by Keras on the driver only if missing) or a ``.h5``
         file, local or any Hadoop URI.
+    pca_exact, pca_drift_tolerance
+        PCA is incremental (:mod:`fruitlens.pca_state`): OUTPUT keeps the moments of its features, a run
+        reads only new feature files and projects only those while the basis in force still fits within
+        ``pca_drift_tolerance``; ``pca_exact`` refits from every feature and projects every row again.
     driver_pca_max_rows
-        Up to this many feature rows (~5 KB each), PCA's two passes over the features (moments, then
-        projection) stream the Parquet files on the driver: no Spark job, so no job latency. Above it
-        they run as Spark jobs on the executors.
+        Up to this many feature rows to read (~5 KB each), PCA's per-file work (the moments of new files,
+        the projection) streams the Parquet files on the driver: no Spark job, so no job latency. Above
+        it, it runs as Spark tasks over the files on the executors.
+    price_table
+        The rates the manifest's estimated cost uses (:mod:`fruitlens.cost`); a local file on the driver.
     train, report
         After the PCA, fit the classifier (``fruitlens train``) / write the HTML report.
     overwrite
@@ -149,6 +155,14 @@ class PipelineConfig:
                                         exclusive="pca")
     pca_standardize: bool = option(False, "scale features to unit variance before PCA (they are always centred)",
                                    scope="pca", chart="pcaStandardize")
+    pca_exact: bool = option(False, "refit PCA from all features and project every row again (default: add the "
+                             "new files' moments to OUTPUT's record and keep the basis while it still fits)",
+                             scope="pca", chart="pcaExact")
+    pca_drift_tolerance: float = option(1e-3, "keep the basis in force while it explains within this fraction of "
+                                        "the variance the exact refit explains, and its centre is off by at most "
+                                        "this fraction of it (default {default:g}; 0: refit whenever new rows "
+                                        "change the fit)", scope="pca", chart="pcaDriftTolerance",
+                                        metavar="FRACTION")
     batch_size: int = option(64, "images per inference call (default {default})", chart="batchSize", metavar=None)
     commit_size: int = option(256, "images per committed batch: one Parquet file, one progress step and what a "
                               "crash can lose (default {default})", chart="commitSize", metavar=None,
@@ -196,6 +210,9 @@ class PipelineConfig:
     driver_pca_max_rows: int = option(250_000, "up to this many feature rows PCA streams the features on the "
                                       "driver, above it as Spark jobs (default {default})", flag=None,
                                       forward=False)
+    price_table: str | None = option(None, "a JSON or YAML file of per-vCPU-hour and per-GB-hour rates for the run's "
+                                     "estimated cost (default: EMR on EKS on Fargate, us-east-1, dated: "
+                                     "fruitlens.cost; a local path or a URI)", chart="priceTable", metavar="FILE")
     train: bool = option(False, "then fit the classifier on the PCA (as `fruitlens train`)", scope="stage",
                          chart="train")
     report: bool = option(False, "then write OUTPUT/report/index.html (as `fruitlens report`)", scope="stage",
@@ -212,6 +229,8 @@ class PipelineConfig:
             raise ConfigError(f"--pca-variance must be in (0, 1], got {self.pca_variance}")
         if self.driver_max_images < 0:
             raise ConfigError(f"driver_max_images must be 0 or more, got {self.driver_max_images}")
+        if not 0.0 <= self.pca_drift_tolerance < 1.0:
+            raise ConfigError(f"--pca-drift-tolerance must be in [0, 1), got {self.pca_drift_tolerance}")
         if self.driver_pca_max_rows < 0:
             raise ConfigError(f"driver_pca_max_rows must be 0 or more, got {self.driver_pca_max_rows}")
         for name in ("batch_size", "commit_size", "partitions", "limit"):

@@ -26,6 +26,13 @@ class Moments:
     def __add__(self, other: Moments) -> Moments:
         return Moments(self.n + other.n, self.total + other.total, self.gram + other.gram)
 
+    def __sub__(self, other: Moments) -> Moments:
+        """The moments without ``other``'s rows (a removed file's): exact up to float64 rounding, since
+        the sums are of float32 features in float64 (see :mod:`fruitlens.pca_state` on the error)."""
+        if other.n > self.n:
+            raise ValueError(f"cannot remove {other.n} rows from moments of {self.n}")
+        return Moments(self.n - other.n, self.total - other.total, self.gram - other.gram)
+
     def mean(self) -> np.ndarray:
         return self.total / self.n
 
@@ -65,3 +72,13 @@ def partition_moments(batches):
     )
 
 
+
+
+def file_moments(store, paths: list[str]) -> tuple[Moments, dict[str, int]]:
+    """The summed moments of the ``features`` column of these committed files (filesystem paths of
+    ``store``) and the rows of each, by path: what :mod:`fruitlens.pca_state` adds or subtracts."""
+    total, rows = Moments.zero(), {}
+    for path in paths:
+        m = moments_of(feature_matrix(store.read_table(path, columns=[FEATURES]).column(0)))
+        total, rows[path] = total + m, m.n
+    return total, rows

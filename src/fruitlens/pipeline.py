@@ -2,8 +2,9 @@
 
 A run continues whatever OUTPUT already holds for the same INPUT and settings: it lists INPUT, reads
 the index of committed rows (:mod:`fruitlens.state.ledger`), drops stale rows, featurizes only new and
-changed images (committed batch by batch by the workers), refits PCA on all features and writes the
-manifest last. Killed at any point, the same command continues from what was committed.
+changed images (committed batch by batch by the workers), refits PCA from the moments of all features
+(reading only the new feature files: fruitlens.pca_state) and writes the manifest last. Killed at any
+point, the same command continues from what was committed.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
-from fruitlens import console, engines
+from fruitlens import console, cost, engines, pca_state
 from fruitlens.config import PipelineConfig
 from fruitlens.engines import FEATURE_DIM, ModelArtifact, RunInputs, prepare_model
 from fruitlens.engines.model import sha256_file
@@ -321,6 +322,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     t = time.perf_counter()
     parts: dict[str, float] = {}  # the setup's parts, each timed where it runs (several overlap)
     input_uri, output_uri = uris.qualify(config.input), uris.qualify(config.output)
+    prices = cost.load_prices(config.price_table)  # a wrong file fails now, not after the run
     if launched_by_spark_submit():  # the JVM runs already, with settings (spark-defaults) we only read from it
         spark = timed(parts, "spark_session", build_session, config)
         source, out = check_stores(config, options := store_options(spark, input_uri, output_uri))
@@ -356,6 +358,8 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         for path in leftovers(out):  # of writes a killed run left
             out.delete(path)
         plan = ledger.plan(ledger.read_index(out), listing)
+        # The PCA's moments record drops the files about to be deleted or rewritten (fruitlens.pca_state).
+        pca_state.forget(out, [*plan.delete, *(f.path for f, _ in plan.rewrite)])
         ledger.apply(out, plan, after_write=lambda: faults.kill_point("cleanup"))
         drop_derived(out)
         todo = [f for f in plan.todo if f.problem is None]
@@ -430,6 +434,8 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
                                            engine=manifest["engine"])
             timer.lap("train", t)
         manifest = finished(manifest, lock, timer)
+        manifest["cost"] = run_cost(spark, manifest, prices)
+        manifest["history"][-1]["cost"] = {k: manifest["cost"][k] for k in ("total", "currency", "per_100k_images")}
         publish(out, lock, manifest, before_publish=lambda: faults.kill_point("manifest"))
         _done(out, timer)
         if config.report:  # after: the report shows the finished manifest
@@ -439,6 +445,21 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         return manifest
 
 
+
+
+def run_cost(spark: SparkSession, manifest: dict, prices: dict) -> dict:
+    """The run's estimated cost (fruitlens.cost): what its driver and executors request × its wall time."""
+    sc = spark.sparkContext
+    local = sc.master.startswith("local")
+    conf = dict(sc.getConf().getAll())
+    executors = 0
+    if not local:  # the executors registered now (the driver's own entry is not one): an estimate
+        try:
+            executors = max(0, sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
+        except Exception:  # py4j: an estimate must never fail the run
+            executors = int(conf.get("spark.executor.instances", 0) or 0)
+    resources = cost.requested(conf, local=local, task_slots=sc.defaultParallelism, executors=executors)
+    return cost.estimate(resources, manifest["timings_s"]["total"], manifest["counts"]["processed"], prices)
 
 
 def refit_pca(config: PipelineConfig) -> dict:

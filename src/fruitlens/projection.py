@@ -1,8 +1,8 @@
-"""Projecting feature rows onto the principal components, in the Python workers.
+"""Projecting feature rows onto the principal components, file by file, on the driver or in the Python workers.
 
-The fitted arrays (mean, scale, components: 1280 x k doubles, ~2 MB at k=187) travel as one broadcast
-variable, not inside every task as the Spark ML model's closure would (Spark warned of multi-MB tasks);
-each Arrow batch is then one matrix product. The saved Spark ML ``PipelineModel`` computes the same
+The fitted arrays (mean, scale, components: 1280 x k doubles, ~2 MB at k=187) travel to the workers as one
+broadcast variable (fruitlens.pca_stage), not inside every task's closure (Spark warned of multi-MB tasks);
+each file is then one matrix product. The saved Spark ML ``PipelineModel`` computes the same
 thing for users (a test keeps the two within 1e-5). Kept light: workers import only numpy and pyarrow.
 """
 from __future__ import annotations
@@ -26,12 +26,16 @@ def project_table(table: pa.Table | pa.RecordBatch, mean: np.ndarray, scale: np.
     return pca_table(table, project_batch(x, mean, scale, components).astype(np.float32))
 
 
-def make_projector(broadcast):
-    """mapInArrow function: (path, label, split, features) batches → (path, label, split, pca)."""
+def project_files(store, paths: list[str], folder: str, mean: np.ndarray, scale: np.ndarray,
+                  components: np.ndarray) -> int:
+    """Project committed feature files (filesystem paths of ``store``) each into ``folder``/<same name>
+    (path, label, split, pca): one projection file per feature file, so a grow run projects only its
+    new files and a removed file's projection goes with it. Returns the rows projected."""
+    from fruitlens.state.schema import CARRIED
 
-    def projector(batches):
-        arrays = broadcast.value
-        for batch in batches:
-            yield from project_table(batch, *arrays).to_batches()
-
-    return projector
+    rows = 0
+    for path in paths:
+        table = store.read_table(path, columns=[*CARRIED, FEATURES])
+        store.write_table(f"{folder}/{path.rsplit('/', 1)[1]}", project_table(table, mean, scale, components))
+        rows += table.num_rows
+    return rows

@@ -244,7 +244,7 @@ def test_report_loads_in_headless_chromium_without_console_errors(trained, tmp_p
     page = trained / "report" / "index.html"
     html = page.read_text()
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
-    for section in ("Counts and errors", "Stage timings", "explained variance curve", "2-D PCA map",
+    for section in ("Counts and errors", "Stage timings", "Estimated cost", "per 100k images", "explained variance curve", "2-D PCA map",
                     "confusion matrix", "Misclassified test photos", "Configuration and versions", "truncated.jpg"):
         assert section in html, section
     assert html.count("data:image/png;base64,") >= 3  # variance curve, PCA map, confusion matrix

@@ -164,7 +164,8 @@ def test_pca_as_spark_jobs_equals_pca_on_the_driver(run_output, tmp_path, monkey
     copy = tmp_path / "spark-pca"
     shutil.copytree(run_output, copy)
     monkeypatch.setenv("FRUITLENS_DRIVER_PCA_MAX_ROWS", "0")
-    assert main(["pca", str(copy), "--pca-k", "5", "--no-progress"]) == 0
+    # --pca-exact: both passes (moments of every file, projection) as Spark tasks, not the moments record.
+    assert main(["pca", str(copy), "--pca-k", "5", "--pca-exact", "--no-progress"]) == 0
     on_driver = json.loads((run_output / "manifest.json").read_text())["pca"]
     on_spark = json.loads((copy / "manifest.json").read_text())["pca"]
     assert (on_driver["on"], on_spark["on"]) == ("driver", "spark")

@@ -104,7 +104,7 @@ bare flag, a number or non-empty string the flag and its value, null/false/"" le
 {{- if and (not (kindIs "invalid" $p.pcaK)) (not (kindIs "invalid" $p.pcaVariance)) }}
 {{- fail "pipeline.pcaK and pipeline.pcaVariance are exclusive: set one of them (the other to null)" }}
 {{- end }}
-{{- $runOnly := list "pcaK" "pcaVariance" "pcaStandardize" "train" "report" }}
+{{- $runOnly := list "pcaK" "pcaVariance" "pcaStandardize" "pcaExact" "pcaDriftTolerance" "train" "report" }}
 {{- $args := list .Values.job.command (required "job.input is required" .Values.job.input) (required "job.output is required" .Values.job.output) }}
 {{- range $key, $v := omit $p "extraArgs" }}
 {{- if not (and (eq $.Values.job.command "extract") (has $key $runOnly)) }}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fruitlens.cost import EMR_ON_EKS_GB_HOUR, EMR_ON_EKS_VCPU_HOUR
 from fruitlens.engines import NAMES, RunInputs, load_engine, prepare_model
 from fruitlens.errors import FruitlensError
 from fruitlens.images import decode_rgb, is_image_path, preprocess
@@ -224,9 +225,8 @@ def baseline_run(root: Path, workdir: Path, args: argparse.Namespace) -> dict:
 
 
 #: On-demand Linux prices, us-east-1, USD (AWS price pages, read 2026-11; they change: check before use).
-#: EMR on EKS bills the vCPU and memory a pod requests, from its image pull until it ends, on top of EC2.
-EMR_ON_EKS_VCPU_HOUR = 0.01012
-EMR_ON_EKS_GB_HOUR = 0.00111125
+#: EMR on EKS bills the vCPU and memory a pod requests, from its image pull until it ends, on top of EC2
+#: (its rates: fruitlens.cost, the same the manifest's cost estimate uses).
 EC2_ON_DEMAND = {  # instance: (USD per hour, vCPUs, GiB, CPU)
     "c6a.xlarge": (0.153, 4, 8, "AMD EPYC Zen 3, AVX2 (this machine's kind)"),
     "c7a.xlarge": (0.20532, 4, 8, "AMD EPYC Zen 4, AVX-512 VNNI/BF16"),

@@ -177,6 +177,55 @@ def misclassified_grid(out: Store, metrics: dict | None) -> str:
     return note + '<div class="grid">' + "".join(cells) + "</div>"
 
 
+def _money(value, currency: str) -> str:
+    return "–" if value is None else f"{value:,.4f} {currency}" if value < 100 else f"{value:,.2f} {currency}"
+
+
+def cost_section(manifest: dict) -> str:
+    """The run's estimated cost (fruitlens.cost) and, for an OUTPUT grown over runs, each run's."""
+    c = manifest.get("cost")
+    if not c:
+        return _missing("No cost estimate: this OUTPUT was made before fruitlens estimated costs.")
+    cur, req, prices = c["currency"], c["requested"], c["prices"]
+    rows = [["requested", f"{req['vcpu']:g} vCPU, {req['gb']:g} GB"
+             + (f" ({req['executors']} executors and the driver)" if req.get("executors") else " (local: one process)")],
+            ["wall time", f"{c['seconds']:.1f} s"],
+            ["vCPU-seconds", f"{c['vcpu_seconds']:,.1f}"], ["GB-seconds", f"{c['gb_seconds']:,.1f}"]]
+    rows += [[line["name"], _money(line["cost"], cur)] for line in c["lines"]]
+    rows += [["estimated cost of this run", _money(c["total"], cur)],
+             [f"per 100k images (this run processed {c['images']:,})", _money(c["per_100k_images"], cur)]]
+    rates = "; ".join(f"{r.get('name', '')}: {r.get('vcpu_hour', 0):g}/vCPU-hour, {r.get('gb_hour', 0):g}/GB-hour"
+                      for r in prices["rates"])
+    note = (f"<p class=\"muted\">Price table: {_esc(prices.get('name'))} ({_esc(rates)}; {_esc(cur)}), dated "
+            f"{_esc(prices.get('date'))}, from {_esc(prices.get('source'))}. The requests × the wall time; EC2 "
+            "nodes, S3 and the EKS cluster fee are not in it (<code>--price-table</code> sets other rates).</p>")
+    runs = [h for h in manifest.get("history") or [] if h.get("cost")]
+    history = ""
+    if len(runs) > 1:
+        history = "<h3>Cost of each run</h3>" + _table(
+            ["run", "end", "images processed", "seconds", "cost", "per 100k images"],
+            [[h.get("run_id", "")[:12], h.get("end", ""), (h.get("counts") or {}).get("processed", "–"),
+              f"{h.get('seconds', 0):.1f}", _money(h["cost"]["total"], h["cost"]["currency"]),
+              _money(h["cost"]["per_100k_images"], h["cost"]["currency"])] for h in runs], numeric={2, 3, 4, 5})
+    return _table(["", "estimate"], rows, numeric={1}) + note + history
+
+
+def pca_note(pca: dict) -> str:
+    """How this run's PCA was made (fruitlens.pca_state): what it read and whether the basis was kept."""
+    inc = pca.get("incremental")
+    if not inc:
+        return ""
+    read = (f"read {inc['rows_read']:,} feature rows of {inc['files_read']:,} files, reused the moments of "
+            f"{inc['rows_reused']:,}" if inc["moments"] == "incremental"
+            else f"read all {inc['rows_read']:,} feature rows ({inc.get('why_full', '')})")
+    if inc["basis"] == "kept":
+        basis = (f"kept the basis (variance loss {inc['variance_loss']:.1e}, centre offset {inc['centre_offset']:.1e}, "
+                 f"tolerance {inc['drift_tolerance']:g}) and projected the {inc['rows_projected']:,} new rows")
+    else:
+        basis = f"refit the basis ({inc.get('why_refit', '')}) and projected all {inc['rows_projected']:,} rows"
+    return f"<p>This run's PCA {_esc(read)}; it {_esc(basis)}.</p>"
+
+
 def render(spark: SparkSession, out: Store) -> str:
     matplotlib = require("matplotlib", "report", "the report's figures")
     matplotlib.use("Agg")
@@ -194,7 +243,9 @@ def render(spark: SparkSession, out: Store) -> str:
     cards = [("images", counts.get("matched")), ("features", counts.get("features")),
              ("errors", counts.get("errors")), ("PCA k", pca.get("k", "–")),
              ("test accuracy", f"{clf['accuracy']:.2%}" if clf.get("accuracy") is not None else "–"),
-             ("macro-F1", f"{clf['macro_f1']:.3f}" if clf.get("macro_f1") is not None else "–")]
+             ("macro-F1", f"{clf['macro_f1']:.3f}" if clf.get("macro_f1") is not None else "–"),
+             ("est. cost per 100k images", _money((manifest.get("cost") or {}).get("per_100k_images"),
+                                                  (manifest.get("cost") or {}).get("currency", "")))]
 
     errors_table = _missing("No errors: every matched image was decoded.")
     if counts.get("errors") and out.exists(layout.ERRORS):
@@ -238,6 +289,8 @@ def render(spark: SparkSession, out: Store) -> str:
         counts_table=_table(["count", "value"], [[k, v] for k, v in counts.items()], numeric={1}),
         errors_table=errors_table,
         timings_table=_table(["stage", "seconds"], timing_rows, numeric={1}),
+        cost_section=cost_section(manifest),
+        pca_note=pca_note(pca),
         variance_figure=variance_figure(pca),
         pca_map_figure=pca_map_figure(spark, out, pca),
         classifier_summary=summary,

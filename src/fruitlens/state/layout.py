@@ -7,7 +7,8 @@
       errors/part-<digest>.parquet     committed error rows (decode or read)
       pca/ pca_model/                  the projection and the Spark ML model (scaler → PCA)
       manifest.json                    written last: its presence means OUTPUT is finished
-      _fruitlens/                      run state: settings.json, run.json, lock.json, the pinned int8 model
+      _fruitlens/                      run state: settings.json, run.json, lock.json, the pinned int8 model,
+                                       pca-moments.npz and pca-basis.npz (incremental PCA: fruitlens.pca_state)
       classifier/ predictor/ report/   made from the PCA by `train` / `report` (dropped when it is refit)
 
 This module imports nothing heavy (`predict` uses it). Relative names (``FEATURES``, ``MANIFEST``…) are what a
@@ -32,6 +33,10 @@ STATE = "_fruitlens"
 SETTINGS = f"{STATE}/settings.json"
 RUN = f"{STATE}/run.json"
 LOCK = f"{STATE}/lock.json"
+#: The moments (n, Σx, XᵀX) of the committed feature files and which files they sum (fruitlens.pca_state).
+PCA_MOMENTS = f"{STATE}/pca-moments.npz"
+#: The basis pca/ and pca_model/ hold (mean, scale, components), written once pca/ is complete under it.
+PCA_BASIS = f"{STATE}/pca-basis.npz"
 
 CLASSIFIER = "classifier"
 METRICS = f"{CLASSIFIER}/metrics.json"
