@@ -244,3 +244,28 @@ lands its files (SparkFiles.getRootDirectory() is "." on executors). */}}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/* The Job's podFailurePolicy rules, as a YAML list (empty: none). Disruptions first: a drained or
+preempted driver is never the job's fault, whatever exit code its SIGTERM left. Kubernetes wants the
+exit codes sorted and without 0 under `In`. */}}
+{{- define "fruitlens.podFailurePolicy" -}}
+{{- $p := .Values.job.podFailurePolicy }}
+{{- $rules := list }}
+{{- if $p.enabled }}
+{{- if $p.ignoreDisruptions }}
+{{- $rules = append $rules (dict "action" "Ignore" "onPodConditions" (list (dict "type" "DisruptionTarget" "status" "True"))) }}
+{{- end }}
+{{- with $p.failJobOnExitCodes }}
+{{- $codes := list }}
+{{- $last := 0 }}
+{{- range . }}
+{{- if le (int .) $last }}{{ fail (printf "job.podFailurePolicy.failJobOnExitCodes must be sorted ascending and unique, between 1 and 255 (Kubernetes' rule), got %v" $p.failJobOnExitCodes) }}{{ end }}
+{{- $last = int . }}
+{{- $codes = append $codes (int .) }}
+{{- end }}
+{{- $rules = append $rules (dict "action" "FailJob" "onExitCodes" (dict "containerName" "driver" "operator" "In" "values" $codes)) }}
+{{- end }}
+{{- $rules = concat $rules ($p.extraRules | default list) }}
+{{- end }}
+{{- toYaml $rules }}
+{{- end }}
