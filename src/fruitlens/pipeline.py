@@ -20,6 +20,7 @@ from fruitlens.engines.model import sha256_file
 from fruitlens.errors import FruitlensError
 from fruitlens.featurize import SUMMARY_FIELDS, even_sizes, make_featurizer, task_sizes, warm_workers
 from fruitlens.images import IMAGE_EXTENSIONS
+from fruitlens.metrics import Board, MetricsServer
 from fruitlens.pca_stage import drop_pca, timed_pca
 from fruitlens.progress import ImageProgress, log
 from fruitlens.spark import build_session, launched_by_spark_submit, store_options, store_options_before_spark
@@ -198,7 +199,11 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         spark = build_session(config)
     artifact = resolve_model(spark, config, options, out, listing, source)
     warm = warm_workers(spark, artifact, batch_size=config.batch_size)
-    with warm, take_lock(out, config) as lock:
+    board = Board(spark.sparkContext.uiWebUrl)
+    with MetricsServer(config.metrics_port, board) as served, warm, take_lock(out, config) as lock:
+        if served.port:
+            log(f"metrics: Prometheus text at http://{spark.sparkContext.getConf().get('spark.driver.host')}:"
+                f"{served.port}/metrics (fruitlens' figures, then Spark's)")
         if config.overwrite:
             clear(out)
         check_settings(out, feature_settings(input_uri, artifact), overwrite=config.overwrite)
@@ -222,6 +227,7 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         t = time.perf_counter()
         with image_progress(spark, "extract", enabled=config.progress) as progress:
             progress.total = len(todo)
+            board.watch("extract", progress)
             done = extract_stage(spark, config, todo, input_uri, out, options, artifact,
                                  progress=progress.address)
         seconds = timer.lap("extract", t)

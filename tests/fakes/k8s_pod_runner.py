@@ -140,6 +140,8 @@ class PodRunner:
         self.started: list[str] = []  # pod names, in start order
         self.commands: dict[str, list[str]] = {}  # pod name → its `docker run` command
         self._job_pods: dict[str, dict[str, tuple[dict, str | None]]] = {}  # Job uid → pod uid → (pod, verdict)
+        self.hook_logs: dict[str, str] = {}  # pod name → what its preStop hook printed
+        self.stopped_logs: dict[str, str] = {}  # pod name → its container's log, once terminate() stopped it
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def __enter__(self) -> PodRunner:
@@ -622,24 +624,49 @@ class PodRunner:
 
     # -- disruptions ----------------------------------------------------------------------------------------
     def evict(self, pod_name: str, namespace: str, *, grace_seconds: int | None = None) -> None:
-        """A drain's eviction (the Eviction API): the pod gets a DisruptionTarget condition, its container
-        SIGTERM and, after the grace period, SIGKILL; it ends Failed, and is then deleted (its owned
-        objects, a driver's executors, are garbage-collected)."""
+        """A drain's (or a spot notice's) eviction through the Eviction API: the pod gets a DisruptionTarget
+        condition, then is deleted gracefully as the kubelet does it: the container's preStop exec hook runs
+        (Spark's /opt/decom.sh on a decommissioning executor), then SIGTERM, then SIGKILL once the grace
+        period (terminationGracePeriodSeconds, default 30 s) is over, hook included. The pod ends Failed; a
+        Job's pod is accounted by the Job controller before it leaves the store, then what it owned (a
+        driver's executors) is garbage-collected."""
         with self.kube.lock:
             pod = copy.deepcopy(self.kube.get("pods", pod_name, namespace))
             pod.setdefault("status", {}).setdefault("conditions", []).append(
                 {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
                  "message": "Eviction API: evicting", "lastTransitionTime": _now()})
             self.kube.put("pods", pod)
+        self.terminate(pod_name, namespace, grace_seconds=grace_seconds)
+        wait_for(lambda: (self.kube.get("pods", pod_name, namespace) or {"status": {"phase": "Failed"}})
+                 .get("status", {}).get("phase") in ("Failed", "Succeeded"), 30, poll=0.5,
+                 what=f"evicted pod {pod_name} to end")  # (a Spark driver may delete its executor first)
+        if any(r.get("kind") == "Job" for r in pod["metadata"].get("ownerReferences") or []):
+            wait_for(lambda: self._accounted(pod["metadata"]["uid"]), 30, poll=0.5,
+                     what=f"the Job controller to account evicted pod {pod_name}")
+        self.delete_pod(pod_name, namespace)
+
+    def terminate(self, pod_name: str, namespace: str, *, grace_seconds: int | None = None) -> float:
+        """The kubelet's graceful stop of a pod's container: preStop exec hook, SIGTERM, SIGKILL after the
+        grace period. Returns the seconds the hook took (it counts against the grace period)."""
+        pod = self.kube.get("pods", pod_name, namespace)
         grace = pod["spec"].get("terminationGracePeriodSeconds", 30) if grace_seconds is None else grace_seconds
         cname = self.containers.get(pod["metadata"]["uid"])
-        if cname:
-            subprocess.run(["docker", "stop", "-t", str(grace), cname], capture_output=True)
-        wait_for(lambda: (self.kube.get("pods", pod_name, namespace) or {}).get("status", {}).get("phase") == "Failed",
-                 30, poll=0.5, what=f"evicted pod {pod_name} to end")
-        wait_for(lambda: self._accounted(pod["metadata"]["uid"]), 30, poll=0.5,
-                 what=f"the Job controller to account evicted pod {pod_name}")
-        self.delete_pod(pod_name, namespace)
+        if cname is None:
+            return 0.0
+        hook = (((pod["spec"]["containers"][0].get("lifecycle") or {}).get("preStop") or {}).get("exec") or {})
+        started = time.monotonic()
+        if hook.get("command"):
+            try:
+                done = subprocess.run(["docker", "exec", cname, *hook["command"]], capture_output=True, text=True,
+                                      timeout=grace)
+                self.hook_logs[pod_name] = done.stdout + done.stderr
+            except subprocess.TimeoutExpired as exc:
+                self.hook_logs[pod_name] = f"{exc.stdout or ''}{exc.stderr or ''}(preStop killed after {grace} s)"
+        spent = time.monotonic() - started
+        subprocess.run(["docker", "stop", "-t", str(max(0, int(grace - spent))), cname], capture_output=True)
+        self.stopped_logs[pod_name] = subprocess.run(["docker", "logs", cname], stdout=subprocess.PIPE,
+                                                     stderr=subprocess.STDOUT, text=True, errors="replace").stdout
+        return spent
 
     def delete_pod(self, pod_name: str, namespace: str) -> None:
         obj = self.kube.objects.pop(("pods", namespace, pod_name), None)
