@@ -269,3 +269,28 @@ exit codes sorted and without 0 under `In`. */}}
 {{- end }}
 {{- toYaml $rules }}
 {{- end }}
+
+{{/* The driver's environment for the run's observability: where the event log goes, and the metrics port
+(fruitlens reads FRUITLENS_EVENT_LOG / FRUITLENS_METRICS_PORT like its flags). */}}
+{{- define "fruitlens.observabilityEnv" -}}
+{{- if not .Values.eventLog.enabled }}
+- name: FRUITLENS_EVENT_LOG
+  value: "off"
+{{- else if .Values.eventLog.dir }}
+- name: FRUITLENS_EVENT_LOG
+  value: {{ .Values.eventLog.dir | quote }}
+{{- end }}
+{{- if .Values.metrics.enabled }}
+- name: FRUITLENS_METRICS_PORT
+  value: {{ .Values.metrics.port | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Annotations for annotation-based Prometheus scraping of the driver, as a YAML map (empty when off). */}}
+{{- define "fruitlens.scrapeAnnotations" -}}
+{{- if and .Values.metrics.enabled .Values.metrics.annotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.metrics.port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
