@@ -123,7 +123,12 @@ def wait_for_apps(base: str, proc: subprocess.Popen, server_log: Path, *, expect
     return apps
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the server is stopped with us, not orphaned
+
+
 def _history(ns: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     uri = events_uri(ns.output, ns.event_log)
     log_dir, n = local_copy(uri)
     proc, server_log = start_server(log_dir, port=ns.port, host=ns.host)

@@ -102,7 +102,15 @@ class MetricsServer:
             def log_message(self, *args) -> None:  # a scrape every few seconds is no news
                 pass
 
-        self._httpd = ThreadingHTTPServer(("0.0.0.0", self.port), Handler)
+        try:
+            self._httpd = ThreadingHTTPServer(("0.0.0.0", self.port), Handler)
+        except OSError as exc:  # a port taken (host network): the run goes on without its endpoint
+            from fruitlens.progress import log
+
+            log(f"warning: no metrics endpoint: cannot listen on port {self.port} ({exc.strerror or exc}); "
+                "choose another --metrics-port")
+            self.port = 0
+            return self
         self.port = self._httpd.server_address[1]
         threading.Thread(target=self._httpd.serve_forever, name="metrics", daemon=True).start()
         return self

@@ -17,18 +17,22 @@ stays short. The image: $K8S_TEST_IMAGE, else the session's `make build` image (
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE
+from conftest import REPO, SAMPLE
 from fakes.k8s_pod_runner import PodRunner, wait_for
 from test_docker import docker_engine, oss_image, rel_key  # noqa: F401 (fixtures, shared with test_docker)
-from test_k8s_pod_runner import NAMESPACE, _install, _job_done, _values, image  # noqa: F401 (image: a fixture)
+from test_k8s_pod_runner import NAMESPACE, _free_ports, _fruitlens, _install, _job_done, _values, image  # noqa: F401
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -78,9 +82,12 @@ def driver_log(runner: PodRunner, release: str) -> str:
     return "\n".join(logs)
 
 
-def start(runner: PodRunner, image: str, data: Path, release: str, conf: dict | None = None) -> tuple[Path, float]:  # noqa: F811
+def start(runner: PodRunner, image: str, data: Path, release: str, conf: dict | None = None,  # noqa: F811
+          metrics_port: int | None = None) -> tuple[Path, float]:
     values = _values(image, runner, data, "/data/in", f"/data/out/{release}", **PIPELINE)
     values["spark"]["conf"].update(conf or {})
+    # every pod is on the host's network here: a free port, not the chart's 9464 another run may hold
+    values["metrics"] = {"port": metrics_port or _free_ports(1)[0]}
     _install(runner, release, values)
     return data / "out" / release, time.monotonic()
 
@@ -120,14 +127,70 @@ def assert_same_output(out: Path, reference: Path, data: Path) -> None:
     assert pq.read_table(out / "pca").num_rows == n_photos(data)
 
 
+SCRAPES: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def reference(runner, image, data) -> Path:  # noqa: F811
-    """The uninterrupted run every fault run is compared with."""
-    out, started = start(runner, image, data, "reference")
+    """The uninterrupted run every fault run is compared with; its driver's /metrics is scraped meanwhile."""
+    (port,) = _free_ports(1)
+    out, started = start(runner, image, data, "reference", metrics_port=port)
+
+    def scrape() -> None:
+        while not _job_done(runner, "reference-fruitlens"):
+            try:
+                SCRAPES.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+            except OSError:
+                pass
+            time.sleep(2)
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
     job = finish(runner, "reference", started)
+    scraper.join(timeout=10)
     assert job["status"]["succeeded"] == 1, json.dumps(job["status"])
     assert len(features(out)[0]) == n_photos(data)
     return out
+
+
+def history(out: Path, expected: int) -> tuple[list[str], dict[str, str]]:
+    """`fruitlens history OUT` started as a user would, its printed lines, and the first page of each run."""
+    (port,) = _free_ports(1)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from fruitlens.cli import main; sys.exit(main())",
+                             "history", str(out), "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if len([x for x in lines if "/history/" in x]) >= expected or "error" in line:
+                break
+        pages = {}
+        for line in lines:
+            if "/history/" in line:
+                url = line.split()[0]
+                pages[url] = urllib.request.urlopen(url, timeout=60).read().decode()
+        return lines, pages
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_reference_run_figures_were_scraped_from_the_driver(reference):
+    done = [int(float(line.rsplit(" ", 1)[1])) for text in SCRAPES for line in text.splitlines()
+            if line.startswith('fruitlens_images_done_total{stage="extract"}')]
+    assert done and 0 < max(done) <= 304, SCRAPES[-1:]
+    assert any("fruitlens_images_per_second" in t for t in SCRAPES)
+    assert any(line.startswith("metrics_fruitlens_driver_") for t in SCRAPES for line in t.splitlines())  # Spark's
+
+
+def test_finished_chart_runs_spark_ui_opens_from_its_event_log(reference):
+    assert [p.name for p in (reference / "_spark-events").iterdir()]
+    lines, pages = history(reference, expected=1)
+    assert lines[0].startswith("Spark History Server: http://127.0.0.1:"), lines
+    ((url, page),) = pages.items()
+    assert "finished" in next(x for x in lines if url in x)
+    assert "Spark Jobs" in page and "reference-fruitlens" in page, page[:2000]
 
 
 def test_killed_executor_is_replaced_and_the_output_is_the_same(runner, image, data, reference):  # noqa: F811
@@ -155,6 +218,8 @@ def test_evicted_driver_is_replaced_by_the_job_and_resumes(runner, image, data, 
     assert len(drivers) == 2 and first["metadata"]["name"] == drivers[0], drivers
     assert "reused 0," not in log.split("setup:")[-1], log[-4000:]  # the second driver continued the first's OUTPUT
     assert_same_output(out, reference, data)
+    lines, _ = history(out, expected=2)  # both drivers' Spark UIs, the evicted one's up to its SIGTERM
+    assert len([x for x in lines if "/history/" in x]) == 2, lines
 
 
 def test_decommissioned_executor_leaves_without_failing_the_job(runner, image, data, reference):  # noqa: F811
@@ -172,5 +237,6 @@ def test_decommissioned_executor_leaves_without_failing_the_job(runner, image, d
     job = finish(runner, "decom", started)
     assert job["status"]["succeeded"] == 1, json.dumps(job["status"])
     assert "SIGPWR to the executor JVM" in runner.hook_logs.get(name, ""), runner.hook_logs
-    assert "decommission" in runner.stopped_logs.get(name, "").lower(), runner.stopped_logs.get(name, "")[-4000:]
+    executor_log = wait_for(lambda: runner.final_logs.get(name), 60, what=f"{name} to be deleted")
+    assert "decommission" in executor_log.lower(), executor_log[-4000:]
     assert_same_output(out, reference, data)

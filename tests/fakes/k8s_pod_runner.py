@@ -141,7 +141,7 @@ class PodRunner:
         self.commands: dict[str, list[str]] = {}  # pod name → its `docker run` command
         self._job_pods: dict[str, dict[str, tuple[dict, str | None]]] = {}  # Job uid → pod uid → (pod, verdict)
         self.hook_logs: dict[str, str] = {}  # pod name → what its preStop hook printed
-        self.stopped_logs: dict[str, str] = {}  # pod name → its container's log, once terminate() stopped it
+        self.final_logs: dict[str, str] = {}  # pod name → its container's log, taken when the pod was deleted
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def __enter__(self) -> PodRunner:
@@ -195,7 +195,10 @@ class PodRunner:
         uid = obj["metadata"].get("uid")
         if collection == "pods":
             name = self.containers.pop(uid, None)
-            if name:
+            if name:  # its log stays readable for the test, as `kubectl logs` would have shown it before
+                self.final_logs[obj["metadata"]["name"]] = subprocess.run(
+                    ["docker", "logs", name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    errors="replace").stdout
                 subprocess.run(["docker", "rm", "-f", name], capture_output=True)
         with self.kube.lock:
             owned = [(k, o) for k, o in self.kube.objects.items()
@@ -664,8 +667,6 @@ class PodRunner:
                 self.hook_logs[pod_name] = f"{exc.stdout or ''}{exc.stderr or ''}(preStop killed after {grace} s)"
         spent = time.monotonic() - started
         subprocess.run(["docker", "stop", "-t", str(max(0, int(grace - spent))), cname], capture_output=True)
-        self.stopped_logs[pod_name] = subprocess.run(["docker", "logs", cname], stdout=subprocess.PIPE,
-                                                     stderr=subprocess.STDOUT, text=True, errors="replace").stdout
         return spent
 
     def delete_pod(self, pod_name: str, namespace: str) -> None:

@@ -105,3 +105,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_taken_metrics_port_costs_the_endpoint_not_the_run(capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        with MetricsServer(taken.getsockname()[1], Board()) as served:
+            assert served.port == 0
+    assert "no metrics endpoint" in capsys.readouterr().err
