@@ -198,11 +198,14 @@ class PipelineConfig:
     driver_pca_max_rows: int = option(250_000, "up to this many feature rows PCA streams the features on the "
                                       "driver, above it as Spark jobs (default {default})", flag=None,
                                       forward=False)
+    # Not forwarded by `k8s submit` / `emr submit`: the chart has its own keys for them (eventLog.*, metrics.*),
+    # and a submit's `--conf spark.eventLog.dir=...` reaches the job.
     event_log: str = option("", "folder or URI where Spark writes the run's event log, which `fruitlens history` "
-                            "serves as the Spark UI (default OUTPUT/_spark-events; off: none)", metavar="URI")
+                            "serves as the Spark UI (default OUTPUT/_spark-events; off: none)", metavar="URI",
+                            forward=False)
     metrics_port: int = option(0, "serve the run's figures (images done, images/s, errors) and Spark's driver and "
                                "executor metrics as Prometheus text at http://DRIVER:PORT/metrics (default 0: off)",
-                               metavar="PORT")
+                               metavar="PORT", forward=False)
     train: bool = option(False, "then fit the classifier on the PCA (as `fruitlens train`)", scope="stage",
                          chart="train")
     report: bool = option(False, "then write OUTPUT/report/index.html (as `fruitlens report`)", scope="stage",

@@ -93,11 +93,14 @@ class MetricsServer:
                     self.send_error(404, "fruitlens serves /metrics")
                     return
                 body = board.text().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", CONTENT_TYPE)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the scraper gave up (its timeout): its business
+                    pass
 
             def log_message(self, *args) -> None:  # a scrape every few seconds is no news
                 pass

@@ -139,7 +139,7 @@ def reference(runner, image, data) -> Path:  # noqa: F811
     def scrape() -> None:
         while not _job_done(runner, "reference-fruitlens"):
             try:
-                SCRAPES.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+                SCRAPES.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20).read().decode())
             except OSError:
                 pass
             time.sleep(2)
