@@ -216,6 +216,7 @@ def test_evicted_driver_is_replaced_by_the_job_and_resumes(runner, image, data, 
     assert job["status"].get("failed", 0) == 0  # podFailurePolicy: a disruption is not counted
     drivers = [n for n in runner.started if n.startswith("evict-fruitlens-") and "-exec-" not in n]
     assert len(drivers) == 2 and first["metadata"]["name"] == drivers[0], drivers
+    assert "lock: taking over the lock of a run that is gone" in log, log[-4000:]
     assert "reused 0," not in log.split("setup:")[-1], log[-4000:]  # the second driver continued the first's OUTPUT
     assert_same_output(out, reference, data)
     lines, _ = history(out, expected=2)  # both drivers' Spark UIs, the evicted one's up to its SIGTERM
