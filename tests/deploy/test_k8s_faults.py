@@ -190,7 +190,7 @@ def test_finished_chart_runs_spark_ui_opens_from_its_event_log(reference):
     assert lines[0].startswith("Spark History Server: http://127.0.0.1:"), lines
     ((url, page),) = pages.items()
     assert "finished" in next(x for x in lines if url in x)
-    assert "Spark Jobs" in page and "reference-fruitlens" in page, page[:2000]
+    assert "<title>fruitlens - Spark Jobs</title>" in page and "Completed Jobs" in page, page[:2000]
 
 
 def test_killed_executor_is_replaced_and_the_output_is_the_same(runner, image, data, reference):  # noqa: F811
