@@ -121,9 +121,12 @@ def build_session(config: PipelineConfig) -> SparkSession:
     settings = spark_settings(config)
     if master:
         settings["spark.master"] = master
-    # A platform's spark-defaults (EMR's) may point the event log elsewhere: fruitlens' place wins, so every
-    # path keeps it under OUTPUT; only an explicit spark.eventLog.enabled=false given to spark-submit stays.
-    if _submitted_settings().get("spark.eventLog.enabled", "").lower() == "false":
+    # A platform that keeps the event log itself (EMR on EKS's spark-defaults, for its persistent app UI, which
+    # `fruitlens emr ui` opens) or a spark-submit told otherwise keeps its setting, unless fruitlens itself was
+    # told where (--event-log, FRUITLENS_EVENT_LOG, --conf spark.eventLog.*).
+    submitted = _submitted_settings()
+    told = bool(config.event_log) or any(k.startswith("spark.eventLog.") for k in config.spark_conf)
+    if not told and ("spark.eventLog.dir" in submitted or submitted.get("spark.eventLog.enabled", "").lower() == "false"):
         settings = {k: v for k, v in settings.items() if not k.startswith("spark.eventLog.")}
     elif settings.get("spark.eventLog.enabled") == "true" and not prepare_event_log(
             settings["spark.eventLog.dir"], store_options_before_spark(config, settings["spark.eventLog.dir"])):
