@@ -99,7 +99,7 @@ def finish(runner: PodRunner, release: str, started: float) -> dict:
         print("\n".join(line for line in driver_log(runner, release).splitlines()
                         if not line.startswith(("\tat ", "\t... ")))[-12000:])
     print(f"fault run {release}: {TIMINGS[release]:.0f} s wall"
-          + (f" (reference {TIMINGS['reference']:.0f} s: +{TIMINGS[release] - TIMINGS['reference']:.0f} s)"
+          + (f" (reference {TIMINGS['reference']:.0f} s: {TIMINGS[release] - TIMINGS['reference']:+.0f} s)"
              if "reference" in TIMINGS and release != "reference" else ""))
     return job
 
