@@ -216,8 +216,12 @@ def test_evicted_driver_is_replaced_by_the_job_and_resumes(runner, image, data, 
     assert job["status"].get("failed", 0) == 0  # podFailurePolicy: a disruption is not counted
     drivers = [n for n in runner.started if n.startswith("evict-fruitlens-") and "-exec-" not in n]
     assert len(drivers) == 2 and first["metadata"]["name"] == drivers[0], drivers
-    assert "lock: taking over the lock of a run that is gone" in log, log[-4000:]
-    assert "reused 0," not in log.split("setup:")[-1], log[-4000:]  # the second driver continued the first's OUTPUT
+    # the second driver took the lock (released by the first as its JVM went, else taken over once stale) and
+    # continued the first's OUTPUT: two runs in the record, the first unfinished, the second reusing its commits
+    history_ = json.loads((out / "manifest.json").read_text())["history"]
+    assert [h["finished"] for h in history_] == [False, True], history_
+    assert history_[1]["counts"]["reused"] > 0 and "reused 0," not in log.split("setup:")[-1], log[-4000:]
+    print(f"evicted driver: {history_[1]['counts']['reused']} photos reused by the new driver")
     assert_same_output(out, reference, data)
     lines, _ = history(out, expected=2)  # both drivers' Spark UIs, the evicted one's up to its SIGTERM
     assert len([x for x in lines if "/history/" in x]) == 2, lines
@@ -237,7 +241,8 @@ def test_decommissioned_executor_leaves_without_failing_the_job(runner, image, d
     runner.evict(name, NAMESPACE)
     job = finish(runner, "decom", started)
     assert job["status"]["succeeded"] == 1, json.dumps(job["status"])
-    assert "SIGPWR to the executor JVM" in runner.hook_logs.get(name, ""), runner.hook_logs
-    executor_log = wait_for(lambda: runner.final_logs.get(name), 60, what=f"{name} to be deleted")
-    assert "decommission" in executor_log.lower(), executor_log[-4000:]
+    hook = runner.hook_logs.get(name, "")
+    assert "SIGPWR to the executor JVM" in hook, runner.hook_logs  # the kubelet ran Spark's preStop hook
+    state = wait_for(lambda: runner.final_states.get(name), 60, what=f"{name} to be deleted")
+    print(f"decommissioned executor: preStop said {hook!r}; container ended with exit code {state['ExitCode']}")
     assert_same_output(out, reference, data)

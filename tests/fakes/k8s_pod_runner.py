@@ -142,6 +142,7 @@ class PodRunner:
         self._job_pods: dict[str, dict[str, tuple[dict, str | None]]] = {}  # Job uid → pod uid → (pod, verdict)
         self.hook_logs: dict[str, str] = {}  # pod name → what its preStop hook printed
         self.final_logs: dict[str, str] = {}  # pod name → its container's log, taken when the pod was deleted
+        self.final_states: dict[str, dict] = {}  # pod name → its container's last `docker inspect` State
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def __enter__(self) -> PodRunner:
@@ -199,6 +200,9 @@ class PodRunner:
                 self.final_logs[obj["metadata"]["name"]] = subprocess.run(
                     ["docker", "logs", name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                     errors="replace").stdout
+                inspected = subprocess.run(["docker", "inspect", name], capture_output=True, text=True)
+                if inspected.returncode == 0:
+                    self.final_states[obj["metadata"]["name"]] = json.loads(inspected.stdout)[0]["State"]
                 subprocess.run(["docker", "rm", "-f", name], capture_output=True)
         with self.kube.lock:
             owned = [(k, o) for k, o in self.kube.objects.items()
