@@ -667,8 +667,9 @@ class PodRunner:
                 done = subprocess.run(["docker", "exec", cname, *hook["command"]], capture_output=True, text=True,
                                       timeout=grace)
                 self.hook_logs[pod_name] = done.stdout + done.stderr
-            except subprocess.TimeoutExpired as exc:
-                self.hook_logs[pod_name] = f"{exc.stdout or ''}{exc.stderr or ''}(preStop killed after {grace} s)"
+            except subprocess.TimeoutExpired as exc:  # (its output comes as bytes, text=True or not)
+                said = b"".join(x if isinstance(x, bytes) else x.encode() for x in (exc.stdout, exc.stderr) if x)
+                self.hook_logs[pod_name] = said.decode(errors="replace") + f"(preStop killed after {grace} s)"
         spent = time.monotonic() - started
         subprocess.run(["docker", "stop", "-t", str(max(0, int(grace - spent))), cname], capture_output=True)
         return spent
