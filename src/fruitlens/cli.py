@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from fruitlens import __version__, bench, console, doctor
+from fruitlens import __version__, bench, console, doctor, history
 from fruitlens.bench import engines as bench_engines
 from fruitlens.classify import cli as classify_cli
 from fruitlens.cli_options import (
@@ -31,7 +31,7 @@ from fruitlens.redact import redact_text
 from fruitlens.state import status
 
 #: The command modules, in the order of `fruitlens --help`.
-COMMANDS = (status, bench, bench_engines, emr_cli, k8s_cli, data_cli, classify_cli, doctor)
+COMMANDS = (status, history, bench, bench_engines, emr_cli, k8s_cli, data_cli, classify_cli, doctor)
 
 
 def _configured(ns: argparse.Namespace):

@@ -140,6 +140,12 @@ class PipelineConfig:
         a committed batch, that fails for a reason that may pass: network, S3 throttling (503
         SlowDown), permission, I/O. An image still unreadable then is a *read* error row, which is
         not a verdict: the next run tries it again. 0: no retries.
+    event_log
+        Where Spark writes the event log of each session (``spark.eventLog.dir``): ``OUTPUT/_spark-events``
+        when empty, so a finished run's Spark UI outlives its cluster (``fruitlens history OUTPUT``);
+        ``off``: none. ``--conf spark.eventLog.*`` wins over it.
+    metrics_port
+        Driver port of the Prometheus endpoint (:mod:`fruitlens.metrics`); 0: none.
     max_error_rate
         Fail the run (no manifest; what was committed stays) when more than this fraction of INPUT's
         images end as error rows of either kind (decode or read): an outage cannot pass as a finished
@@ -213,6 +219,14 @@ class PipelineConfig:
     price_table: str | None = option(None, "a JSON or YAML file of per-vCPU-hour and per-GB-hour rates for the run's "
                                      "estimated cost (default: EMR on EKS on Fargate, us-east-1, dated: "
                                      "fruitlens.cost; a local path or a URI)", chart="priceTable", metavar="FILE")
+    # Not forwarded by `k8s submit` / `emr submit`: the chart has its own keys for them (eventLog.*, metrics.*),
+    # and a submit's `--conf spark.eventLog.dir=...` reaches the job.
+    event_log: str = option("", "folder or URI where Spark writes the run's event log, which `fruitlens history` "
+                            "serves as the Spark UI (default OUTPUT/_spark-events; off: none)", metavar="URI",
+                            forward=False)
+    metrics_port: int = option(0, "serve the run's figures (images done, images/s, errors) and Spark's driver and "
+                               "executor metrics as Prometheus text at http://DRIVER:PORT/metrics (default 0: off)",
+                               metavar="PORT", forward=False)
     train: bool = option(False, "then fit the classifier on the PCA (as `fruitlens train`)", scope="stage",
                          chart="train")
     report: bool = option(False, "then write OUTPUT/report/index.html (as `fruitlens report`)", scope="stage",
@@ -241,6 +255,10 @@ class PipelineConfig:
             raise ConfigError(f"--lock-wait must be 0 or more seconds, got {self.lock_wait}")
         if self.lock_timeout <= 0:
             raise ConfigError(f"--lock-timeout must be a positive number of seconds, got {self.lock_timeout}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port must be a TCP port (1..65535) or 0 (off), got {self.metrics_port}")
+        if self.event_log.strip() != self.event_log:
+            raise ConfigError(f"--event-log {self.event_log!r} has surrounding spaces: give a folder, a URI or 'off'")
         if self.retry_timeout < 0:
             raise ConfigError(f"--retry-timeout must be 0 or more seconds, got {self.retry_timeout}")
         if not 0.0 <= self.max_error_rate <= 1.0:

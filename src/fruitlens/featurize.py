@@ -221,7 +221,7 @@ def _commit(out: Store, decoded: Decoded, features: np.ndarray, inference_s: flo
         table = errors_table([rows[i][0] for i in bad], [errors[i][1] for i in bad], [errors[i][0] for i in bad],
                              [rows[i][1] for i in bad], [rows[i][2] for i in bad])
         retrier.call(lambda: out.write_table(batch_file(ERRORS, name), table), retry.retryable_write)
-    reporter.add(len(rows))  # image-level progress for the driver (fire and forget)
+    reporter.add(len(rows), errors=len(bad))  # image-level progress for the driver (fire and forget)
     unread = sum(1 for i in bad if errors[i][0] == READ)
     return name, len(rows), len(ok), len(bad), unread, decoded.seconds, inference_s, os.getpid()
 

@@ -27,6 +27,7 @@ from fruitlens.engines.model import sha256_file
 from fruitlens.errors import FruitlensError
 from fruitlens.featurize import SUMMARY_FIELDS, even_sizes, make_featurizer, task_sizes, warm_workers
 from fruitlens.images import IMAGE_EXTENSIONS
+from fruitlens.metrics import Board, MetricsServer
 from fruitlens.pca_stage import drop_pca, timed_pca
 from fruitlens.progress import ImageProgress, log
 from fruitlens.spark import (
@@ -348,7 +349,13 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
                  and master_of(config).startswith("local") and not faults.needs_workers())
     warm = None if may_drive else session.warm_workers(artifact, config)
     t_plan = time.perf_counter()
-    with warm or contextlib.nullcontext(), take_lock(out, config) as lock:
+    board = Board()
+    with MetricsServer(config.metrics_port, board) as served, warm or contextlib.nullcontext(), \
+            take_lock(out, config) as lock:
+        if served.port:  # the endpoint relays Spark's pages too: their address once the JVM is up
+            board.spark_ui = (session.get().sparkContext.uiWebUrl or "").rstrip("/") or None
+            log(f"metrics: Prometheus text at http://{session.get().sparkContext.getConf().get('spark.driver.host')}:"
+                f"{served.port}/metrics (fruitlens' figures, then Spark's)")
         if config.overwrite:
             clear(out)
         check_settings(out, feature_settings(input_uri, artifact), overwrite=config.overwrite)
@@ -384,11 +391,13 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
         if in_driver:  # the JVM keeps starting meanwhile (the PCA and the manifest need it)
             with ImageProgress("extract", enabled=config.progress) as progress:
                 progress.total = len(todo)
+                board.watch("extract", progress)
                 done = extract_in_driver(config, todo, input_uri, out, options, artifact, progress=progress.address)
         else:
             spark = session.get()
             with image_progress(spark, "extract", enabled=config.progress) as progress:
                 progress.total = len(todo)
+                board.watch("extract", progress)
                 done = extract_stage(spark, config, todo, input_uri, out, options, artifact,
                                      progress=progress.address)
         seconds = timer.lap("extract", t)

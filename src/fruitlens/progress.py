@@ -81,6 +81,7 @@ class ImageProgress:
         self.name = name
         self.total: int | None = None
         self.done = 0
+        self.errors = 0  # of the images done, those that ended as error rows
         self.enabled = enabled and console.verbosity() != "quiet"
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self.every = every
@@ -89,6 +90,7 @@ class ImageProgress:
         self._sock.settimeout(0.2)
         self.address = (advertise_host or bind_host, self._sock.getsockname()[1])
         self._start = time.perf_counter()
+        self._end: float | None = None
         self._shown = -1  # the count on the last plain line
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -102,6 +104,7 @@ class ImageProgress:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
+        self._end = time.perf_counter()
         self._stop.set()
         for t in self._threads:
             t.join()
@@ -111,9 +114,10 @@ class ImageProgress:
             if not self.interactive and self._shown != self.done:
                 log(self.line())
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, errors: int = 0) -> None:
         with self._lock:
             self.done += n
+            self.errors += errors
 
     def _receive(self) -> None:
         while not self._stop.is_set():
@@ -121,10 +125,15 @@ class ImageProgress:
                 data = self._sock.recv(64)
             except OSError:  # timeout: check the stop flag again
                 continue
-            try:
-                self.add(int(data))
-            except ValueError:
+            try:  # "images" or "images errors"
+                self.add(*(int(field) for field in data.split()[:2]))
+            except (TypeError, ValueError):
                 continue
+
+    def rate(self) -> float:
+        """Images per second since the stage started (until it ended)."""
+        elapsed = (self._end or time.perf_counter()) - self._start
+        return self.done / elapsed if elapsed > 0 else 0.0
 
     def line(self) -> str:
         elapsed = time.perf_counter() - self._start
@@ -166,7 +175,7 @@ class ProgressClient:
         self.address = address
         self._sock = None
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, errors: int = 0) -> None:
         if self.address is None or n <= 0:
             return
         try:
@@ -174,6 +183,6 @@ class ProgressClient:
                 import socket
 
                 self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self._sock.sendto(str(n).encode(), self.address)
+            self._sock.sendto(f"{n} {errors}".encode(), self.address)
         except OSError:  # progress is best-effort: never fail or slow a task for it
             self.address = None

@@ -11,7 +11,9 @@ from pyspark.sql import SparkSession
 from fruitlens import console
 from fruitlens.config import ConfigError, PipelineConfig
 from fruitlens.progress import log
-from fruitlens.storage.store import StoreOptions
+from fruitlens.state.layout import SPARK_EVENTS
+from fruitlens.storage import uris
+from fruitlens.storage.store import Store, StoreOptions
 
 
 def spark_settings(config: PipelineConfig) -> dict[str, str]:
@@ -31,6 +33,18 @@ def spark_settings(config: PipelineConfig) -> dict[str, str]:
         # A few thousand feature rows need no 200-way shuffles; adaptive execution sizes the rest.
         "spark.sql.shuffle.partitions": "16",
     }
+    # Prometheus: the metrics system's servlet on the driver UI (/metrics/prometheus) and the executors'
+    # summaries (/metrics/executors/prometheus); fruitlens.metrics relays both beside its own figures.
+    settings["spark.ui.prometheus.enabled"] = "true"
+    settings["spark.metrics.conf.*.sink.prometheusServlet.class"] = "org.apache.spark.metrics.sink.PrometheusServlet"
+    settings["spark.metrics.conf.*.sink.prometheusServlet.path"] = "/metrics/prometheus"
+    # Metric names start with this instead of each run's application id: one name across runs for dashboards.
+    settings["spark.metrics.namespace"] = "fruitlens"
+    events = event_log_dir(config)
+    if events:  # the finished run's Spark UI, served later by `fruitlens history`
+        settings["spark.eventLog.enabled"] = "true"
+        settings["spark.eventLog.dir"] = events
+        settings["spark.eventLog.compress"] = "true"  # zstd: a few hundred KB per run instead of MBs
     if master_of(config).startswith("local"):
         settings["spark.driver.memory"] = "4g"  # local mode: driver = executor; only read at JVM start
         # One machine: Spark (and its UI) on loopback, not on whatever interface the hostname maps to.
@@ -41,6 +55,47 @@ def spark_settings(config: PipelineConfig) -> dict[str, str]:
         settings["spark.driver.extraJavaOptions"] = "-XX:TieredStopAtLevel=1"
     settings.update(config.spark_conf)
     return settings
+
+
+def event_log_dir(config: PipelineConfig) -> str | None:
+    """Where this session's event log goes: ``--conf spark.eventLog.dir`` (if ``spark.eventLog.enabled`` is
+    not false), else ``--event-log``, else OUTPUT/_spark-events; None when off."""
+    conf = config.spark_conf
+    if config.event_log == "off" or conf.get("spark.eventLog.enabled", "").lower() == "false":
+        return None
+    if conf.get("spark.eventLog.dir"):
+        return conf["spark.eventLog.dir"]
+    if config.event_log:
+        return uris.qualify(config.event_log)
+    return f"{uris.qualify(config.output)}/{SPARK_EVENTS}"
+
+
+def prepare_event_log(events: str, options: StoreOptions) -> bool:
+    """Create the event log folder before the session starts: Spark refuses to start on a missing one (and on
+    S3 a prefix without objects is missing, hence the directory marker). False (with a warning) when it
+    cannot be made: that costs the run its event log, not the run itself."""
+    if uris.has_scheme(events) and uris.parse(events).store not in ("local", "s3"):
+        return True  # hdfs:// and the like: Spark's business
+    try:
+        store = Store(uris.qualify(events), options)
+        if store.is_local:
+            store.make_dirs("")
+        elif not store.exists():
+            store.fs.create_dir(store.fs_path(), recursive=True)  # an empty "folder/" marker object
+        return True
+    except Exception as exc:  # observability must not fail the job
+        log(f"warning: no Spark event log: cannot create {events} ({type(exc).__name__}: {exc}); "
+            "set --event-log to a writable folder or URI, or --event-log off")
+        return False
+
+
+def _submitted_settings() -> dict[str, str]:
+    """What spark-submit was given (--conf, spark-defaults.conf): the JVM's system properties, before the
+    session exists. Empty when fruitlens starts the JVM itself."""
+    if not launched_by_spark_submit():
+        return {}
+    SparkContext._ensure_initialized()
+    return dict(SparkConf().getAll())
 
 
 def master_of(config: PipelineConfig) -> str:
@@ -66,6 +121,16 @@ def build_session(config: PipelineConfig) -> SparkSession:
     settings = spark_settings(config)
     if master:
         settings["spark.master"] = master
+    # A platform that keeps the event log itself (EMR on EKS's spark-defaults, for its persistent app UI, which
+    # `fruitlens emr ui` opens) or a spark-submit told otherwise keeps its setting, unless fruitlens itself was
+    # told where (--event-log, FRUITLENS_EVENT_LOG, --conf spark.eventLog.*).
+    submitted = _submitted_settings()
+    told = bool(config.event_log) or any(k.startswith("spark.eventLog.") for k in config.spark_conf)
+    if not told and ("spark.eventLog.dir" in submitted or submitted.get("spark.eventLog.enabled", "").lower() == "false"):
+        settings = {k: v for k, v in settings.items() if not k.startswith("spark.eventLog.")}
+    elif settings.get("spark.eventLog.enabled") == "true" and not prepare_event_log(
+            settings["spark.eventLog.dir"], store_options_before_spark(config, settings["spark.eventLog.dir"])):
+        settings["spark.eventLog.enabled"] = "false"
     if not launched_by_spark_submit() and SparkContext._active_spark_context is None:
         _start_jvm(settings)
     builder = SparkSession.builder

@@ -398,10 +398,14 @@ def test_job_settings(custom_docs):
 
 
 def test_a_retried_driver_pod_waits_for_its_predecessors_lock(custom_docs, default_docs):
-    """backoffLimit > 0: the next pod continues the OUTPUT, waiting for the dead pod's lock to go stale."""
+    """backoffLimit > 0, or disruptions retried (podFailurePolicy, the default): the next pod continues the
+    OUTPUT, waiting for the dead pod's lock to go stale."""
     env = {e["name"]: e.get("value") for e in driver_container(custom_docs).get("env", [])}
     assert env["FRUITLENS_LOCK_WAIT"] == "120"
-    assert "FRUITLENS_LOCK_WAIT" not in {e["name"] for e in driver_container(default_docs).get("env", [])}
+    env = {e["name"]: e.get("value") for e in driver_container(default_docs).get("env", [])}
+    assert env["FRUITLENS_LOCK_WAIT"] == "120"
+    docs, _ = render({"job": {"podFailurePolicy": {"enabled": False}}})
+    assert "FRUITLENS_LOCK_WAIT" not in {e["name"] for e in driver_container(docs).get("env", [])}
 
 
 def test_names_are_truncated_to_63_characters():

@@ -170,6 +170,19 @@ def test_evicted_driver_is_reported_from_the_pod_status(kube, jobs):
     assert status.reason == "Evicted: The node was low on resource: ephemeral-storage."
 
 
+def test_a_disrupted_driver_is_not_a_failed_job_under_the_failure_policy(kube, jobs):
+    """The chart's podFailurePolicy replaces a drained driver without counting it (finding 6 of issue 22)."""
+    kube.put("jobs", job("demo", active=0))
+    drained = pod("demo-fruitlens-abc", "demo", "driver", "Failed", terminated=(143, "Error", ""))
+    drained["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True",
+                                        "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]
+    kube.put("pods", drained)
+    status = jobs.status("demo")
+    assert status.state == "pending" and "the Job replaces it" in status.reason
+    kube.put("jobs", job("demo", failed=1, condition=("Failed", "BackoffLimitExceeded", "limit")))
+    assert jobs.status("demo").state == "failed"  # the Job's own verdict comes first
+
+
 def test_status_of_an_unknown_release_is_a_clear_error(jobs):
     with pytest.raises(K8sError, match="no fruitlens job for release 'nope' in namespace default"):
         jobs.status("nope")

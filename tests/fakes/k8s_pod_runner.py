@@ -18,8 +18,9 @@ containers of the real image:
   message is the file the container wrote at terminationMessagePath, else (FallbackToLogsOnError) the
   log tail; logs from ``docker logs``; deleting a pod removes its container; owner references
   are garbage-collected (a Job's pod, the driver's executors);
-- a minimal Job controller: a Job makes its pod from the template, backoffLimit retries, status
-  succeeded/failed with Complete/Failed conditions.
+- a minimal Job controller: a Job makes its pod from the template, backoffLimit retries, the podFailurePolicy
+  (Ignore, FailJob, Count on exit codes and pod conditions), status succeeded/failed with Complete/Failed
+  conditions; :meth:`PodRunner.evict` is a drain's eviction (DisruptionTarget, SIGTERM, grace, deletion).
 
 Not modelled (a real cluster's business): scheduling and resource accounting across nodes, cluster DNS and
 Service routing (names just map to 127.0.0.1), network policy, admission, RBAC (any valid token may do
@@ -138,6 +139,10 @@ class PodRunner:
         self.containers: dict[str, str] = {}  # pod uid → container name
         self.started: list[str] = []  # pod names, in start order
         self.commands: dict[str, list[str]] = {}  # pod name → its `docker run` command
+        self._job_pods: dict[str, dict[str, tuple[dict, str | None]]] = {}  # Job uid → pod uid → (pod, verdict)
+        self.hook_logs: dict[str, str] = {}  # pod name → what its preStop hook printed
+        self.final_logs: dict[str, str] = {}  # pod name → its container's log, taken when the pod was deleted
+        self.final_states: dict[str, dict] = {}  # pod name → its container's last `docker inspect` State
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def __enter__(self) -> PodRunner:
@@ -191,7 +196,13 @@ class PodRunner:
         uid = obj["metadata"].get("uid")
         if collection == "pods":
             name = self.containers.pop(uid, None)
-            if name:
+            if name:  # its log stays readable for the test, as `kubectl logs` would have shown it before
+                self.final_logs[obj["metadata"]["name"]] = subprocess.run(
+                    ["docker", "logs", name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    errors="replace").stdout
+                inspected = subprocess.run(["docker", "inspect", name], capture_output=True, text=True)
+                if inspected.returncode == 0:
+                    self.final_states[obj["metadata"]["name"]] = json.loads(inspected.stdout)[0]["State"]
                 subprocess.run(["docker", "rm", "-f", name], capture_output=True)
         with self.kube.lock:
             owned = [(k, o) for k, o in self.kube.objects.items()
@@ -517,7 +528,9 @@ class PodRunner:
     def _status(self, pod: dict, cname: str, state: dict) -> dict:
         c = pod["spec"]["containers"][0]
         base = {"name": c["name"], "image": c["image"], "imageID": "", "restartCount": 0}
-        conditions = [{"type": "PodScheduled", "status": "True"}]
+        # A DisruptionTarget condition set by an eviction stays, as on a real pod.
+        conditions = [{"type": "PodScheduled", "status": "True"},
+                      *(k for k in pod.get("status", {}).get("conditions") or [] if k["type"] == "DisruptionTarget")]
         if state["Status"] == "running":
             cs = {**base, "ready": True, "started": True, "state": {"running": {"startedAt": state["StartedAt"]}}}
             conditions.append({"type": "Ready", "status": "True"})
@@ -557,15 +570,40 @@ class PodRunner:
         return self.create("pods", pod)
 
     def _jobs(self) -> None:
+        """As the Job controller (parallelism and completions 1): each owned pod that ends is accounted once,
+        through the podFailurePolicy if any (Ignore: not counted, FailJob: the Job fails at once, Count or no
+        match: against backoffLimit); a pod deleted before it ended counts as failed (the controller's
+        finalizer sees it); while the Job is not finished and no pod is active, a new one is made."""
         for job in [o for (c, _, _), o in list(self.kube.objects.items()) if c == "jobs"]:
             status = job.get("status") or {}
             if any(cond["type"] in ("Complete", "Failed") for cond in status.get("conditions") or []):
                 continue
-            pods = [o for (c, n, _), o in list(self.kube.objects.items()) if c == "pods"
-                    and any(r.get("uid") == job["metadata"]["uid"] for r in o["metadata"].get("ownerReferences") or [])]
-            phases = [p.get("status", {}).get("phase") for p in pods]
-            new = {"active": sum(ph in ("Pending", "Running") for ph in phases),
-                   "succeeded": phases.count("Succeeded"), "failed": phases.count("Failed"),
+            uid = job["metadata"]["uid"]
+            seen = self._job_pods.setdefault(uid, {})  # pod uid -> (last seen pod, verdict or None)
+            present = {o["metadata"]["uid"]: o for (c, n, _), o in list(self.kube.objects.items()) if c == "pods"
+                       and any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])}
+            for puid, pod in present.items():
+                verdict = seen.get(puid, (None, None))[1]
+                seen[puid] = (pod, verdict)
+            failed_job = None
+            for puid, (pod, verdict) in list(seen.items()):
+                if verdict is not None:
+                    continue
+                phase = pod.get("status", {}).get("phase")
+                if puid in present and phase not in ("Succeeded", "Failed"):
+                    continue
+                if phase == "Succeeded":
+                    verdict = "Succeeded"
+                else:
+                    verdict, rule = pod_failure_verdict(job["spec"].get("podFailurePolicy"), pod)
+                    if verdict == "FailJob":
+                        failed_job = failed_job or (
+                            f"Pod {pod['metadata']['namespace']}/{pod['metadata']['name']} has condition or exit code "
+                            f"matching FailJob rule at index {rule}")
+                seen[puid] = (pod, verdict)
+            verdicts = [v for _, v in seen.values()]
+            new = {"active": sum(1 for puid, p in present.items() if seen[puid][1] is None),
+                   "succeeded": verdicts.count("Succeeded"), "failed": verdicts.count("Count") + verdicts.count("FailJob"),
                    "startTime": status.get("startTime", _now())}
             if new["succeeded"]:
                 new["conditions"] = [{"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
@@ -573,18 +611,76 @@ class PodRunner:
                                      {"type": "Complete", "status": "True", "reason": "CompletionsReached",
                                       "message": "Reached expected number of succeeded pods"}]
                 new["completionTime"] = _now()
+            elif failed_job:
+                new["conditions"] = [{"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy",
+                                      "message": failed_job},
+                                     {"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                                      "message": failed_job}]
             elif new["failed"] > job["spec"].get("backoffLimit", 6):
                 new["conditions"] = [{"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
                                       "message": "Job has reached the specified backoff limit"},
                                      {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
                                       "message": "Job has reached the specified backoff limit"}]
-            elif new["failed"] and not new["active"]:
+            elif not new["active"]:
                 self._job_pod(job)
                 new["active"] = 1
             if new != {k: status.get(k) for k in new} or not status:
                 job = copy.deepcopy(job)
                 job["status"] = {**status, **new}
                 self.kube.put("jobs", job)
+
+    # -- disruptions ----------------------------------------------------------------------------------------
+    def evict(self, pod_name: str, namespace: str, *, grace_seconds: int | None = None) -> None:
+        """A drain's (or a spot notice's) eviction through the Eviction API: the pod gets a DisruptionTarget
+        condition, then is deleted gracefully as the kubelet does it: the container's preStop exec hook runs
+        (Spark's /opt/decom.sh on a decommissioning executor), then SIGTERM, then SIGKILL once the grace
+        period (terminationGracePeriodSeconds, default 30 s) is over, hook included. The pod ends Failed; a
+        Job's pod is accounted by the Job controller before it leaves the store, then what it owned (a
+        driver's executors) is garbage-collected."""
+        with self.kube.lock:
+            pod = copy.deepcopy(self.kube.get("pods", pod_name, namespace))
+            pod.setdefault("status", {}).setdefault("conditions", []).append(
+                {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                 "message": "Eviction API: evicting", "lastTransitionTime": _now()})
+            self.kube.put("pods", pod)
+        self.terminate(pod_name, namespace, grace_seconds=grace_seconds)
+        wait_for(lambda: (self.kube.get("pods", pod_name, namespace) or {"status": {"phase": "Failed"}})
+                 .get("status", {}).get("phase") in ("Failed", "Succeeded"), 30, poll=0.5,
+                 what=f"evicted pod {pod_name} to end")  # (a Spark driver may delete its executor first)
+        if any(r.get("kind") == "Job" for r in pod["metadata"].get("ownerReferences") or []):
+            wait_for(lambda: self._accounted(pod["metadata"]["uid"]), 30, poll=0.5,
+                     what=f"the Job controller to account evicted pod {pod_name}")
+        self.delete_pod(pod_name, namespace)
+
+    def terminate(self, pod_name: str, namespace: str, *, grace_seconds: int | None = None) -> float:
+        """The kubelet's graceful stop of a pod's container: preStop exec hook, SIGTERM, SIGKILL after the
+        grace period. Returns the seconds the hook took (it counts against the grace period)."""
+        pod = self.kube.get("pods", pod_name, namespace)
+        grace = pod["spec"].get("terminationGracePeriodSeconds", 30) if grace_seconds is None else grace_seconds
+        cname = self.containers.get(pod["metadata"]["uid"])
+        if cname is None:
+            return 0.0
+        hook = (((pod["spec"]["containers"][0].get("lifecycle") or {}).get("preStop") or {}).get("exec") or {})
+        started = time.monotonic()
+        if hook.get("command"):
+            try:
+                done = subprocess.run(["docker", "exec", cname, *hook["command"]], capture_output=True, text=True,
+                                      timeout=grace)
+                self.hook_logs[pod_name] = done.stdout + done.stderr
+            except subprocess.TimeoutExpired as exc:  # (its output comes as bytes, text=True or not)
+                said = b"".join(x if isinstance(x, bytes) else x.encode() for x in (exc.stdout, exc.stderr) if x)
+                self.hook_logs[pod_name] = said.decode(errors="replace") + f"(preStop killed after {grace} s)"
+        spent = time.monotonic() - started
+        subprocess.run(["docker", "stop", "-t", str(max(0, int(grace - spent))), cname], capture_output=True)
+        return spent
+
+    def delete_pod(self, pod_name: str, namespace: str) -> None:
+        obj = self.kube.objects.pop(("pods", namespace, pod_name), None)
+        if obj is not None:
+            self.deleted("pods", obj)
+
+    def _accounted(self, pod_uid: str) -> bool:
+        return any(pod_uid in pods and pods[pod_uid][1] is not None for pods in self._job_pods.values())
 
     # -- for tests ------------------------------------------------------------------------------------------
     def pods(self, namespace: str, selector: str | None = None) -> list[dict]:
@@ -603,6 +699,30 @@ class PodRunner:
         if not out:
             return None
         return json.loads(subprocess.run(["docker", "inspect", out[0]], capture_output=True, text=True).stdout)[0]
+
+
+def pod_failure_verdict(policy: dict | None, pod: dict) -> tuple[str, int | None]:
+    """The action of a Job's podFailurePolicy (batch/v1) for a failed pod, and the index of the rule that
+    matched: its rules in order, the first whose exit-code requirement (any container's terminated code, or
+    the named container's) or any condition pattern matches; no match (or no policy): Count. Unknown actions
+    are skipped, as the API says clients must."""
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    conditions = pod.get("status", {}).get("conditions") or []
+    for i, rule in enumerate((policy or {}).get("rules") or []):
+        if rule.get("action") not in ("FailJob", "Ignore", "Count"):
+            continue
+        if "onExitCodes" in rule:
+            req = rule["onExitCodes"]
+            codes = [s["state"]["terminated"]["exitCode"] for s in statuses
+                     if "terminated" in s.get("state", {}) and req.get("containerName") in (None, s["name"])]
+            codes = [code for code in codes if code != 0]
+            hit = any((code in req["values"]) == (req["operator"] == "In") for code in codes)
+        else:
+            hit = any(c["type"] == p["type"] and c["status"] == p.get("status", "True")
+                      for p in rule.get("onPodConditions") or [] for c in conditions)
+        if hit:
+            return rule["action"], i
+    return "Count", None
 
 
 def wait_for(predicate, timeout: float, poll: float = 1.0, what: str = "condition"):

@@ -341,3 +341,53 @@ or drift its node away while it runs (losing the driver loses the job; executors
 {{- if and (eq .role "driver") $v.driver.doNotDisrupt }}{{ $_ := set $out "karpenter.sh/do-not-disrupt" "true" }}{{ end }}
 {{- if $out }}{{ toYaml $out }}{{ end }}
 {{- end }}
+
+{{/* The Job's podFailurePolicy rules, as a YAML list (empty: none). Disruptions first: a drained or
+preempted driver is never the job's fault, whatever exit code its SIGTERM left. Kubernetes wants the
+exit codes sorted and without 0 under `In`. */}}
+{{- define "fruitlens.podFailurePolicy" -}}
+{{- $p := .Values.job.podFailurePolicy }}
+{{- $rules := list }}
+{{- if $p.enabled }}
+{{- if $p.ignoreDisruptions }}
+{{- $rules = append $rules (dict "action" "Ignore" "onPodConditions" (list (dict "type" "DisruptionTarget" "status" "True"))) }}
+{{- end }}
+{{- with $p.failJobOnExitCodes }}
+{{- $codes := list }}
+{{- $last := 0 }}
+{{- range . }}
+{{- if le (int .) $last }}{{ fail (printf "job.podFailurePolicy.failJobOnExitCodes must be sorted ascending and unique, between 1 and 255 (Kubernetes' rule), got %v" $p.failJobOnExitCodes) }}{{ end }}
+{{- $last = int . }}
+{{- $codes = append $codes (int .) }}
+{{- end }}
+{{- $rules = append $rules (dict "action" "FailJob" "onExitCodes" (dict "containerName" "driver" "operator" "In" "values" $codes)) }}
+{{- end }}
+{{- $rules = concat $rules ($p.extraRules | default list) }}
+{{- end }}
+{{- toYaml $rules }}
+{{- end }}
+
+{{/* The driver's environment for the run's observability: where the event log goes, and the metrics port
+(fruitlens reads FRUITLENS_EVENT_LOG / FRUITLENS_METRICS_PORT like its flags). */}}
+{{- define "fruitlens.observabilityEnv" -}}
+{{- if not .Values.eventLog.enabled }}
+- name: FRUITLENS_EVENT_LOG
+  value: "off"
+{{- else if .Values.eventLog.dir }}
+- name: FRUITLENS_EVENT_LOG
+  value: {{ .Values.eventLog.dir | quote }}
+{{- end }}
+{{- if .Values.metrics.enabled }}
+- name: FRUITLENS_METRICS_PORT
+  value: {{ .Values.metrics.port | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Annotations for annotation-based Prometheus scraping of the driver, as a YAML map (empty when off). */}}
+{{- define "fruitlens.scrapeAnnotations" -}}
+{{- if and .Values.metrics.enabled .Values.metrics.annotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.metrics.port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}

@@ -9,6 +9,7 @@
       manifest.json                    written last: its presence means OUTPUT is finished
       _fruitlens/                      run state: settings.json, run.json, lock.json, the pinned int8 model,
                                        pca-moments.npz and pca-basis.npz (incremental PCA: fruitlens.pca_state)
+      _spark-events/                   Spark's event log of every session on OUTPUT (`fruitlens history`)
       classifier/ predictor/ report/   made from the PCA by `train` / `report` (dropped when it is refit)
 
 This module imports nothing heavy (`predict` uses it). Relative names (``FEATURES``, ``MANIFEST``…) are what a
@@ -52,6 +53,12 @@ DERIVED = (CLASSIFIER, PREDICTOR, REPORT)
 
 #: Everything fruitlens writes directly in OUTPUT: ``--overwrite`` deletes these and nothing else.
 ENTRIES = frozenset({STATE, *COMMITTED, PCA, PCA_MODEL, MANIFEST, *DERIVED})
+
+#: Spark's event logs (``--event-log`` default): written by the Spark session while the run holds the lock,
+#: so ``--overwrite`` keeps them (the running session's own log is in there); the history of every run.
+SPARK_EVENTS = "_spark-events"
+#: fruitlens' entries ``--overwrite`` leaves alone.
+KEPT = frozenset({SPARK_EVENTS})
 
 
 def batch_file(kind: str, name: str) -> str:

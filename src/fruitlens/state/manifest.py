@@ -63,7 +63,8 @@ def check_reusable(store: Store, input_uri: str, *, overwrite: bool) -> None:
         return
     settings = read_json(store, SETTINGS)
     if settings is None:
-        others = [i for i in store.fs.get_file_info(_selector(store)) if f"/{STATE}" not in i.path]
+        others = [i for i in store.fs.get_file_info(_selector(store))
+                  if f"/{STATE}" not in i.path and f"/{layout.SPARK_EVENTS}" not in i.path]
         if others:
             raise OutputExistsError(
                 f"OUTPUT {store.uri} exists and is not a fruitlens output of this version (no {SETTINGS}); "
@@ -102,9 +103,9 @@ def foreign_entries(store: Store) -> list[str]:
     if store.info().type == pafs.FileType.File:
         return [store.root.rsplit("/", 1)[-1]]
     names = sorted(i.base_name for i in store.fs.get_file_info(_selector(store, recursive=False)))
-    ours = {n for n in names if n in layout.ENTRIES or layout.temporary(n)}
-    if STATE not in names:
-        return names
+    ours = {n for n in names if n in layout.ENTRIES or n in layout.KEPT or layout.temporary(n)}
+    if STATE not in names:  # (an event log alone: a run whose session started, then failed before the lock)
+        return [n for n in names if n not in layout.KEPT]
     return [n for n in names if n not in ours]
 
 

@@ -54,6 +54,7 @@ class PodState:
     detail: str = ""  # container state: running, waiting: Reason, terminated: Reason (exit N)
     exit_code: int | None = None
     reason: str = ""  # why it is not running or failed, in one line
+    disrupted: bool = False  # a DisruptionTarget condition: drained, evicted, preempted (not the job's fault)
 
     def line(self) -> str:
         text = f"{self.name}  {self.phase}"
@@ -139,7 +140,10 @@ def pod_state(pod, container: str | None = None) -> PodState:
             if cond.type == "PodScheduled" and cond.status == "False":
                 reason = f"{cond.reason or 'Unschedulable'}: {(cond.message or '').strip()}".rstrip(": ")
                 detail = detail or cond.reason or "Unschedulable"
-    return PodState(name=pod.metadata.name, phase=phase, detail=detail, exit_code=exit_code, reason=reason)
+    disrupted = any(c.type == "DisruptionTarget" and c.status == "True"
+                    for c in (status.conditions if status else None) or [])
+    return PodState(name=pod.metadata.name, phase=phase, detail=detail, exit_code=exit_code, reason=reason,
+                    disrupted=disrupted)
 
 
 def unschedulable_executors(status: JobStatus) -> list[PodState]:
@@ -234,6 +238,9 @@ class JobClient:
                 return "failed", f"{why} [{cond_text}]" if why else cond_text
         if status and status.succeeded:
             return "succeeded", ""
+        if driver is not None and driver.disrupted and driver.phase in ("Failed", "Running"):
+            # the chart's podFailurePolicy replaces it without counting a failure: the Job goes on
+            return "pending", f"driver pod {driver.name} was disrupted (drain, eviction, preemption); the Job replaces it"
         if status and status.failed:
             return "failed", (driver.reason if driver and driver.reason else "the driver pod failed")
         if driver is None:
