@@ -1,0 +1,230 @@
+"""`make bench-serve`: `fruitlens serve` under concurrent clients, with the engine's batch ceiling measured
+in the same run.
+
+1. ceiling: the predictor alone (a child process, same threads, pre-decoded photos, batch max_batch), before
+   and after the phases: photos/s the engine can do at all;
+2. phases: the service (its own process) and N keep-alive clients (1, 8, 32, 64) POSTing real JPEGs for a
+   fixed time: requests/s, p50/p95/p99, errors (503 counted apart), batch sizes (from /metrics);
+3. hostile: 32 good clients + 4 sending bombs, garbage, truncated and oversized bodies: each must get its
+   4xx, and the good clients' figures must hold.
+Prints a table and PASS/FAIL lines; writes the figures as JSON.
+Usage: python -m fruitlens.bench.serve OUTPUT PHOTOS_DIR [--seconds 20] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fruitlens.bench import serve_payloads as hostile
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def ceiling(output: str, photos: list[str], batch: int, threads: int, seconds: float = 3.0) -> float:
+    """Photos/s of the predictor alone at ``batch``, in a child process (its own cores, no server)."""
+    code = f"""
+import time, numpy as np
+from fruitlens.serve.models import PredictorSource
+h = PredictorSource({output!r}).load(batch_size={batch}, threads={threads})
+photos = [open(p, "rb").read() for p in {photos[:batch]!r}]
+arrays = np.stack([h.predictor.decode(p) for p in (photos * {batch})[:{batch}]])
+h.predictor.probabilities(arrays)
+n, t = 0, time.perf_counter()
+while time.perf_counter() - t < {seconds}:
+    h.predictor.probabilities(arrays); n += {batch}
+print(n / (time.perf_counter() - t))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metrics(port: int) -> dict[str, float]:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("fruitlens_serve_batch_size_") and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+HOSTILE_KINDS = ("png_bomb", "jpeg_huge_header", "garbage", "truncated", "too_large", "text_plain")
+
+
+def hostile_requests(jpeg: bytes, max_body: int) -> list[tuple[str, bytes, str, int]]:
+    """(kind, body, content type, the status it must get)."""
+    return [("png_bomb", hostile.png_bomb(), "image/png", 422),
+            ("jpeg_huge_header", hostile.jpeg_huge_header(jpeg), "image/jpeg", 422),
+            ("garbage", hostile.garbage(8192), "image/jpeg", 422),
+            ("truncated", hostile.truncated(jpeg), "image/jpeg", 422),
+            ("too_large", b"\0" * (max_body + 1), "image/jpeg", 413),
+            ("text_plain", jpeg, "text/plain", 415)]
+
+
+async def phase(port: int, photos: list[bytes], clients: int, seconds: float, warmup: float = 1.0,
+                hostile_clients: int = 0, max_body: int = 20 << 20) -> dict:
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    lat: list[float] = []
+    codes: dict[str, int] = {}
+    bad_hostile: list[str] = []
+    hostile_done = [0]
+    start = time.monotonic() + warmup
+    end = start + seconds
+    payloads = hostile_requests(photos[0], max_body) if hostile_clients else []
+
+    async def good(i: int, session):
+        n = i
+        while (now := time.monotonic()) < end:
+            t = time.perf_counter()
+            try:
+                async with session.post(url, data=photos[n % len(photos)], headers={"Content-Type": "image/jpeg"}) as r:
+                    await r.read()
+                    status = str(r.status)
+            except Exception as exc:  # noqa: BLE001 - a failed request is a figure, not a crash
+                status = type(exc).__name__
+            n += 1
+            if now >= start:
+                lat.append(time.perf_counter() - t)
+                codes[status] = codes.get(status, 0) + 1
+
+    async def bad(i: int, session):
+        n = i
+        while time.monotonic() < end:
+            kind, body, ctype, want = payloads[n % len(payloads)]
+            n += 1
+            try:
+                async with session.post(url, data=body, headers={"Content-Type": ctype},
+                                        timeout=aiohttp.ClientTimeout(total=30)) as r:
+                    await r.read()
+                    if r.status != want:
+                        bad_hostile.append(f"{kind}: {r.status}")
+            except aiohttp.ClientError as exc:
+                if want != 413:  # a 413 may close the connection before the body is all sent
+                    bad_hostile.append(f"{kind}: {type(exc).__name__}")
+            hostile_done[0] += 1
+            await asyncio.sleep(0.05)  # 20/s per hostile client
+
+    before = _metrics(port)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(good(i, session) for i in range(clients)),
+                             *(bad(i, session) for i in range(hostile_clients)))
+    after = _metrics(port)
+    n_batches = after["fruitlens_serve_batch_size_count"] - before["fruitlens_serve_batch_size_count"]
+    n_photos = after["fruitlens_serve_batch_size_sum"] - before["fruitlens_serve_batch_size_sum"]
+    ok = codes.get("200", 0)
+    q = np.percentile(lat, [50, 95, 99]) * 1000 if lat else [float("nan")] * 3
+    return {"clients": clients, "hostile_clients": hostile_clients, "requests": len(lat), "ok": ok,
+            "rps": ok / seconds, "p50_ms": float(q[0]), "p95_ms": float(q[1]), "p99_ms": float(q[2]),
+            "errors": sum(v for k, v in codes.items() if k not in ("200", "503")), "overloaded": codes.get("503", 0),
+            "statuses": codes, "batch_mean": n_photos / n_batches if n_batches else 0.0,
+            "hostile_sent": hostile_done[0], "hostile_wrong": bad_hostile[:20]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fruitlens.bench.serve", description=__doc__.splitlines()[0])
+    p.add_argument("output", help="a trained OUTPUT")
+    p.add_argument("photos", help="a folder of JPEG photos (any depth)")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--clients", default="1,8,32,64")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", dest="json_file")
+    ns = p.parse_args(argv)
+
+    from fruitlens.serve.config import available_cpus
+
+    threads = ns.threads or available_cpus()
+    paths = [str(f) for f in sorted(Path(ns.photos).rglob("*.jpg"))[:200]]
+    photos = [Path(f).read_bytes() for f in paths]
+    if not photos:
+        print(f"fruitlens: error: no .jpg photos under {ns.photos}", file=sys.stderr)
+        return 2
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "fruitlens.serve", ns.output, "--host", "127.0.0.1",
+                               "--port", str(port), "--max-batch", str(ns.max_batch), "--threads", str(threads),
+                               "--log-level", "warning"])
+    figures: dict = {"cpu": cpu_model(), "cpus": threads, "seconds": ns.seconds, "max_batch": ns.max_batch}
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("fruitlens: error: the service did not become ready")
+            time.sleep(0.2)
+        c0 = ceiling(ns.output, paths, ns.max_batch, threads)
+        phases = [asyncio.run(phase(port, photos, int(c), ns.seconds)) for c in ns.clients.split(",")]
+        phases.append(asyncio.run(phase(port, photos, 32, ns.seconds, hostile_clients=4)))
+        c1 = ceiling(ns.output, paths, ns.max_batch, threads)
+    finally:
+        server.terminate()
+        server.wait(30)
+    figures["ceiling_photos_s"] = (c0 + c1) / 2
+    figures["ceiling_drift"] = abs(c0 - c1) / max(c0, c1)
+    for ph in phases:
+        ph["ratio_to_ceiling"] = ph["rps"] / figures["ceiling_photos_s"]
+    figures["phases"] = phases
+    print(f"cpu: {figures['cpu']} ({threads} cpus); engine ceiling at batch {ns.max_batch}: "
+          f"{figures['ceiling_photos_s']:.1f} photos/s (drift {figures['ceiling_drift']:.0%})")
+    print(f"{'clients':>10} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7} "
+          f"{'503':>5} {'batch':>6}")
+    for ph in phases:
+        name = f"{ph['clients']}" + (f"+{ph['hostile_clients']}h" if ph["hostile_clients"] else "")
+        print(f"{name:>10} {ph['rps']:8.1f} {ph['ratio_to_ceiling']:6.2f} {ph['p50_ms']:8.1f} {ph['p95_ms']:8.1f} "
+              f"{ph['p99_ms']:8.1f} {ph['errors']:7d} {ph['overloaded']:5d} {ph['batch_mean']:6.1f}")
+    by = {(ph["clients"], ph["hostile_clients"]): ph for ph in phases}
+    checks = []
+    if (1, 0) in by:
+        checks.append(("1 client p50 <= 50 ms", by[(1, 0)]["p50_ms"] <= 50))
+    if (32, 0) in by:
+        ph = by[(32, 0)]
+        checks.append(("32 clients >= 0.7 x ceiling, p99 <= 1 s, 0 errors",
+                       ph["ratio_to_ceiling"] >= 0.7 and ph["p99_ms"] <= 1000 and ph["errors"] == 0))
+    h = by[(32, 4)]
+    checks.append(("hostile mix: every hostile request its 4xx; good clients still >= 0.7 x ceiling, "
+                   "p99 <= 1 s, 0 errors", not h["hostile_wrong"] and h["ratio_to_ceiling"] >= 0.7
+                   and h["p99_ms"] <= 1000 and h["errors"] == 0))
+    figures["checks"] = {name: ok for name, ok in checks}
+    for name, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}: {name}")
+    if ns.json_file:
+        Path(ns.json_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(ns.json_file).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
