@@ -22,8 +22,12 @@ REPO = Path(__file__).resolve().parents[2]
 IMAGE = "fruitlens:serve-test"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def serve_image() -> str:
+    """The serving image, built by `make build-serve` once per session (CI: a fresh machine builds it here);
+    $SERVE_TEST_IMAGE: one already built, used as it is."""
+    if os.environ.get("SERVE_TEST_IMAGE"):
+        return os.environ["SERVE_TEST_IMAGE"]
     if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
         if os.environ.get("CI") == "true":
             pytest.fail("CI must provide a Docker engine")
