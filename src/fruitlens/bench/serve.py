@@ -5,8 +5,11 @@ in the same run.
    and after the phases: photos/s the engine can do at all;
 2. phases: the service (its own process) and N keep-alive clients (1, 8, 32, 64) POSTing real JPEGs for a
    fixed time: requests/s, p50/p95/p99, errors (503 counted apart), batch sizes (from /metrics);
-3. hostile: 32 good clients + 4 sending bombs, garbage, truncated and oversized bodies: each must get its
-   4xx, and the good clients' figures must hold.
+3. hostile: 1 and 32 good clients, each with 4 more sending bombs, garbage, truncated and oversized bodies:
+   each hostile request must get its 4xx, and the good clients' figures must hold;
+4. swap: 32 clients while a newer model is published into OUTPUT halfway (as `train` writes it: predictor.json
+   last): the service must swap it in with zero failed requests (503s included), answers from both models.
+The service runs on a private copy of OUTPUT/predictor (the swap must not touch the real one).
 Prints a table and PASS/FAIL lines; writes the figures as JSON.
 Usage: python -m fruitlens.bench.serve OUTPUT PHOTOS_DIR [--seconds 20] [--json FILE]
 """
@@ -14,17 +17,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import io
 import json
+import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from fruitlens.bench import serve_payloads as hostile
+from fruitlens.classify.predictor import local_predictor_dir
+from fruitlens.state import layout
 
 
 def cpu_model() -> str:
@@ -76,6 +86,7 @@ def _metrics(port: int) -> dict[str, float]:
 HOSTILE_KINDS = ("png_bomb", "jpeg_huge_header", "garbage", "truncated", "too_large", "text_plain")
 
 
+@functools.cache
 def hostile_requests(jpeg: bytes, max_body: int) -> list[tuple[str, bytes, str, int]]:
     """(kind, body, content type, the status it must get)."""
     return [("png_bomb", hostile.png_bomb(), "image/png", 422),
@@ -86,8 +97,30 @@ def hostile_requests(jpeg: bytes, max_body: int) -> list[tuple[str, bytes, str, 
             ("text_plain", jpeg, "text/plain", 415)]
 
 
+def publish_newer_model(output: Path) -> None:
+    """A newer model in OUTPUT/predictor as `train` writes it (every file replaced, predictor.json last): the
+    same engine and labels, the head's intercepts nudged (a different model: a new version)."""
+    folder = output / layout.PREDICTOR
+    with np.load(folder / layout.PREDICTOR_HEAD) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["intercepts"] = arrays["intercepts"] + 1e-3
+    info = json.loads((folder / layout.PREDICTOR_INFO).read_text())
+    info["trained_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    head = io.BytesIO()
+    np.savez(head, **arrays)
+    files = {layout.PREDICTOR_HEAD: head.getvalue(),
+             layout.PREDICTOR_LABELS: (folder / layout.PREDICTOR_LABELS).read_bytes(),
+             layout.PREDICTOR_MODEL: (folder / layout.PREDICTOR_MODEL).read_bytes(),
+             layout.PREDICTOR_INFO: (json.dumps(info, indent=2) + "\n").encode()}
+    for name in sorted(files, key=lambda n: (n == layout.PREDICTOR_INFO, n)):
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(files[name])
+        os.replace(tmp, folder / name)
+
+
 async def phase(port: int, photos: list[bytes], clients: int, seconds: float, warmup: float = 1.0,
-                hostile_clients: int = 0, max_body: int = 20 << 20) -> dict:
+                hostile_clients: int = 0, max_body: int = 20 << 20, swap: Path | None = None) -> dict:
+    """``swap``: an OUTPUT to publish a newer model into halfway (the answers' model versions are counted)."""
     import aiohttp
 
     url = f"http://127.0.0.1:{port}/v1/predict"
@@ -95,9 +128,10 @@ async def phase(port: int, photos: list[bytes], clients: int, seconds: float, wa
     codes: dict[str, int] = {}
     bad_hostile: list[str] = []
     hostile_done = [0]
+    payloads = hostile_requests(photos[0], max_body) if hostile_clients else []  # seconds to make: before the clock
     start = time.monotonic() + warmup
     end = start + seconds
-    payloads = hostile_requests(photos[0], max_body) if hostile_clients else []
+    versions: dict[str, int] = {}
 
     async def good(i: int, session):
         n = i
@@ -105,8 +139,11 @@ async def phase(port: int, photos: list[bytes], clients: int, seconds: float, wa
             t = time.perf_counter()
             try:
                 async with session.post(url, data=photos[n % len(photos)], headers={"Content-Type": "image/jpeg"}) as r:
-                    await r.read()
+                    body = await r.read()
                     status = str(r.status)
+                    if swap is not None and r.status == 200:
+                        v = json.loads(body)["model"]["version"]
+                        versions[v] = versions.get(v, 0) + 1
             except Exception as exc:  # noqa: BLE001 - a failed request is a figure, not a crash
                 status = type(exc).__name__
             n += 1
@@ -131,21 +168,27 @@ async def phase(port: int, photos: list[bytes], clients: int, seconds: float, wa
             hostile_done[0] += 1
             await asyncio.sleep(0.05)  # 20/s per hostile client
 
+    async def publish():
+        await asyncio.sleep(max(0.0, start + seconds / 2 - time.monotonic()))
+        await asyncio.to_thread(publish_newer_model, swap)
+
     before = _metrics(port)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(good(i, session) for i in range(clients)),
-                             *(bad(i, session) for i in range(hostile_clients)))
+                             *(bad(i, session) for i in range(hostile_clients)),
+                             *([publish()] if swap is not None else []))
     after = _metrics(port)
     n_batches = after["fruitlens_serve_batch_size_count"] - before["fruitlens_serve_batch_size_count"]
     n_photos = after["fruitlens_serve_batch_size_sum"] - before["fruitlens_serve_batch_size_sum"]
     ok = codes.get("200", 0)
     q = np.percentile(lat, [50, 95, 99]) * 1000 if lat else [float("nan")] * 3
-    return {"clients": clients, "hostile_clients": hostile_clients, "requests": len(lat), "ok": ok,
+    return {"clients": clients, "hostile_clients": hostile_clients, "seconds": seconds, "requests": len(lat), "ok": ok,
             "rps": ok / seconds, "p50_ms": float(q[0]), "p95_ms": float(q[1]), "p99_ms": float(q[2]),
             "errors": sum(v for k, v in codes.items() if k not in ("200", "503")), "overloaded": codes.get("503", 0),
             "statuses": codes, "batch_mean": n_photos / n_batches if n_batches else 0.0,
-            "hostile_sent": hostile_done[0], "hostile_wrong": bad_hostile[:20]}
+            "hostile_sent": hostile_done[0], "hostile_wrong": bad_hostile[:20], "swap": swap is not None,
+            "model_versions": versions}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fruitlens: error: no .jpg photos under {ns.photos}", file=sys.stderr)
         return 2
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "fruitlens.serve", ns.output, "--host", "127.0.0.1",
+    private = Path(tempfile.mkdtemp(prefix="fruitlens-bench-serve-"))
+    shutil.copytree(local_predictor_dir(ns.output), private / layout.PREDICTOR)
+    server = subprocess.Popen([sys.executable, "-m", "fruitlens.serve", str(private), "--host", "127.0.0.1",
                                "--port", str(port), "--max-batch", str(ns.max_batch), "--threads", str(threads),
-                               "--log-level", "warning"])
+                               "--poll-seconds", "1", "--log-level", "warning"])
     figures: dict = {"cpu": cpu_model(), "cpus": threads, "seconds": ns.seconds, "max_batch": ns.max_batch}
     try:
         import urllib.request
@@ -185,13 +230,16 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() > deadline or server.poll() is not None:
                 raise SystemExit("fruitlens: error: the service did not become ready")
             time.sleep(0.2)
-        c0 = ceiling(ns.output, paths, ns.max_batch, threads)
+        c0 = ceiling(str(private), paths, ns.max_batch, threads)
         phases = [asyncio.run(phase(port, photos, int(c), ns.seconds)) for c in ns.clients.split(",")]
-        phases.append(asyncio.run(phase(port, photos, 32, ns.seconds, hostile_clients=4)))
-        c1 = ceiling(ns.output, paths, ns.max_batch, threads)
+        phases += [asyncio.run(phase(port, photos, c, ns.seconds, hostile_clients=4)) for c in (1, 32)]
+        # long enough for the service to see the new model (it polls every second) and load it
+        phases.append(asyncio.run(phase(port, photos, 32, max(ns.seconds, 6.0), swap=private)))
+        c1 = ceiling(str(private), paths, ns.max_batch, threads)
     finally:
         server.terminate()
         server.wait(30)
+        shutil.rmtree(private, ignore_errors=True)
     figures["ceiling_photos_s"] = (c0 + c1) / 2
     figures["ceiling_drift"] = abs(c0 - c1) / max(c0, c1)
     for ph in phases:
@@ -202,21 +250,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'clients':>10} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7} "
           f"{'503':>5} {'batch':>6}")
     for ph in phases:
-        name = f"{ph['clients']}" + (f"+{ph['hostile_clients']}h" if ph["hostile_clients"] else "")
+        name = f"{ph['clients']}" + (f"+{ph['hostile_clients']}h" if ph["hostile_clients"] else "") + \
+            (" swap" if ph["swap"] else "")
         print(f"{name:>10} {ph['rps']:8.1f} {ph['ratio_to_ceiling']:6.2f} {ph['p50_ms']:8.1f} {ph['p95_ms']:8.1f} "
               f"{ph['p99_ms']:8.1f} {ph['errors']:7d} {ph['overloaded']:5d} {ph['batch_mean']:6.1f}")
-    by = {(ph["clients"], ph["hostile_clients"]): ph for ph in phases}
+    by = {(ph["clients"], ph["hostile_clients"]): ph for ph in phases if not ph["swap"]}
+
+    def loaded(ph: dict) -> bool:
+        return ph["ratio_to_ceiling"] >= 0.7 and ph["p99_ms"] <= 1000 and ph["errors"] == 0
+
     checks = []
     if (1, 0) in by:
         checks.append(("1 client p50 <= 50 ms", by[(1, 0)]["p50_ms"] <= 50))
     if (32, 0) in by:
-        ph = by[(32, 0)]
-        checks.append(("32 clients >= 0.7 x ceiling, p99 <= 1 s, 0 errors",
-                       ph["ratio_to_ceiling"] >= 0.7 and ph["p99_ms"] <= 1000 and ph["errors"] == 0))
-    h = by[(32, 4)]
-    checks.append(("hostile mix: every hostile request its 4xx; good clients still >= 0.7 x ceiling, "
-                   "p99 <= 1 s, 0 errors", not h["hostile_wrong"] and h["ratio_to_ceiling"] >= 0.7
-                   and h["p99_ms"] <= 1000 and h["errors"] == 0))
+        checks.append(("32 clients >= 0.7 x ceiling, p99 <= 1 s, 0 errors", loaded(by[(32, 0)])))
+    h1, h32 = by[(1, 4)], by[(32, 4)]
+    checks.append(("hostile mix alongside 1 client: every hostile request its 4xx; p50 <= 50 ms",
+                   not h1["hostile_wrong"] and h1["p50_ms"] <= 50 and h1["errors"] == 0))
+    checks.append(("hostile mix alongside 32 clients: every hostile request its 4xx; >= 0.7 x ceiling, "
+                   "p99 <= 1 s, 0 errors", not h32["hostile_wrong"] and loaded(h32)))
+    sw = next(ph for ph in phases if ph["swap"])
+    checks.append(("model swap under 32 clients: answers from both models, 0 failed requests (503 included)",
+                   len(sw["model_versions"]) == 2 and sw["errors"] == 0 and sw["overloaded"] == 0))
     figures["checks"] = {name: ok for name, ok in checks}
     for name, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}: {name}")
