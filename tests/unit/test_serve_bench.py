@@ -33,7 +33,7 @@ def test_bench_serve_smoke_reports_percentiles_and_batch_sizes(tmp_path, capsys)
     assert figures["phases"][0]["ok"] > 0
     for h in figures["phases"][2:4]:
         assert h["hostile_sent"] > 0 and h["hostile_wrong"] == []
-    swap = figures["phases"][-1]  # a newer model published halfway is served, with no failed request
+    swap = figures["phases"][-1]  # a newer model published a quarter in is served, with no failed request
     assert len(swap["model_versions"]) == 2 and swap["overloaded"] == 0
     assert (out / "predictor/predictor.json").read_text() == original  # the bench swapped a private copy
 

@@ -2,12 +2,13 @@
 in the same run.
 
 1. ceiling: the predictor alone (a child process, same threads, pre-decoded photos, batch max_batch), before
-   and after the phases: photos/s the engine can do at all;
+   and after every phase: photos/s the engine can do at all; each phase's ratio is to the mean of the two
+   around it (the load of a shared machine drifts);
 2. phases: the service (its own process) and N keep-alive clients (1, 8, 32, 64) POSTing real JPEGs for a
    fixed time: requests/s, p50/p95/p99, errors (503 counted apart), batch sizes (from /metrics);
 3. hostile: 1 and 32 good clients, each with 4 more sending bombs, garbage, truncated and oversized bodies:
    each hostile request must get its 4xx, and the good clients' figures must hold;
-4. swap: 32 clients while a newer model is published into OUTPUT halfway (as `train` writes it: predictor.json
+4. swap: 32 clients while a newer model is published into OUTPUT a quarter in (as `train` writes it: predictor.json
    last): the service must swap it in with zero failed requests (503s included), answers from both models.
 The service runs on a private copy of OUTPUT/predictor (the swap must not touch the real one).
 Prints a table and PASS/FAIL lines; writes the figures as JSON.
@@ -37,6 +38,19 @@ from fruitlens.classify.predictor import local_predictor_dir
 from fruitlens.state import layout
 
 
+def cpu_flags() -> str:
+    """The SIMD flags ONNX Runtime's kernels depend on, as /proc/cpuinfo lists them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
+                                if f in have)
+    except OSError:
+        pass
+    return ""
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -47,22 +61,40 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def ceiling(output: str, photos: list[str], batch: int, threads: int, seconds: float = 3.0) -> float:
-    """Photos/s of the predictor alone at ``batch``, in a child process (its own cores, no server)."""
-    code = f"""
-import time, numpy as np
+class Ceiling:
+    """Photos/s of the predictor alone at ``batch`` (same threads, pre-decoded photos, no server, no decode),
+    in a child process kept alive so it can be measured next to every phase: on a shared machine the load
+    drifts, and a phase is compared with the ceiling measured around it."""
+
+    CODE = """
+import sys, time, numpy as np
 from fruitlens.serve.models import PredictorSource
-h = PredictorSource({output!r}).load(batch_size={batch}, threads={threads})
-photos = [open(p, "rb").read() for p in {photos[:batch]!r}]
-arrays = np.stack([h.predictor.decode(p) for p in (photos * {batch})[:{batch}]])
+output, batch, threads, photos = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+h = PredictorSource(output).load(batch_size=batch, threads=threads)
+arrays = np.stack([h.predictor.decode(open(p, "rb").read()) for p in (photos * batch)[:batch]])
 h.predictor.probabilities(arrays)
-n, t = 0, time.perf_counter()
-while time.perf_counter() - t < {seconds}:
-    h.predictor.probabilities(arrays); n += {batch}
-print(n / (time.perf_counter() - t))
+print("ready", flush=True)
+for line in sys.stdin:
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < float(line):
+        h.predictor.probabilities(arrays); n += batch
+    print(n / (time.perf_counter() - t), flush=True)
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+
+    def __init__(self, output: str, photos: list[str], batch: int, threads: int) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE, output, str(batch), str(threads),
+                                      *photos[:batch]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit("fruitlens: error: the ceiling process did not start")
+
+    def measure(self, seconds: float = 4.0) -> float:
+        self.proc.stdin.write(f"{seconds}\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
 
 
 def _free_port() -> int:
@@ -120,7 +152,7 @@ def publish_newer_model(output: Path) -> None:
 
 async def phase(port: int, photos: list[bytes], clients: int, seconds: float, warmup: float = 1.0,
                 hostile_clients: int = 0, max_body: int = 20 << 20, swap: Path | None = None) -> dict:
-    """``swap``: an OUTPUT to publish a newer model into halfway (the answers' model versions are counted)."""
+    """``swap``: an OUTPUT to publish a newer model into a quarter in (the answers' model versions are counted)."""
     import aiohttp
 
     url = f"http://127.0.0.1:{port}/v1/predict"
@@ -169,7 +201,7 @@ async def phase(port: int, photos: list[bytes], clients: int, seconds: float, wa
             await asyncio.sleep(0.05)  # 20/s per hostile client
 
     async def publish():
-        await asyncio.sleep(max(0.0, start + seconds / 2 - time.monotonic()))
+        await asyncio.sleep(max(0.0, start + seconds / 4 - time.monotonic()))  # then time to load it
         await asyncio.to_thread(publish_newer_model, swap)
 
     before = _metrics(port)
@@ -216,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     server = subprocess.Popen([sys.executable, "-m", "fruitlens.serve", str(private), "--host", "127.0.0.1",
                                "--port", str(port), "--max-batch", str(ns.max_batch), "--threads", str(threads),
                                "--poll-seconds", "1", "--log-level", "warning"])
-    figures: dict = {"cpu": cpu_model(), "cpus": threads, "seconds": ns.seconds, "max_batch": ns.max_batch}
+    closing: list = []
+    figures: dict = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpus": threads,
+                     "load_average_at_start": os.getloadavg(), "seconds": ns.seconds, "max_batch": ns.max_batch}
     try:
         import urllib.request
 
@@ -230,29 +264,41 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() > deadline or server.poll() is not None:
                 raise SystemExit("fruitlens: error: the service did not become ready")
             time.sleep(0.2)
-        c0 = ceiling(str(private), paths, ns.max_batch, threads)
-        phases = [asyncio.run(phase(port, photos, int(c), ns.seconds)) for c in ns.clients.split(",")]
-        phases += [asyncio.run(phase(port, photos, c, ns.seconds, hostile_clients=4)) for c in (1, 32)]
-        # long enough for the service to see the new model (it polls every second) and load it
-        phases.append(asyncio.run(phase(port, photos, 32, max(ns.seconds, 6.0), swap=private)))
-        c1 = ceiling(str(private), paths, ns.max_batch, threads)
+        ceil = Ceiling(str(private), paths, ns.max_batch, threads)
+        closing.append(ceil.close)
+        runs = [(int(c), 0, None) for c in ns.clients.split(",")] + [(1, 4, None), (32, 4, None)]
+        # the swap: long enough for the service to see the new model (it polls every second) and load it
+        runs.append((32, 0, private))
+        ceilings, phases = [ceil.measure()], []
+        for clients, bad, swap in runs:
+            seconds = max(ns.seconds, 6.0) if swap else ns.seconds
+            phases.append(asyncio.run(phase(port, photos, clients, seconds, hostile_clients=bad, swap=swap)))
+            ceilings.append(ceil.measure())
     finally:
+        for close in closing:
+            close()
         server.terminate()
         server.wait(30)
         shutil.rmtree(private, ignore_errors=True)
-    figures["ceiling_photos_s"] = (c0 + c1) / 2
-    figures["ceiling_drift"] = abs(c0 - c1) / max(c0, c1)
-    for ph in phases:
-        ph["ratio_to_ceiling"] = ph["rps"] / figures["ceiling_photos_s"]
+    figures["ceilings_photos_s"] = ceilings
+    figures["ceiling_photos_s"] = float(np.mean(ceilings))
+    figures["ceiling_drift"] = (max(ceilings) - min(ceilings)) / max(ceilings)
+    for i, ph in enumerate(phases):
+        ph["ceiling_photos_s"] = (ceilings[i] + ceilings[i + 1]) / 2
+        ph["ratio_to_ceiling"] = ph["rps"] / ph["ceiling_photos_s"]
     figures["phases"] = phases
-    print(f"cpu: {figures['cpu']} ({threads} cpus); engine ceiling at batch {ns.max_batch}: "
-          f"{figures['ceiling_photos_s']:.1f} photos/s (drift {figures['ceiling_drift']:.0%})")
-    print(f"{'clients':>10} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7} "
+    figures["load_average_at_end"] = os.getloadavg()
+    print(f"cpu: {figures['cpu']} [{figures['cpu_flags']}] ({threads} cpus); load average "
+          f"{figures['load_average_at_start'][0]:.1f} at the start, {figures['load_average_at_end'][0]:.1f} at the end")
+    print(f"engine ceiling at batch {ns.max_batch}: "
+          f"{figures['ceiling_photos_s']:.1f} photos/s on average, {min(ceilings):.1f}..{max(ceilings):.1f} "
+          f"(drift {figures['ceiling_drift']:.0%}); each phase against the ceiling measured around it")
+    print(f"{'clients':>10} {'ceiling':>8} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7} "
           f"{'503':>5} {'batch':>6}")
     for ph in phases:
         name = f"{ph['clients']}" + (f"+{ph['hostile_clients']}h" if ph["hostile_clients"] else "") + \
             (" swap" if ph["swap"] else "")
-        print(f"{name:>10} {ph['rps']:8.1f} {ph['ratio_to_ceiling']:6.2f} {ph['p50_ms']:8.1f} {ph['p95_ms']:8.1f} "
+        print(f"{name:>10} {ph['ceiling_photos_s']:8.1f} {ph['rps']:8.1f} {ph['ratio_to_ceiling']:6.2f} {ph['p50_ms']:8.1f} {ph['p95_ms']:8.1f} "
               f"{ph['p99_ms']:8.1f} {ph['errors']:7d} {ph['overloaded']:5d} {ph['batch_mean']:6.1f}")
     by = {(ph["clients"], ph["hostile_clients"]): ph for ph in phases if not ph["swap"]}
 
