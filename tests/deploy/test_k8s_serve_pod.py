@@ -20,7 +20,6 @@ from fakes.fake_k8s import render
 from fakes.k8s_pod_runner import PodRunner, wait_for
 from serve_support import write_predictor
 from test_docker import docker_engine  # noqa: F401 (fixture)
-from test_serve_image import serve_image  # noqa: F401 (fixture: one `make build-serve` per session)
 
 from fruitlens.classify.predictor import Predictor
 
@@ -49,7 +48,7 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_the_rendered_serving_pod_runs_hardened_gets_ready_and_answers(runner, serve_image, tmp_path):  # noqa: F811
+def test_the_rendered_serving_pod_runs_hardened_gets_ready_and_answers(runner, serve_image, tmp_path):
     out = tmp_path / "out"
     write_predictor(out, seed=0)
     port = _free_port()
