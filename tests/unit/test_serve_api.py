@@ -215,3 +215,26 @@ def test_available_cpus_honours_the_cgroup_quota(tmp_path):
     assert available_cpus(str(tmp_path)) == min(2, available_cpus(str(tmp_path / "none")))
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert available_cpus(str(tmp_path)) == available_cpus(str(tmp_path / "none"))
+
+
+def test_settings_flow_file_then_environment_then_flags_into_one_config(tmp_path):
+    import argparse
+
+    from fruitlens.serve import cli as serve_cli
+
+    parser = argparse.ArgumentParser()
+    serve_cli.add_arguments(parser)
+    settings = tmp_path / "serve.yaml"
+    settings.write_text("max_queue: 50\nmax_batch: 16\nkeep_uploads: s3://bucket/uploads\n")
+    env = {"FRUITLENS_SERVE_MAX_BATCH": "8", "FRUITLENS_SERVE_ALLOW_NEW_LABELS": "true",
+           "FRUITLENS_SERVE_CONFIG": str(settings)}
+    config = serve_cli.config_from(parser.parse_args([str(tmp_path)]), env=env)
+    assert (config.max_batch, config.max_queue, config.allow_new_labels) == (8, 50, True)
+    assert config.keep_uploads == "s3://bucket/uploads" and config.port == 8080  # ServeConfig's default
+    config = serve_cli.config_from(parser.parse_args([str(tmp_path), "--max-batch", "4"]), env=env)
+    assert config.max_batch == 4
+    with pytest.raises(ServeConfigError, match="FRUITLENS_SERVE_PORT: expected int"):
+        serve_cli.config_from(parser.parse_args([str(tmp_path)]), env={"FRUITLENS_SERVE_PORT": "http"})
+    settings.write_text("max_batchez: 3\n")
+    with pytest.raises(ServeConfigError, match=r"unknown settings \['max_batchez'\]"):
+        serve_cli.config_from(parser.parse_args([str(tmp_path), "--config", str(settings)]), env={})
