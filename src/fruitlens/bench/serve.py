@@ -87,14 +87,25 @@ for line in sys.stdin:
         if self.proc.stdout.readline().strip() != "ready":
             raise SystemExit("fruitlens: error: the ceiling process did not start")
 
-    def measure(self, seconds: float = 4.0) -> float:
+    def measure(self, seconds: float = 4.0) -> tuple[float, float]:
+        """(photos/s, CPU ms per photo): the second does not depend on how busy the machine is."""
+        cpu0, t0 = cpu_seconds(self.proc.pid), time.perf_counter()
         self.proc.stdin.write(f"{seconds}\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        rate = float(self.proc.stdout.readline())
+        photos = rate * (time.perf_counter() - t0)
+        return rate, (cpu_seconds(self.proc.pid) - cpu0) * 1000 / max(1.0, photos)
 
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat): what the service itself spent, apart
+    from the clients' cost (they share the machine's cores in this bench)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -165,6 +176,8 @@ async def phase(port: int, photos: list[bytes], clients: int, seconds: float, wa
     end = start + seconds
     versions: dict[str, int] = {}
 
+    answered = [0]
+
     async def good(i: int, session):
         n = i
         while (now := time.monotonic()) < end:
@@ -173,6 +186,7 @@ async def phase(port: int, photos: list[bytes], clients: int, seconds: float, wa
                 async with session.post(url, data=photos[n % len(photos)], headers={"Content-Type": "image/jpeg"}) as r:
                     body = await r.read()
                     status = str(r.status)
+                    answered[0] += r.status == 200
                     if swap is not None and r.status == 200:
                         v = json.loads(body)["model"]["version"]
                         versions[v] = versions.get(v, 0) + 1
@@ -220,7 +234,7 @@ async def phase(port: int, photos: list[bytes], clients: int, seconds: float, wa
             "errors": sum(v for k, v in codes.items() if k not in ("200", "503")), "overloaded": codes.get("503", 0),
             "statuses": codes, "batch_mean": n_photos / n_batches if n_batches else 0.0,
             "hostile_sent": hostile_done[0], "hostile_wrong": bad_hostile[:20], "swap": swap is not None,
-            "model_versions": versions}
+            "model_versions": versions, "answered_with_warmup": answered[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,37 +283,47 @@ def main(argv: list[str] | None = None) -> int:
         runs = [(int(c), 0, None) for c in ns.clients.split(",")] + [(1, 4, None), (32, 4, None)]
         # the swap: long enough for the service to see the new model (it polls every second) and load it
         runs.append((32, 0, private))
-        ceilings, phases = [ceil.measure()], []
+        measured, phases = [ceil.measure()], []
         for clients, bad, swap in runs:
             seconds = max(ns.seconds, 6.0) if swap else ns.seconds
+            cpu0 = cpu_seconds(server.pid)
             phases.append(asyncio.run(phase(port, photos, clients, seconds, hostile_clients=bad, swap=swap)))
-            ceilings.append(ceil.measure())
+            # the whole phase, warm-up included (its requests too): CPU per answered photo
+            answered = phases[-1]["answered_with_warmup"]
+            phases[-1]["server_cpu_ms_per_photo"] = (cpu_seconds(server.pid) - cpu0) * 1000 / max(1, answered)
+            measured.append(ceil.measure())
     finally:
         for close in closing:
             close()
         server.terminate()
         server.wait(30)
         shutil.rmtree(private, ignore_errors=True)
+    ceilings = [rate for rate, _ in measured]
     figures["ceilings_photos_s"] = ceilings
+    figures["engine_cpu_ms_per_photo"] = float(np.median([cpu for _, cpu in measured]))
     figures["ceiling_photos_s"] = float(np.mean(ceilings))
     figures["ceiling_drift"] = (max(ceilings) - min(ceilings)) / max(ceilings)
     for i, ph in enumerate(phases):
         ph["ceiling_photos_s"] = (ceilings[i] + ceilings[i + 1]) / 2
         ph["ratio_to_ceiling"] = ph["rps"] / ph["ceiling_photos_s"]
+        # load-independent: the engine's CPU per photo over the service's (decode, HTTP, batching included)
+        ph["cpu_efficiency"] = figures["engine_cpu_ms_per_photo"] / max(1e-9, ph["server_cpu_ms_per_photo"])
     figures["phases"] = phases
     figures["load_average_at_end"] = os.getloadavg()
     print(f"cpu: {figures['cpu']} [{figures['cpu_flags']}] ({threads} cpus); load average "
           f"{figures['load_average_at_start'][0]:.1f} at the start, {figures['load_average_at_end'][0]:.1f} at the end")
     print(f"engine ceiling at batch {ns.max_batch}: "
           f"{figures['ceiling_photos_s']:.1f} photos/s on average, {min(ceilings):.1f}..{max(ceilings):.1f} "
-          f"(drift {figures['ceiling_drift']:.0%}); each phase against the ceiling measured around it")
+          f"(drift {figures['ceiling_drift']:.0%}); each phase against the ceiling measured around it; "
+          f"engine CPU {figures['engine_cpu_ms_per_photo']:.1f} ms/photo")
     print(f"{'clients':>10} {'ceiling':>8} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7} "
-          f"{'503':>5} {'batch':>6}")
+          f"{'503':>5} {'batch':>6} {'cpu ms/photo':>13} {'cpu eff':>8}")
     for ph in phases:
         name = f"{ph['clients']}" + (f"+{ph['hostile_clients']}h" if ph["hostile_clients"] else "") + \
             (" swap" if ph["swap"] else "")
         print(f"{name:>10} {ph['ceiling_photos_s']:8.1f} {ph['rps']:8.1f} {ph['ratio_to_ceiling']:6.2f} {ph['p50_ms']:8.1f} {ph['p95_ms']:8.1f} "
-              f"{ph['p99_ms']:8.1f} {ph['errors']:7d} {ph['overloaded']:5d} {ph['batch_mean']:6.1f}")
+              f"{ph['p99_ms']:8.1f} {ph['errors']:7d} {ph['overloaded']:5d} {ph['batch_mean']:6.1f} {ph['server_cpu_ms_per_photo']:13.1f} "
+              f"{ph['cpu_efficiency']:8.2f}")
     by = {(ph["clients"], ph["hostile_clients"]): ph for ph in phases if not ph["swap"]}
 
     def loaded(ph: dict) -> bool:
