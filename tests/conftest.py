@@ -113,3 +113,28 @@ def uri_to_path(uri: str) -> str:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+SERVE_IMAGE = "fruitlens:serve-test"
+
+
+@pytest.fixture(scope="session")
+def serve_image() -> str:
+    """The serving image, built by `make build-serve` once per session (CI: a fresh machine builds it here);
+    $SERVE_TEST_IMAGE: one already built, used as it is."""
+    if os.environ.get("SERVE_TEST_IMAGE"):
+        return os.environ["SERVE_TEST_IMAGE"]
+    import re
+    import subprocess
+
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must provide a Docker engine")
+        pytest.skip("no Docker engine")
+    done = subprocess.run(["make", "--no-print-directory", "build-serve", f"SERVE_IMAGE={SERVE_IMAGE}"], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=2400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    size = re.search(r"build-serve: \S+ on \S+, size (\d+) bytes", done.stdout)
+    assert size, done.stdout
+    print(f"serving image size: {int(size.group(1)) / 2**20:.0f} MiB")
+    return SERVE_IMAGE

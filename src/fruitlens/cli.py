@@ -28,10 +28,11 @@ from fruitlens.deploy.k8s import cli as k8s_cli
 from fruitlens.deploy.s3data import cli as data_cli
 from fruitlens.errors import FruitlensError
 from fruitlens.redact import redact_text
+from fruitlens.serve import cli as serve_cli
 from fruitlens.state import status
 
 #: The command modules, in the order of `fruitlens --help`.
-COMMANDS = (status, history, bench, bench_engines, emr_cli, k8s_cli, data_cli, classify_cli, doctor)
+COMMANDS = (status, history, bench, bench_engines, emr_cli, k8s_cli, data_cli, classify_cli, doctor, serve_cli)
 
 
 def _configured(ns: argparse.Namespace):

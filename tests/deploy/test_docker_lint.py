@@ -42,7 +42,12 @@ def test_dockerfile_contract(dockerfile: Path) -> None:
     users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), "the image must end as a non-root user"
     assert "syntax=" not in text and "--mount" not in text, "legacy builder: no BuildKit syntax"
-    if not dockerfile.name.startswith("Dockerfile.base-"):  # the app images, not the local stand-in bases
+    if dockerfile.name == "Dockerfile.serve":  # the slim serving image: no Spark, no model baked in
+        assert "ARG BASE_IMAGE=" in text.split("FROM", 1)[0]
+        assert not any(env in text for env in ("KERAS_HOME=", "PYSPARK_PYTHON=", "SPARK_HOME="))
+        assert text.index("dist/serve/wheels") < text.index("dist/serve/dist")
+        assert users[-1] == "185:185"
+    elif not dockerfile.name.startswith("Dockerfile.base-"):  # the app images, not the local stand-in bases
         assert "ARG BASE_IMAGE=" in text.split("FROM", 1)[0]
         for env in ("KERAS_HOME=", "FRUITLENS_CACHE=", "PYSPARK_PYTHON="):
             assert env in text
@@ -154,3 +159,21 @@ def test_ecr_registry_parsing() -> None:
     assert ecr_login.region_of("123456789012.dkr.ecr.eu-west-1.amazonaws.com") == "eu-west-1"
     with pytest.raises(SystemExit):
         ecr_login.region_of("ghcr.io")
+
+
+def test_serve_lock_pins_are_requirements_locks() -> None:
+    """The serving image's packages (requirements/serve.lock) at requirements.lock's versions, and no Spark,
+    TensorFlow or cloud client among them."""
+    def pins(path: Path) -> dict[str, str]:
+        out = {}
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if "==" in line:
+                name, version = line.split("==", 1)
+                out[name.strip().lower().replace("_", "-")] = version.strip()
+        return out
+
+    full, serve = pins(REPO / "requirements.lock"), pins(REPO / "requirements/serve.lock")
+    assert {"onnxruntime", "numpy", "pillow", "pyarrow", "starlette", "uvicorn", "python-multipart"} <= serve.keys()
+    assert {k: v for k, v in serve.items() if full.get(k) != v} == {}
+    assert not {"pyspark", "py4j", "tensorflow-cpu", "tensorflow", "boto3", "botocore"} & serve.keys()

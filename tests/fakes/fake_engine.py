@@ -44,5 +44,5 @@ def prepare(spec, weights_path: Path, digest: str, *, image_size: int, **_) -> M
     return ModelArtifact(spec.name, str(path), digest, precision=spec.precision, image_size=image_size)
 
 
-def load(spec, path: str, threads: int) -> FakeEngine:
+def load(spec, path: str, threads: int, **_) -> FakeEngine:
     return FakeEngine(np.load(path))

@@ -35,6 +35,7 @@ KINDS = {
     "persistentvolumeclaims": ("v1", "PersistentVolumeClaim"),
     "secrets": ("v1", "Secret"),
     "jobs": ("batch/v1", "Job"),
+    "deployments": ("apps/v1", "Deployment"),
     "serviceaccounts": ("v1", "ServiceAccount"),
     "roles": ("rbac.authorization.k8s.io/v1", "Role"),
     "rolebindings": ("rbac.authorization.k8s.io/v1", "RoleBinding"),

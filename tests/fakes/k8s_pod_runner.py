@@ -20,9 +20,14 @@ containers of the real image:
   are garbage-collected (a Job's pod, the driver's executors);
 - a minimal Job controller: a Job makes its pod from the template, backoffLimit retries, the podFailurePolicy
   (Ignore, FailJob, Count on exit codes and pod conditions), status succeeded/failed with Complete/Failed
-  conditions; :meth:`PodRunner.evict` is a drain's eviction (DisruptionTarget, SIGTERM, grace, deletion).
+  conditions; :meth:`PodRunner.evict` is a drain's eviction (DisruptionTarget, preStop, SIGTERM, grace, deletion);
+- a minimal Deployment controller: a Deployment makes ``spec.replicas`` (default 1) pods from its template,
+  owned by it (no ReplicaSet in between, no rollouts);
+- readiness: an ``httpGet`` readinessProbe is called as the kubelet calls it (path, named or numbered port,
+  timeoutSeconds) at every refresh; the container and the pod's Ready condition follow its answer.
 
-Not modelled (a real cluster's business): scheduling and resource accounting across nodes, cluster DNS and
+Not modelled (a real cluster's business): liveness/startup probes and restarts, lifecycle hooks other than
+an eviction's preStop, ReplicaSets and rollouts, HPA and PDB controllers, scheduling and resource accounting across nodes, cluster DNS and
 Service routing (names just map to 127.0.0.1), network policy, admission, RBAC (any valid token may do
 anything), IRSA, image pulls (images must be present locally).
 """
@@ -32,6 +37,7 @@ import base64
 import copy
 import datetime
 import hashlib
+import http.client
 import ipaddress
 import json
 import os
@@ -189,6 +195,9 @@ class PodRunner:
             threading.Thread(target=self._start_pod, args=(obj,), daemon=True).start()
         elif collection == "jobs":
             self._job_pod(obj)
+        elif collection == "deployments":
+            for _ in range(obj["spec"].get("replicas", 1)):
+                self._owned_pod(obj, obj["spec"]["template"], {})
         return obj
 
     def deleted(self, collection: str, obj: dict) -> None:
@@ -532,8 +541,9 @@ class PodRunner:
         conditions = [{"type": "PodScheduled", "status": "True"},
                       *(k for k in pod.get("status", {}).get("conditions") or [] if k["type"] == "DisruptionTarget")]
         if state["Status"] == "running":
-            cs = {**base, "ready": True, "started": True, "state": {"running": {"startedAt": state["StartedAt"]}}}
-            conditions.append({"type": "Ready", "status": "True"})
+            ready = self._ready(c)
+            cs = {**base, "ready": ready, "started": True, "state": {"running": {"startedAt": state["StartedAt"]}}}
+            conditions.append({"type": "Ready", "status": str(ready)})
             return {"phase": "Running", "podIP": "127.0.0.1", "hostIP": "127.0.0.1", "conditions": conditions,
                     "containerStatuses": [cs]}
         if state["Status"] in ("exited", "dead"):
@@ -555,19 +565,43 @@ class PodRunner:
         cs = {**base, "ready": False, "state": {"waiting": {"reason": "ContainerCreating"}}}
         return {"phase": "Pending", "conditions": conditions, "containerStatuses": [cs]}
 
-    # -- the Job controller ---------------------------------------------------------------------------------
-    def _job_pod(self, job: dict) -> dict:
-        meta = job["metadata"]
-        template = copy.deepcopy(job["spec"]["template"])
-        labels = {**(template.get("metadata") or {}).get("labels", {}), "batch.kubernetes.io/job-name": meta["name"],
-                  "job-name": meta["name"], "batch.kubernetes.io/controller-uid": meta["uid"]}
+    @staticmethod
+    def _ready(c: dict) -> bool:
+        """A running container's readiness: its httpGet readinessProbe answering 200-399 (no probe: ready)."""
+        probe = (c.get("readinessProbe") or {}).get("httpGet")
+        if not probe:
+            return True
+        port = probe["port"]
+        if isinstance(port, str):
+            port = next(p["containerPort"] for p in c.get("ports") or [] if p.get("name") == port)
+        timeout = c["readinessProbe"].get("timeoutSeconds", 1)
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)  # host network: the pod's IP
+            conn.request("GET", probe.get("path", "/"), headers={"User-Agent": "kube-probe/1.33"})
+            status = conn.getresponse().status
+            conn.close()
+        except OSError:
+            return False
+        return 200 <= status < 400
+
+    # -- the Job and Deployment controllers -----------------------------------------------------------------
+    def _owned_pod(self, owner: dict, template: dict, extra_labels: dict) -> dict:
+        meta = owner["metadata"]
+        template = copy.deepcopy(template)
+        labels = {**(template.get("metadata") or {}).get("labels", {}), **extra_labels}
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {**(template.get("metadata") or {}), "generateName": f"{meta['name']}-",
                             "namespace": meta["namespace"], "labels": labels,
-                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
-                                                 "uid": meta["uid"], "controller": True}]},
+                            "ownerReferences": [{"apiVersion": owner["apiVersion"], "kind": owner["kind"],
+                                                 "name": meta["name"], "uid": meta["uid"], "controller": True}]},
                "spec": template["spec"]}
         return self.create("pods", pod)
+
+    def _job_pod(self, job: dict) -> dict:
+        meta = job["metadata"]
+        return self._owned_pod(job, job["spec"]["template"], {
+            "batch.kubernetes.io/job-name": meta["name"], "job-name": meta["name"],
+            "batch.kubernetes.io/controller-uid": meta["uid"]})
 
     def _jobs(self) -> None:
         """As the Job controller (parallelism and completions 1): each owned pod that ends is accounted once,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fruitlens.engines import load_engine
+from fruitlens.engines import open_engine
 from fruitlens.errors import FruitlensError
 from fruitlens.images import DecodeError, decode_rgb, is_image_path, preprocess
 from fruitlens.projection import project_batch
@@ -85,9 +85,11 @@ def _download(root: str) -> Path:
 class Predictor:
     """Engine + head; ``predict_files`` gives one result dict per path, errors included, in input order."""
 
-    def __init__(self, folder: Path, *, batch_size: int = 32, threads: int = 0) -> None:
-        # model.onnx: the ONNX model the features were made with (fp32 or int8): the onnx engine runs either
-        self.engine = load_engine("onnx", str(folder / layout.PREDICTOR_MODEL), threads)
+    def __init__(self, folder: Path, *, batch_size: int = 32, threads: int = 0, spin: bool = True) -> None:
+        # model.onnx: the ONNX model the features were made with (fp32 or int8): the onnx engine runs either.
+        # Not the per-process cache of load_engine: `fruitlens serve` loads each new model once and drops the
+        # old one; spin=False for a service (idle ONNX Runtime threads must not busy-wait on the cores).
+        self.engine = open_engine("onnx", str(folder / layout.PREDICTOR_MODEL), threads, spin=spin)
         # Photos are resized to the size the features were made at: the model's own input size.
         self.size = (self.engine.image_size, self.engine.image_size)
         self.head = Head.load(folder)
@@ -100,6 +102,10 @@ class Predictor:
     @property
     def labels(self) -> list[str]:
         return self.head.labels
+
+    def decode(self, content: bytes) -> np.ndarray:
+        """Photo bytes → (S, S, 3) uint8 RGB as the pipeline decodes them (`fruitlens serve` calls this too)."""
+        return decode_rgb(content, self.size)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB at the model's size S (``self.size``) → (N, classes) float64."""
@@ -124,7 +130,7 @@ class Predictor:
             try:
                 if isinstance(content, OSError):
                     raise content
-                decoded.append(decode_rgb(content, self.size))
+                decoded.append(self.decode(content))
                 where.append(i)
             except (OSError, DecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -132,10 +138,11 @@ class Predictor:
         if decoded:
             probs = self.probabilities(np.stack(decoded))
             for i, p in zip(where, probs, strict=True):
-                results[i] = self._result(names[i], p, top_k)
+                results[i] = self.result(names[i], p, top_k)
         return results
 
-    def _result(self, path: str, p: np.ndarray, top_k: int) -> dict:
+    def result(self, path: str, p: np.ndarray, top_k: int) -> dict:
+        """One photo's probabilities → ``{path, label, probability, top}`` (rounded to 1e-6)."""
         order = np.argsort(-p, kind="stable")[:max(1, top_k)]
         top = [{"label": self.labels[j], "probability": round(float(p[j]), 6)} for j in order]
         return {"path": path, "label": top[0]["label"], "probability": top[0]["probability"], "top": top}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,7 @@ def model_file(out: Store, weights: str, sha256: str | None, engine: dict | None
 
 
 def write_predictor(out: Store, arrays: dict, labels: list[str], onnx_path: Path, info: dict) -> None:
-    """OUTPUT/predictor: what `predict` and `export` load (see :data:`fruitlens.state.layout.PREDICTOR_FILES`)."""
+    """OUTPUT/predictor: what `predict`, `export` and `serve` load (see :data:`fruitlens.state.layout.PREDICTOR_FILES`)."""
     head = io.BytesIO()
     np.savez(head, **arrays)
     files = {layout.PREDICTOR_HEAD: head.getvalue(),
@@ -157,7 +158,9 @@ def write_predictor(out: Store, arrays: dict, labels: list[str], onnx_path: Path
              layout.PREDICTOR_MODEL: onnx_path.read_bytes()}
     out.delete_tree(layout.PREDICTOR)
     out.make_dirs(layout.PREDICTOR)
-    for name in sorted(files):
+    # The info file last, on purpose: `fruitlens serve` loads a new predictor only once it is there (and
+    # unchanged after reading the other files), so it never serves a half-written one.
+    for name in sorted(files, key=lambda n: (n == layout.PREDICTOR_INFO, n)):
         out.write_bytes(f"{layout.PREDICTOR}/{name}", files[name])
 
 
@@ -201,7 +204,8 @@ def train(spark: SparkSession, out: Store, *, on: str = "pca", seed: int = 0,
     }
     out.write_text(layout.METRICS, json.dumps({**summary, **metrics}, indent=2) + "\n")
     write_predictor(out, head_arrays(pca_model, model), labels, onnx_path,
-                    {k: summary[k] for k in ("on", "classes", "accuracy", "engine_sha256", "precision", "image_size")})
+                    {**{k: summary[k] for k in ("on", "classes", "accuracy", "engine_sha256", "precision", "image_size")},
+                     "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     summary["seconds"] = round(time.perf_counter() - t, 3)
     log(f"train: {n_train} training rows ({how}), {metrics['test_rows']} test rows: accuracy "
         f"{metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} (fit+evaluate {fit_s:.1f} s)")

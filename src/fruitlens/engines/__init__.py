@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["ENGINES", "FEATURE_DIM", "IMAGE_SIZES", "NAMES", "Engine", "EngineSpec", "ModelArtifact", "ModelError",
-           "RunInputs", "describe", "keep_in_output", "load_engine", "prepare_model", "register", "resolve", "spec"]
+           "RunInputs", "describe", "keep_in_output", "load_engine", "open_engine", "prepare_model", "register", "resolve", "spec"]
 
 
 class Engine(Protocol):
@@ -51,7 +51,8 @@ class EngineSpec:
     imported when first used:
 
     - ``prepare(spec, weights_path, digest, *, image_size, calibration, run) -> ModelArtifact`` (driver)
-    - ``load(spec, path, threads) -> Engine`` (worker; ``threads`` 0 = all cores)
+    - ``load(spec, path, threads, *, spin=True) -> Engine`` (worker; ``threads`` 0 = all cores; ``spin``:
+      whether idle runtime threads busy-wait, see :func:`open_engine`)
     - ``keep(out, artifact)``: after OUTPUT's settings are checked, keep what a resumed run needs there
     - ``describe(artifact) -> dict``: what the manifest's ``engine`` entry adds
     """
@@ -133,8 +134,15 @@ def load_engine(engine: str, path: str, threads: int = 0) -> Engine:
     key = (engine, path, threads)
     with _LOCK:
         if key not in _LOADED:
-            _LOADED[key] = spec(engine).call("load", path, threads)
+            _LOADED[key] = open_engine(engine, path, threads)
         return _LOADED[key]
+
+
+def open_engine(engine: str, path: str, threads: int = 0, *, spin: bool = True) -> Engine:
+    """A new engine on ``path``, not cached: for a process that replaces its model (`fruitlens serve` drops
+    the old engine after a swap) or loads it once (`predict`). ``spin=False``: idle runtime threads sleep
+    instead of busy-waiting, for a service whose cores also decode photos between engine calls."""
+    return spec(engine).call("load", path, threads, spin=spin)
 
 
 def keep_in_output(out, artifact: ModelArtifact) -> None:

@@ -35,8 +35,11 @@ class KerasEngine:
 
 
 class OnnxEngine:
-    def __init__(self, onnx_path: str, threads: int = 0, providers: tuple[str, ...] | None = None) -> None:
-        """``providers``: ONNX Runtime's execution providers in order (default: the ``onnx`` engine's)."""
+    def __init__(self, onnx_path: str, threads: int = 0, providers: tuple[str, ...] | None = None, *,
+                 spin: bool = True) -> None:
+        """``providers``: ONNX Runtime's execution providers in order (default: the ``onnx`` engine's).
+        ``spin=False`` for a service: idle intra-op threads must not busy-wait on the cores that decode
+        the next photos (a batch job keeps spinning: its next batch is always ready)."""
         import onnxruntime as ort
 
         if providers is None:
@@ -50,6 +53,8 @@ class OnnxEngine:
                              "another --engine")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0 = all cores; Spark passes its task's cpus
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
@@ -81,9 +86,9 @@ def prepare_keras(spec, weights_path: Path, digest: str, *, image_size: int, **_
     return ModelArtifact(spec.name, str(weights_path), digest, precision=spec.precision, image_size=image_size)
 
 
-def load_onnx(spec, path: str, threads: int) -> OnnxEngine:
-    return OnnxEngine(path, threads, spec.providers)
+def load_onnx(spec, path: str, threads: int, *, spin: bool = True) -> OnnxEngine:
+    return OnnxEngine(path, threads, spec.providers, spin=spin)
 
 
-def load_keras(spec, path: str, threads: int) -> KerasEngine:
+def load_keras(spec, path: str, threads: int, **_) -> KerasEngine:
     return KerasEngine(path, threads)
