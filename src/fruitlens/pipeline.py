@@ -33,6 +33,7 @@ from fruitlens.progress import ImageProgress, log
 from fruitlens.spark import (
     build_session,
     launched_by_spark_submit,
+    make_active,
     master_of,
     require_spark_s3a,
     store_options,
@@ -253,8 +254,24 @@ def extract_in_driver(config: PipelineConfig, todo: list[SourceFile], input_uri:
                          input_uri=input_uri, output_uri=out.uri, options=options, progress=progress,
                          retry_timeout=config.retry_timeout, max_image_mpx=config.max_image_mpx, in_driver=True)
     tasks = split_tasks(todo, even_sizes(len(todo), local_slots(config)))
-    with ThreadPoolExecutor(len(tasks), thread_name_prefix="fruitlens-extract") as pool:
-        parts = list(pool.map(lambda rows: list(fn(rows)), tasks))
+    stop = threading.Event()
+
+    def drive(rows) -> list:
+        out = []
+        for summary in fn(rows):  # one per committed batch
+            out.append(summary)
+            if stop.is_set():  # Ctrl-C or a failure elsewhere: end after the batch just committed
+                break
+        return out
+
+    pool = ThreadPoolExecutor(len(tasks), thread_name_prefix="fruitlens-extract")
+    try:
+        parts = list(pool.map(drive, tasks))
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     done = summed(itertools.chain.from_iterable(parts))
     return {**done, "tasks": 0, "python_workers": 0}
 
@@ -279,6 +296,7 @@ class Session:
     def get(self) -> SparkSession:
         if self._spark is None:
             self._spark = timed(self._parts, "spark_wait", self._starting.join)
+            make_active(self._spark)
             console.stop_on_interrupt()  # (build_session's own call was on the other thread)
             if self.setup_done:
                 self.late_wait_s = self._parts["spark_wait"]
@@ -332,10 +350,11 @@ def run(config: PipelineConfig, *, with_pca: bool = True) -> dict:
     else:  # INPUT and OUTPUT checked before the JVM's seconds of start-up: a wrong path fails at once
         options = store_options_before_spark(config, input_uri, output_uri)
         source, out = check_stores(config, options)
-        # The JVM (another process) starts while this thread lists INPUT and prepares the model: the
-        # JVM's seconds, not their sum (docs/performance.md, "Setup").
-        starting = Background(timed, parts, "spark_session", build_session, config)
+        # INPUT listed first: an INPUT without images fails before the JVM would make OUTPUT's event-log
+        # folder. Then the JVM (another process) starts while this thread prepares the model: the JVM's
+        # seconds, not their sum (docs/performance.md, "Setup").
         listing = timed(parts, "listing", list_input, source, config.limit)
+        starting = Background(timed, parts, "spark_session", build_session, config)
         artifact = timed(parts, "model", prepare_artifact, config, options, out, listing, source)
         spark = None
     session = Session(spark, None if spark else starting, parts)

@@ -43,7 +43,8 @@ def spark_settings(config: PipelineConfig) -> dict[str, str]:
     events = event_log_dir(config)
     if events:  # the finished run's Spark UI, served later by `fruitlens history`
         settings["spark.eventLog.enabled"] = "true"
-        settings["spark.eventLog.dir"] = events
+        # Spark's own syntax when given with --conf; fruitlens' literal URI encoded for java.net.URI
+        settings["spark.eventLog.dir"] = events if config.spark_conf.get("spark.eventLog.dir") else uris.java_uri(events)
         settings["spark.eventLog.compress"] = "true"  # zstd: a few hundred KB per run instead of MBs
     if master_of(config).startswith("local"):
         settings["spark.driver.memory"] = "4g"  # local mode: driver = executor; only read at JVM start
@@ -59,7 +60,11 @@ def spark_settings(config: PipelineConfig) -> dict[str, str]:
 
 def event_log_dir(config: PipelineConfig) -> str | None:
     """Where this session's event log goes: ``--conf spark.eventLog.dir`` (if ``spark.eventLog.enabled`` is
-    not false), else ``--event-log``, else OUTPUT/_spark-events; None when off."""
+    not false), else ``--event-log``, else OUTPUT/_spark-events when OUTPUT is local; None when off.
+
+    An S3 OUTPUT gets an event log only when told where: Spark writes it through its own (Hadoop) file system,
+    which knows ``s3://`` only on EMR (EMRFS, whose event log EMR keeps itself) and ``s3a://`` only with the
+    S3A connector; a default the JVM cannot write would stop the run before it starts."""
     conf = config.spark_conf
     if config.event_log == "off" or conf.get("spark.eventLog.enabled", "").lower() == "false":
         return None
@@ -67,7 +72,8 @@ def event_log_dir(config: PipelineConfig) -> str | None:
         return conf["spark.eventLog.dir"]
     if config.event_log:
         return uris.qualify(config.event_log)
-    return f"{uris.qualify(config.output)}/{SPARK_EVENTS}"
+    output = uris.qualify(config.output)
+    return f"{output}/{SPARK_EVENTS}" if uris.parse(output).store == "local" else None
 
 
 def prepare_event_log(events: str, options: StoreOptions) -> bool:
@@ -111,6 +117,15 @@ def launched_by_spark_submit() -> bool:
     return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
 
 
+def make_active(spark: SparkSession) -> None:
+    """Make ``spark`` this thread's active session. The JVM keeps the active session per thread, so a session
+    built on another thread (the run's background start) is not the one ``SparkSession.getActiveSession()``
+    finds here (user code, notebooks, tests); PySpark has no public call for it (3.5 and 4.0 alike)."""
+    find_class = getattr(SparkSession, "_get_j_spark_session_class", None)  # 4.0: classic.SparkSession
+    jclass = find_class(spark._jvm) if find_class else spark._jvm.SparkSession
+    jclass.setActiveSession(spark._jsparkSession)
+
+
 def build_session(config: PipelineConfig) -> SparkSession:
     console.stop_on_interrupt()  # while the JVM starts, and again below: PySpark's context installs its own
     master = master_of(config)
@@ -129,7 +144,7 @@ def build_session(config: PipelineConfig) -> SparkSession:
     if not told and ("spark.eventLog.dir" in submitted or submitted.get("spark.eventLog.enabled", "").lower() == "false"):
         settings = {k: v for k, v in settings.items() if not k.startswith("spark.eventLog.")}
     elif settings.get("spark.eventLog.enabled") == "true" and not prepare_event_log(
-            settings["spark.eventLog.dir"], store_options_before_spark(config, settings["spark.eventLog.dir"])):
+            events := event_log_dir(config), store_options_before_spark(config, events)):
         settings["spark.eventLog.enabled"] = "false"
     if not launched_by_spark_submit() and SparkContext._active_spark_context is None:
         _start_jvm(settings)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 
 from fruitlens.errors import FruitlensError
@@ -135,6 +136,17 @@ def spark_read_path(uri: str) -> str:
     plain URI."""
     scheme, sep, rest = uri.partition("://") if "://" in uri else ("", "", uri)
     return scheme + sep + "".join("\\" + c if c in GLOB_CHARS else c for c in rest)
+
+
+def java_uri(uri: str) -> str:
+    """``uri`` as a Spark setting that java.net.URI parses (``spark.eventLog.dir``): its path percent-encoded,
+    so a space, ``#``, ``%`` or ``ü`` names that folder literally (unencoded, Spark takes a space as the end of
+    a URI and resolves the rest against the working directory). Local paths and schemeless text as they are."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority}{slash}{urllib.parse.quote(path, safe='/')}"
 
 
 def escape(name: str) -> str:
