@@ -37,10 +37,15 @@ def test_serve_image_answers_like_the_host_read_only_non_root(serve_image, tmp_p
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     name = f"fruitlens-serve-test-{port}"
+    conf = tmp_path / "conf"
+    conf.mkdir(mode=0o755)
+    (conf / "serve.yaml").write_text("threads: 1\nmax_batch: 8\n")  # a settings file, read as in a pod
+    (conf / "serve.yaml").chmod(0o644)
     subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "--network", "host", "--read-only",
                     "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-                    "-v", f"{out}:/model:ro", serve_image, "/model", "--host", "127.0.0.1", "--port", str(port),
-                    "--threads", "1"], check=True, capture_output=True, timeout=120)
+                    "-v", f"{out}:/model:ro", "-v", f"{conf}:/conf:ro", "-e", "FRUITLENS_SERVE_CONFIG=/conf/serve.yaml",
+                    serve_image, "/model", "--host", "127.0.0.1", "--port", str(port)],
+                   check=True, capture_output=True, timeout=120)
     try:
         deadline = time.monotonic() + 90
         while True:
