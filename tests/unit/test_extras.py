@@ -35,7 +35,9 @@ def test_a_missing_extra_is_one_line_naming_it(argv, missing, extra, monkeypatch
 
 
 def test_require_does_not_hide_another_missing_module(monkeypatch, tmp_path):
+    # Both names: another test may already have imported matplotlib.pyplot into this process.
     monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(MissingExtra, match=r"fruitlens\[report\]"):
         require("matplotlib.pyplot", "report", "the report's figures")
     (tmp_path / "half_installed.py").write_text("import no_such_dependency\n")
