@@ -1,6 +1,7 @@
 """`make bench-grow`: what a daily grow run costs as OUTPUT grows (issue 24's table), and that it equals a clean run.
 
-Phases (one list, :data:`PHASES`: a later benchmark, e.g. the planning one, is one more entry):
+Phases (one list, :data:`PHASES`), then ``planning``: `make bench-plan`'s measurements (10M synthetic photos listed
+and planned, a 200k-object S3 listing sequential against parallel) in the same sitting:
 
 - ``clean-300``: 300 photos, a clean run;
 - ``grow-300-on-13k`` / ``grow-300-on-91k``: 300 photos added to an OUTPUT with the rest of a scale-set level
@@ -169,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("scale", type=Path, help="make scale-set's folder (x1, x2, x14)")
     p.add_argument("--work", type=Path, default=Path(".bench/grow"))
     p.add_argument("--json", type=Path, default=Path(".bench/grow.json"))
-    p.add_argument("--phases", nargs="*", default=[ph.name for ph in PHASES], help="run only these phases")
+    p.add_argument("--phases", nargs="*", default=[ph.name for ph in PHASES] + ["planning"],
+                   help="run only these phases (planning: `make bench-plan`'s measurements)")
+    p.add_argument("--plan-work", type=Path, default=Path(".bench/plan"),
+                   help="the planning benchmark's folder (its S3 server's 200k objects are made once and kept)")
     p.add_argument("--real", action="store_true", help="featurize the committed photos instead of making their rows")
     args = p.parse_args(argv)
     from fruitlens.bench import machine
@@ -188,6 +192,15 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; equals clean: {r['equals_clean']}" if "equals_clean" in r else ""), flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if "planning" in args.phases:  # the driver's listing and planning at 1M/10M and the 200k-object S3 listing
+        plan_json = args.work / "plan.json"
+        subprocess.run([sys.executable, "-m", "fruitlens.bench.planning", "--workdir", str(args.plan_work),
+                        "--json", str(plan_json)], check=True)
+        results["planning"] = json.loads(plan_json.read_text())
+    clean = next((r for r in results["phases"] if r["phase"] == "clean-300"), None)
+    if clean and clean["setup_s"] is not None:
+        results["clean_300_setup_share"] = round(clean["setup_s"] / clean["wall_s"], 3)
+        print(f"bench-grow: a clean 300-photo run spends {results['clean_300_setup_share']:.0%} of its wall in setup")
     walls = {r["phase"]: r["wall_s"] for r in results["phases"]}
     if {"grow-300-on-13k", "grow-300-on-91k"} <= set(walls):
         results["ratio_91k_to_13k"] = round(walls["grow-300-on-91k"] / walls["grow-300-on-13k"], 3)
