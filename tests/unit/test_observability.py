@@ -20,7 +20,9 @@ from fruitlens.storage.store import Store, StoreOptions
 def test_event_log_goes_under_output_unless_told_otherwise(tmp_path):
     out = tmp_path / "out"
     assert event_log_dir(PipelineConfig(output=str(out))) == f"file://{out}/_spark-events"
-    assert event_log_dir(PipelineConfig(output="s3a://b/run/")) == "s3a://b/run/_spark-events"
+    # S3: only where told — Spark's JVM writes it, and a default it cannot write would stop the run
+    assert event_log_dir(PipelineConfig(output="s3a://b/run/")) is None
+    assert event_log_dir(PipelineConfig(output="s3://b/run")) is None
     assert event_log_dir(PipelineConfig(output="s3a://b/run", event_log="s3a://logs/ev")) == "s3a://logs/ev"
     assert event_log_dir(PipelineConfig(output="o", event_log="off")) is None
     assert event_log_dir(PipelineConfig(output="o", spark_conf={"spark.eventLog.enabled": "false"})) is None
@@ -30,6 +32,9 @@ def test_event_log_goes_under_output_unless_told_otherwise(tmp_path):
     assert settings["spark.ui.prometheus.enabled"] == "true"
     assert settings["spark.metrics.conf.*.sink.prometheusServlet.class"].endswith("PrometheusServlet")
     assert "spark.eventLog.enabled" not in spark_settings(PipelineConfig(output=str(out), event_log="off"))
+    spaced = tmp_path / "my runs" / "out"  # java.net.URI refuses a raw space: Spark gets it percent-encoded
+    assert spark_settings(PipelineConfig(output=str(spaced)))["spark.eventLog.dir"] == \
+        f"file://{tmp_path}/my%20runs/out/_spark-events"
 
 
 def test_event_log_folder_is_made_before_the_session_and_a_bad_one_only_warns(tmp_path, capsys):
