@@ -95,16 +95,17 @@ def fabricate(src: Path, out: Path, pools: list[Path]) -> int:
     tables = [real] + [ds.dataset(str(p), format="parquet").to_table() for p in pools if p.is_dir()]
     pool = np.vstack([np.stack(t.column("features").to_numpy(zero_copy_only=False)) for t in tables]).astype(np.float32)
     store = Store(str(out))
-    todo = [f for f in list_input(Store(str(src)), None) if f.path not in done]
+    listed = list_input(Store(str(src)), None).to_pylist()  # rows: path, size, modified_us, problem
+    todo = [f for f in listed if f["path"] not in done]
     rng = np.random.default_rng(24)
     for start in range(0, len(todo), 256):
         part = todo[start:start + 256]
-        rows = [(f.path, f.size, f.modified_us) for f in part]
+        rows = [(f["path"], f["size"], f["modified_us"]) for f in part]
         x = pool[rng.integers(0, len(pool), len(part))] * rng.uniform(0.9, 1.1, (len(part), pool.shape[1]))
-        labels, splits = zip(*(label_and_split(f.path) for f in part), strict=True)
+        labels, splits = zip(*(label_and_split(f["path"]) for f in part), strict=True)
         store.write_table(layout.batch_file(layout.FEATURES, batch_name(rows)), features_table(
-            [f.path for f in part], list(labels), list(splits), [f.size for f in part],
-            [f.modified_us for f in part], x.astype(np.float32)))
+            [f["path"] for f in part], list(labels), list(splits), [f["size"] for f in part],
+            [f["modified_us"] for f in part], x.astype(np.float32)))
     return len(todo)
 
 
