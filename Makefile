@@ -62,7 +62,7 @@ bench-scale: setup scale-set ## the whole run at 6.5k -> 20k -> 90k photos: time
 	$(VENV)/bin/fruitlens bench "$(SCALE_DIR)/x1" "$(SCALE_DIR)/x3" "$(SCALE_DIR)/x14" --skip-keras --workdir .bench --json .bench/scale.json $(ARGS)
 
 .PHONY: bench-grow
-bench-grow: setup scale-set ## a daily grow run: 300 photos clean, +300 on 13k and on 91k committed (wall/setup/extract/PCA split, equal to --pca-exact)
+bench-grow: setup scale-set ## a daily grow run: 300 photos clean, +300 on 13k and on 91k committed (split, equal to --pca-exact), then bench-plan's figures: .bench/grow.json
 	$(PY) bench/grow_bench.py "$(SCALE_DIR)" --work .bench/grow --json .bench/grow.json $(ARGS)
 
 .PHONY: bench-resume
