@@ -22,7 +22,6 @@ import functools
 import io
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -33,32 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fruitlens.bench import cpu_flags, cpu_model
 from fruitlens.bench import serve_payloads as hostile
 from fruitlens.classify.predictor import local_predictor_dir
 from fruitlens.state import layout
-
-
-def cpu_flags() -> str:
-    """The SIMD flags ONNX Runtime's kernels depend on, as /proc/cpuinfo lists them."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
-                                if f in have)
-    except OSError:
-        pass
-    return ""
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class Ceiling:
@@ -263,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                                "--port", str(port), "--max-batch", str(ns.max_batch), "--threads", str(threads),
                                "--poll-seconds", "1", "--log-level", "warning"])
     closing: list = []
-    figures: dict = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpus": threads,
+    figures: dict = {"cpu": cpu_model(), "cpu_flags": " ".join(cpu_flags()), "cpus": threads,
                      "load_average_at_start": os.getloadavg(), "seconds": ns.seconds, "max_batch": ns.max_batch}
     try:
         import urllib.request
