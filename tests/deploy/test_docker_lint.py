@@ -164,14 +164,14 @@ def test_ecr_registry_parsing() -> None:
 def test_serve_lock_pins_are_requirements_locks() -> None:
     """The serving image's packages (requirements/serve.lock) at requirements.lock's versions, and no Spark,
     TensorFlow or cloud client among them."""
+    sys.path.insert(0, str(REPO / "docker"))
+    try:
+        import runtime_lock  # the images' own reader of these files
+    finally:
+        sys.path.pop(0)
+
     def pins(path: Path) -> dict[str, str]:
-        out = {}
-        for line in path.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if "==" in line:
-                name, version = line.split("==", 1)
-                out[name.strip().lower().replace("_", "-")] = version.strip()
-        return out
+        return {name: pin.split("==", 1)[1] for name, pin in runtime_lock.pins(path).items()}
 
     full, serve = pins(REPO / "requirements.lock"), pins(REPO / "requirements/serve.lock")
     assert {"onnxruntime", "numpy", "pillow", "pyarrow", "starlette", "uvicorn", "python-multipart"} <= serve.keys()
