@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from fruitlens.bench.seaweed import free_ports
 from fruitlens.cli import main
 from fruitlens.deploy.s3data import staging as s3
 
@@ -32,19 +32,6 @@ pytestmark = pytest.mark.slow
 def weed_binary() -> str | None:
     local = Path(sys.executable).parent / "weed"
     return str(local) if local.is_file() else shutil.which("weed")
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(n):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class WeedServer:
