@@ -264,14 +264,13 @@ def extract_in_driver(config: PipelineConfig, todo: list[SourceFile], input_uri:
                 break
         return out
 
-    pool = ThreadPoolExecutor(len(tasks), thread_name_prefix="fruitlens-extract")
-    try:
-        parts = list(pool.map(drive, tasks))
-    except BaseException:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown()
+    with ThreadPoolExecutor(len(tasks), thread_name_prefix="fruitlens-extract") as pool:
+        try:
+            parts = list(pool.map(drive, tasks))
+        except BaseException:
+            stop.set()  # the running parts end after their current batch; the queued ones never start
+            pool.shutdown(cancel_futures=True)
+            raise
     done = summed(itertools.chain.from_iterable(parts))
     return {**done, "tasks": 0, "python_workers": 0}
 
