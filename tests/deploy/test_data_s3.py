@@ -64,6 +64,7 @@ class WeedServer:
         self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir,
                                      start_new_session=True)
         _wait_ready(self.endpoint, self.proc, self.workdir / "weed.log")
+        _wait_readable(self.endpoint, self.proc, self.workdir / "weed.log")
 
     def stop(self, *, kill: bool = False) -> None:
         """Terminate (or SIGKILL, as a crashed server) and wait; the data folder stays."""
@@ -121,6 +122,30 @@ def _wait_ready(endpoint: str, proc: subprocess.Popen, log: Path, timeout: float
             if time.monotonic() > deadline:
                 pytest.fail(f"SeaweedFS S3 not ready after {timeout}s ({exc}): {log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.3)
+
+
+def _wait_readable(endpoint: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    """Back after a restart means every stored object reads again: the S3 gateway answers before the
+    filer finds all volumes, and for a moment (seconds on a loaded machine) some GETs fail with 500."""
+    client = _client(endpoint)
+    deadline = time.monotonic() + timeout
+    while True:
+        failed = []
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+                for item in page.get("Contents", []):
+                    try:
+                        client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+                    except Exception as exc:
+                        failed.append(f"{item['Key']}: {exc}")
+        except Exception as exc:
+            failed.append(f"listing: {exc}")
+        if not failed:
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"SeaweedFS cannot read {len(failed)} objects ({failed[0]}): "
+                        f"{log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.3)
 
 
 @pytest.fixture
