@@ -37,4 +37,9 @@ if [ ! -f "$KERAS_MODELS/$WEIGHTS" ] && [ -f "$SHARED/models/$WEIGHTS" ]; then
   cp "$SHARED/models/$WEIGHTS" "$KERAS_MODELS/"
   echo "setup: placed ImageNet weights in $KERAS_MODELS"
 fi
+# The local Spark JVM's class archive (fruitlens.jvm_archive): made once (~30 s), halves a local run's JVM
+# start-up. Runs work without it, so a failure here is reported, not fatal.
+if ! "$VENV/bin/fruitlens" doctor --jvm-archive --json >/dev/null; then
+  echo "setup: warning: fruitlens doctor found a problem (run it to see which)"
+fi
 echo "setup: ok ($("$VENV/bin/python" --version), java $(java -version 2>&1 | head -1))"

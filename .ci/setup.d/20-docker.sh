@@ -19,6 +19,12 @@ if docker info >/dev/null 2>&1; then
   exit 0
 fi
 
+# No engine answers: pid files a killed dockerd left are stale, and one whose number the kernel gave to
+# another process makes dockerd wait for "its" containerd until it gives up.
+if ! pgrep -x dockerd >/dev/null 2>&1; then
+  sudo_ rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid
+fi
+
 log=${DOCKERD_LOG:-/var/log/dockerd.log}
 echo "20-docker: starting dockerd (log: $log)"
 sudo_ mkdir -p "$(dirname "$log")"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
-from fruitlens import console
+from fruitlens import console, jvm_archive
 from fruitlens.config import ConfigError, PipelineConfig
 from fruitlens.progress import log
 from fruitlens.state.layout import SPARK_EVENTS
@@ -159,22 +160,103 @@ def build_session(config: PipelineConfig) -> SparkSession:
     return spark
 
 
-def _start_jvm(settings: dict[str, str]) -> None:
+def _start_jvm(settings: dict[str, str], *, dump_archive: Path | None = None) -> None:
     """Start Spark's JVM ourselves so that its stderr (and the Python workers') goes through
-    :class:`console.JvmStderr`: hidden unless verbose, its tail kept for a failure report."""
+    :class:`console.JvmStderr`: hidden unless verbose, its tail kept for a failure report. A local master's
+    JVM maps the class archive when there is one (:mod:`fruitlens.jvm_archive`), or dumps one at its exit
+    to ``dump_archive``."""
     from subprocess import PIPE
 
     from pyspark.java_gateway import launch_gateway
 
+    global _jvm_process
     options = console.jvm_options()
-    if options:
-        key = "spark.driver.extraJavaOptions"
-        settings[key] = f"{settings[key]} {options}" if settings.get(key) else options
-    conf = SparkConf(loadDefaults=False).setAll(list(settings.items()))
-    gateway = launch_gateway(conf, popen_kwargs={"stderr": PIPE})
+    archive = None
+    if dump_archive is not None:
+        options = f"{options} {jvm_archive.dump_options(dump_archive)}"
+    elif settings.get("spark.master", "").startswith("local") and (archive := jvm_archive.archive_path()):
+        if not jvm_archive.usable(archive):
+            if archive.exists():
+                jvm_archive.discard(archive)
+                log(f"warning: the class archive {archive} is damaged (not the size it was made with): removed it, "
+                    "starting Spark's JVM without it (`fruitlens doctor --jvm-archive` makes a new one)")
+            archive = None
+    key = "spark.driver.extraJavaOptions"
+    given = settings.get(key)
+
+    def launch(extra: str):
+        settings[key] = " ".join(o for o in (given, extra) if o)
+        return launch_gateway(SparkConf(loadDefaults=False).setAll(list(settings.items())),
+                              popen_kwargs={"stderr": PIPE})
+
+    try:
+        gateway = launch(f"{options} {jvm_archive.use_options(archive)}" if archive else options)
+    except RuntimeError:  # the JVM exited before it answered: a damaged archive is one known cause
+        if archive is None:
+            raise
+        jvm_archive.discard(archive)
+        log(f"warning: Spark's JVM did not start with the class archive {archive}: removed it, starting without "
+            "(`fruitlens doctor --jvm-archive` makes a new one)")
+        gateway = launch(options)
+    _jvm_process = gateway.proc
     console.jvm_stderr = console.JvmStderr(gateway.proc.stderr, show=console.verbosity() == "verbose")
-    SparkContext(conf=conf, gateway=gateway)
+    SparkContext(conf=SparkConf(loadDefaults=False).setAll(list(settings.items())), gateway=gateway)
     console.stop_on_interrupt()
+
+
+_jvm_process = None  # the JVM _start_jvm started (make_jvm_archive waits for its exit)
+
+
+def make_jvm_archive() -> tuple[Path | None, str]:
+    """Make the local driver JVM's class archive if there is none: a local session does what a small run
+    does (a Spark job, Parquet written and read, a Spark ML PCA fitted and its metadata), then its JVM exits
+    and dumps the classes it loaded; the file is renamed into place only after a clean exit. Runs in its
+    own process (one JVM per process). Returns (the archive or None, what happened)."""
+    import tempfile
+    import time
+
+    target = jvm_archive.archive_path()
+    if target is None:
+        return None, "no java: nothing to archive"
+    if jvm_archive.usable(target):
+        return target, f"{target} ({target.stat().st_size / 1e6:.0f} MB)"
+    if SparkContext._active_spark_context is not None:
+        return None, "a Spark session runs in this process already: run `fruitlens doctor --jvm-archive` alone"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fruitlens-jvm-archive-") as tmp:
+        config = PipelineConfig(input=tmp, output=f"{tmp}/out", event_log="off")
+        settings = {**spark_settings(config), "spark.master": master_of(config)}
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        _start_jvm(settings, dump_archive=partial)
+        spark = SparkSession.builder.getOrCreate()
+        _exercise(spark, tmp)
+        spark.stop()
+    process = _jvm_process
+    process.stdin.close()  # Spark's gateway exits on EOF; the JVM dumps its classes on the way out
+    code = process.wait(timeout=600)
+    if code != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        return None, (f"the JVM exited with {code} and made no archive (a JDK without its base CDS archive "
+                      "cannot make one): runs start without it")
+    jvm_archive.record(target, partial.stat().st_size)
+    os.replace(partial, target)
+    return target, f"made {target} ({target.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.0f} s"
+
+
+def _exercise(spark: SparkSession, tmp: str) -> None:
+    """Load the classes a run loads after its session starts."""
+    from pyspark.ml.feature import PCA
+    from pyspark.ml.linalg import Vectors
+
+    spark.range(64).selectExpr("id", "cast(id as double) AS x").write.parquet(f"{tmp}/rows")
+    spark.read.parquet(f"{tmp}/rows").groupBy().sum("x").collect()
+    data = spark.createDataFrame([(Vectors.dense([1.0, 2.0, 0.5]),), (Vectors.dense([2.0, 1.0, 0.0]),),
+                                  (Vectors.dense([0.0, 1.0, 3.0]),)], ["v"])
+    model = PCA(k=2, inputCol="v", outputCol="p").fit(data)
+    model.write().overwrite().save(f"{tmp}/pca")
+    model.transform(data).collect()
 
 
 S3A_KEYS = ("fs.s3a.endpoint", "fs.s3a.endpoint.region", "fs.s3a.access.key", "fs.s3a.secret.key",
