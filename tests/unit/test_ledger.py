@@ -52,6 +52,12 @@ def test_new_changed_and_removed_images_are_told_apart():
     assert f.path == "/out/features/p1" and keep == [True, False]
 
 
+def test_an_empty_listing_removes_every_committed_row():
+    p = plan([committed("p1", [src("a"), src("b")])], [])
+    assert p.todo == [] and p.counts() == {"reused": 0, "new": 0, "changed": 0, "removed": 2, "retried": 0}
+    assert p.delete == ["/out/features/p1"]
+
+
 def test_a_crash_between_writing_a_rewrite_and_deleting_the_old_file_leaves_no_duplicate():
     a, b, c = src("a"), src("b"), src("c")
     old = committed("old", [a, b, c], mtime=1)

@@ -13,11 +13,18 @@ Two measurements:
 - **s3** (``--s3-objects 200000``): a real listing of a bucket on a local SeaweedFS S3 server (tiny objects,
   created once with ``weed filer.copy`` and kept in ``--workdir``), sequential (one recursive listing, the
   old way) against parallel (:func:`fruitlens.storage.listing.list_batches`), best of ``--repeat``; the two
-  must list the same files.
+  must list the same files. Once as the server answers on loopback (``--round-trips-ms 0``) and once with a
+  round trip added to each of its answers (``50``): the server shares this machine's cores and answers in
+  microseconds, so on loopback both listings are bound by CPU (the server's and the client's, on the same
+  2 cores: parallel cannot beat their sum / cores), while an S3 LIST page from a real endpoint takes tens
+  to hundreds of milliseconds, which is what listing prefixes side by side hides. The delay is a TCP proxy
+  in front of the server (:func:`added_round_trip`; this kernel has no netem): a stand-in for the network
+  and S3's own time per page, nothing else about S3.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -68,6 +75,8 @@ class SyntheticStore:
     def list_level(self, rel: str = ""):
         if rel == "":
             return [], sorted({f.split("/")[0] for f in self.folders})
+        if rel in self.number:  # a class folder: its photos (a set of few folders is split down to them)
+            return self.list(rel), []
         return [], [f for f in self.folders if f.startswith(rel + "/")]
 
     def list(self, rel: str = "", *, recursive: bool = False):
@@ -208,29 +217,102 @@ def ensure_bucket(server, n: int, workdir: Path) -> None:
     client.put_object(Bucket=BUCKET, Key=marker, Body=b"")
 
 
-def s3_listing(n: int, workdir: Path, repeat: int, threads: int) -> dict:
+@contextlib.contextmanager
+def added_round_trip(port: int, ms: int):
+    """An endpoint for the local server on ``port`` whose every answer comes ``ms`` later, as from a remote
+    S3: a TCP proxy (its own process) that holds each chunk the server sends for ``ms`` before passing it on,
+    in order. Yields the proxy's port (``port`` itself when ``ms`` is 0)."""
+    if not ms:
+        yield port
+        return
+    import multiprocessing
+
+    from fruitlens.bench.seaweed import free_ports
+
+    listen = free_ports(1)[0]
+    ready = multiprocessing.get_context("fork").Event()
+    proxy = multiprocessing.get_context("fork").Process(target=_delay_proxy, args=(listen, port, ms / 1000, ready),
+                                                        daemon=True)
+    proxy.start()
+    try:
+        if not ready.wait(30):
+            raise SystemExit("s3: the delaying proxy did not start")
+        yield listen
+    finally:
+        proxy.terminate()
+        proxy.join(10)
+
+
+def _delay_proxy(listen: int, target: int, delay: float, ready) -> None:
+    import asyncio
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, hold: float) -> None:
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+
+        async def send() -> None:
+            while True:
+                due, data = await queue.get()
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+                if not data:
+                    dst.close()
+                    return
+                dst.write(data)
+                await dst.drain()
+
+        sender = asyncio.create_task(send())
+        while data := await src.read(1 << 16):
+            queue.put_nowait((loop.time() + hold, data))
+        queue.put_nowait((loop.time() + hold, b""))
+        await sender
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", target)
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(pipe(reader, upstream_w, 0.0), pipe(upstream_r, writer, delay))
+
+    async def serve() -> None:
+        server = await asyncio.start_server(connection, "127.0.0.1", listen)
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def s3_listing(n: int, workdir: Path, repeat: int, threads: int, round_trips_ms: list[int]) -> list[dict]:
     from fruitlens.bench.seaweed import WeedServer
-    from fruitlens.storage.store import Store, StoreOptions
 
     with WeedServer(workdir / "seaweedfs") as server:
         ensure_bucket(server, n, workdir)
-        options = StoreOptions(endpoint=server.endpoint, access_key="any", secret_key="any")
-        store = Store(f"s3://{BUCKET}/in-{n}", options)
-        runs: dict[str, list[float]] = {"sequential": [], "parallel": []}
-        server_cpu: dict[str, list[float]] = {"sequential": [], "parallel": []}
-        client_cpu: dict[str, list[float]] = {"sequential": [], "parallel": []}
-        listed: dict[str, set] = {}
-        for _ in range(repeat):
-            for name, k in (("sequential", 1), ("parallel", threads)):
-                t, server0, client0 = time.perf_counter(), _cpu_of(server.proc.pid), time.process_time()
-                paths = pa.concat_tables([pa.Table.from_batches([b]) for b in lister.list_batches(store, threads=k)])
-                runs[name].append(time.perf_counter() - t)
-                server_cpu[name].append(round(_cpu_of(server.proc.pid) - server0, 2))
-                client_cpu[name].append(round(time.process_time() - client0, 2))
-                listed[name] = set(paths.column("path").to_pylist())
-        if listed["sequential"] != listed["parallel"] or len(listed["parallel"]) != n:
-            raise SystemExit(f"s3: the listings differ ({len(listed['sequential'])} sequential, "
-                             f"{len(listed['parallel'])} parallel, {n} put)")
+        rows = []
+        for ms in round_trips_ms:
+            with added_round_trip(int(server.endpoint.rsplit(":", 1)[1]), ms) as port:
+                rows.append({**_listings(server, f"http://127.0.0.1:{port}", n, repeat, threads),
+                             "round_trip_added_ms": ms})
+        return rows
+
+
+def _listings(server, endpoint: str, n: int, repeat: int, threads: int) -> dict:
+    from fruitlens.storage.store import Store, StoreOptions
+
+    options = StoreOptions(endpoint=endpoint, access_key="any", secret_key="any")
+    store = Store(f"s3://{BUCKET}/in-{n}", options)
+    runs: dict[str, list[float]] = {"sequential": [], "parallel": []}
+    server_cpu: dict[str, list[float]] = {"sequential": [], "parallel": []}
+    client_cpu: dict[str, list[float]] = {"sequential": [], "parallel": []}
+    listed: dict[str, set] = {}
+    for _ in range(repeat):
+        for name, k in (("sequential", 1), ("parallel", threads)):
+            t, server0, client0 = time.perf_counter(), _cpu_of(server.proc.pid), time.process_time()
+            paths = pa.concat_tables([pa.Table.from_batches([b]) for b in lister.list_batches(store, threads=k)])
+            runs[name].append(time.perf_counter() - t)
+            server_cpu[name].append(round(_cpu_of(server.proc.pid) - server0, 2))
+            client_cpu[name].append(round(time.process_time() - client0, 2))
+            listed[name] = set(paths.column("path").to_pylist())
+    if listed["sequential"] != listed["parallel"] or len(listed["parallel"]) != n:
+        raise SystemExit(f"s3: the listings differ ({len(listed['sequential'])} sequential, "
+                         f"{len(listed['parallel'])} parallel, {n} put)")
     best = {k: min(v) for k, v in runs.items()}
     return {"objects": n, "folders": len(_folders(n)), "list_threads": threads, "server": "SeaweedFS (weed server), "
             "127.0.0.1", "seconds": {k: [round(x, 2) for x in v] for k, v in runs.items()},
@@ -254,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--s3-objects", type=int, default=200_000, help="0: skip the S3 listing")
     ap.add_argument("--threads", type=int, default=lister.LIST_THREADS)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--round-trips-ms", type=int, nargs="*", default=[0, 50],
+                    help="the S3 listing once per value: ms added to each of the server's answers (0: loopback)")
     ap.add_argument("--workdir", type=Path, default=Path(".bench/plan"))
     ap.add_argument("--json", type=Path)
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: one synthetic size, JSON on stdout
@@ -275,10 +359,11 @@ def main(argv: list[str] | None = None) -> int:
               f"load {row['load_average'][0]:.1f}", flush=True)
     if args.s3_objects:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        row = s3_listing(args.s3_objects, args.workdir, args.repeat, args.threads)
-        result["s3"] = row
-        print(f"s3 {row['objects']:,} objects: sequential {row['best_s']['sequential']} s, parallel "
-              f"{row['best_s']['parallel']} s ({row['list_threads']} threads): {row['speedup']}x", flush=True)
+        result["s3"] = s3_listing(args.s3_objects, args.workdir, args.repeat, args.threads, args.round_trips_ms)
+        for row in result["s3"]:
+            added = f"{row['round_trip_added_ms']} ms added to each answer" if row["round_trip_added_ms"] else "loopback"
+            print(f"s3 {row['objects']:,} objects, {added}: sequential {row['best_s']['sequential']} s, parallel "
+                  f"{row['best_s']['parallel']} s ({row['list_threads']} threads): {row['speedup']}x", flush=True)
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

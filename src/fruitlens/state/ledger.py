@@ -196,7 +196,7 @@ def plan(index: Sequence[CommittedFile], listing: Sequence[SourceFile] | pa.Tabl
     # twice only through a bug) the first row. Paths with one candidate row (nearly all) need no ranking.
     keep = current & ~idx["read"]
     copies = np.bincount(pos[keep], minlength=n_listed)
-    duplicated = np.flatnonzero(keep & (copies[np.where(listed_at, pos, 0)] > 1))
+    duplicated = np.flatnonzero(keep & (copies[np.where(listed_at, pos, 0)] > 1)) if n_listed else pos[:0]
     del copies
     if len(duplicated):
         keep[duplicated] = False
