@@ -178,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", action="store_true", help="featurize the committed photos instead of making their rows")
     args = p.parse_args(argv)
     from fruitlens.bench import machine
+    from fruitlens.jvm_archive import archive_path, usable
 
-    results = {"machine": machine(), "phases": []}
+    archive = archive_path()  # the local driver JVM's class archive (`make setup` makes it): setup depends on it
+    results = {"machine": machine(), "jvm_archive": str(archive) if archive and usable(archive) else None, "phases": []}
+    print(f"bench-grow: the driver JVM's class archive: {results['jvm_archive'] or 'none (make setup makes it)'}")
     print(f"bench-grow: {results['machine']['processor']}, {results['machine']['cpus']} CPUs", flush=True)
     for phase in PHASES:
         if phase.name not in args.phases:
