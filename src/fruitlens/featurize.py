@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fruitlens.config import MAX_IMAGE_MPX
+from fruitlens.config import MAX_IMAGE_MPX, PipelineConfig
 from fruitlens.engines import FEATURE_DIM, ModelArtifact, load_engine
 from fruitlens.images import DecodeError, decode_rgb, label_and_split, preprocess
 from fruitlens.progress import ProgressClient, log
@@ -91,14 +91,17 @@ def make_warmer(artifact: ModelArtifact, *, batch_size: int) -> Callable[[Iterab
 
 
 def make_featurizer(
-    artifact: ModelArtifact, *, batch_size: int, commit_size: int, input_uri: str, output_uri: str,
-    options: StoreOptions, progress: tuple[str, int] | None = None, retry_timeout: float = 45.0,
-    max_image_mpx: float = MAX_IMAGE_MPX, in_driver: bool = False,
+    artifact: ModelArtifact, config: PipelineConfig, *, input_uri: str, output_uri: str, options: StoreOptions,
+    progress: tuple[str, int] | None = None, in_driver: bool = False,
 ) -> Callable[[Iterable[Row]], Iterator[tuple]]:
     """Return the function Spark runs on each partition; all its settings are captured here.
 
+    The worker's settings are read from ``config`` here and nowhere else (a new worker option: the options
+    table and this function); the closure keeps only the values, not the config.
     ``in_driver``: the function runs in the driver itself (a small run), on the artifact's own file, one
     engine thread per call (the driver runs one call per core, as Spark runs one task per slot)."""
+    batch_size, commit_size = config.batch_size, config.commit_size
+    retry_timeout, max_image_mpx = config.retry_timeout, config.max_image_mpx
     engine_name, file_name, size = artifact.engine, artifact.file_name, artifact.image_size
     driver_path = artifact.path if in_driver else None
 

@@ -214,9 +214,8 @@ def extract_stage(spark: SparkSession, config: PipelineConfig, todo: list[Source
     sizes = (even_sizes(len(todo), config.partitions) if config.partitions
              else task_sizes(len(todo), sc.defaultParallelism, min_images=config.commit_size))
     tasks = split_tasks(todo, sizes)
-    fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.commit_size,
-                         input_uri=input_uri, output_uri=out.uri, options=options, progress=progress,
-                         retry_timeout=config.retry_timeout, max_image_mpx=config.max_image_mpx)
+    fn = make_featurizer(artifact, config, input_uri=input_uri, output_uri=out.uri, options=options,
+                         progress=progress)
     # One element (a task's list of rows) per partition: Spark runs partitions in this order. The input
     # must be read to its end, else PySpark does not reuse the Python worker (and its loaded model).
     try:
@@ -250,9 +249,8 @@ def extract_in_driver(config: PipelineConfig, todo: list[SourceFile], input_uri:
     part per core on threads, each with a one-thread engine (one ONNX Runtime session, run concurrently;
     they release the GIL), as Spark's slots would: a single call with an all-core engine leaves the cores
     to its spinning threads while its one decoding thread is the bottleneck."""
-    fn = make_featurizer(artifact, batch_size=config.batch_size, commit_size=config.commit_size,
-                         input_uri=input_uri, output_uri=out.uri, options=options, progress=progress,
-                         retry_timeout=config.retry_timeout, max_image_mpx=config.max_image_mpx, in_driver=True)
+    fn = make_featurizer(artifact, config, input_uri=input_uri, output_uri=out.uri, options=options,
+                         progress=progress, in_driver=True)
     tasks = split_tasks(todo, even_sizes(len(todo), local_slots(config)))
     stop = threading.Event()
 

@@ -15,6 +15,7 @@ from conftest import real_images
 from fakes import fake_engine
 from pyspark import SparkFiles
 
+from fruitlens.config import PipelineConfig
 from fruitlens.engines import prepare_model
 from fruitlens.featurize import SUMMARY_FIELDS, make_featurizer
 from fruitlens.images import decode_rgb, preprocess
@@ -65,9 +66,11 @@ def rows_of(paths) -> list[tuple[str, int, int]]:
 
 def run(artifact, rows, tmp_path, **kwargs) -> list[dict]:
     Store(f"file://{tmp_path / 'out'}").make_dirs(FEATURES_DIR, ERRORS_DIR)  # as the driver does before
-    featurize = make_featurizer(artifact, batch_size=kwargs.pop("batch_size", 2), commit_size=kwargs.pop("commit_size", 3),
-                                input_uri=f"file://{tmp_path / 'in'}", output_uri=f"file://{tmp_path / 'out'}",
-                                options=StoreOptions(), **kwargs)
+    settings = {k: kwargs.pop(k) for k in ("retry_timeout", "max_image_mpx") if k in kwargs}
+    config = PipelineConfig(output=str(tmp_path / "out"), batch_size=kwargs.pop("batch_size", 2),
+                            commit_size=kwargs.pop("commit_size", 3), **settings)
+    featurize = make_featurizer(artifact, config, input_uri=f"file://{tmp_path / 'in'}",
+                                output_uri=f"file://{tmp_path / 'out'}", options=StoreOptions(), **kwargs)
     return [dict(zip(SUMMARY_FIELDS, s, strict=True)) for s in featurize(iter(rows))]
 
 
