@@ -36,28 +36,54 @@ def media_type(header: str | None) -> tuple[str, dict[str, str]]:
     return kind.decode("latin-1").lower(), {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in params.items()}
 
 
-def check_length(headers, limit: int) -> None:
-    """A declared Content-Length over the limit is refused before one byte is read (413)."""
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "body_too_large", f"the body is {int(declared)} bytes, over the {limit} this "
-                       "service takes; send a smaller photo (the model sees it at 224x224)")
+#: An over-limit body is still read (and dropped) up to this many bytes before the 413 goes out. A server that
+#: answers and closes with the body unread makes the kernel reset the connection, and the client may then lose
+#: the 413 to "connection reset by peer" (nginx's lingering close exists for the same reason). A body declared
+#: larger than this is answered at once: reading it would cost more than the client's error is worth.
+DRAIN_MAX_BYTES = 64 << 20
+#: How long a pause in an over-limit body ends the reading (a client that stops sending and waits for the answer).
+LINGER_S = 1.0
+
+
+def too_large(limit: int, declared: int | None = None) -> ApiError:
+    size = f"{declared} bytes" if declared is not None else f"over the {limit} bytes"
+    return ApiError(413, "body_too_large", f"the body is {size}, over the {limit} this service takes; send a "
+                    "smaller photo (the model sees it at 224x224)")
 
 
 async def read_body(request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
-    """The whole body, at most ``limit`` bytes (a chunked body is cut at the limit: 413)."""
-    check_length(request.headers, limit)
+    """The whole body, at most ``limit`` bytes, within ``timeout_s`` (else 408). More (declared, or sent chunked)
+    is a 413, answered once the rest has been read and dropped: to the body's end, or until the client pauses
+    for :data:`LINGER_S`, at most :data:`DRAIN_MAX_BYTES`; at once, unread, to a client that waits for
+    ``100 Continue`` before sending the body."""
+    header = request.headers.get("content-length")
+    declared = int(header) if header is not None and header.isdigit() else None
+    over = declared is not None and declared > limit
+    waiting = request.headers.get("expect", "").lower() == "100-continue"  # nothing sent yet: nothing to drain
+    if over and (waiting or declared > DRAIN_MAX_BYTES):
+        raise too_large(limit, declared)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    stream = request.stream().__aiter__()
     chunks, size = [], 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(413, "body_too_large", f"the body is over the {limit} bytes this service "
-                                   "takes; send a smaller photo")
-                chunks.append(chunk)
-    except TimeoutError:
-        raise ApiError(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s") from None
+    while True:
+        left = deadline - loop.time()
+        try:
+            chunk = await asyncio.wait_for(anext(stream), max(0.0, min(left, LINGER_S) if over else left))
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            if over:
+                break
+            raise ApiError(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s") from None
+        size += len(chunk)
+        over = over or size > limit
+        if size > DRAIN_MAX_BYTES:
+            break
+        if not over:
+            chunks.append(chunk)
+    if over:
+        raise too_large(limit, declared)
     return b"".join(chunks)
 
 
