@@ -178,7 +178,7 @@ def _error_response(exc: ApiError, metrics: Metrics) -> JSONResponse:
     headers = dict(SECURITY_HEADERS)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
-    if exc.status == 413:  # the rest of the body is unread: closing costs less than draining it (RFC 9110 15.5.14)
+    if exc.status == 413:  # read_body may have left part of it unread (a pause, 64 MiB, Expect): never reuse the connection
         headers["Connection"] = "close"
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
